@@ -16,22 +16,21 @@ class CAMNet(nn.Module):
         nn.init.xavier_uniform_(self.fc8.weight)
         self.new_layers = [self.fc8]
 
-    def forward(self, x):
-        """Logits (B, C)."""
-        return self.forward_with_cam(x)[0]
-
-    def forward_with_cam(self, x):
-        """Logits (B, C) and CAMs (B, C, h, w) from one backbone pass.
+    def forward(self, x, with_cam=False):
+        """Logits (B, C); with `with_cam` also the CAMs (B, C, h, w) from the same backbone pass.
 
         The logits follow PSA (dropout on conv6, GAP, fc8); the CAMs are ReLU(fc8 * conv6) without
         dropout, as PSA's forward_cam computes them, so a localizer hook (EADER) gets both without a
-        second forward pass.
+        second forward pass. Going through forward (not a side method) keeps DDP's gradient sync.
         """
         conv6 = self.backbone(x)["conv6"]
-        pooled = F.adaptive_avg_pool2d(self.dropout7(conv6), 1)
-        logits = self.fc8(pooled).flatten(1)
-        cams = F.relu(F.conv2d(conv6, self.fc8.weight))
-        return logits, cams
+        logits = self.fc8(F.adaptive_avg_pool2d(self.dropout7(conv6), 1)).flatten(1)
+        if not with_cam:
+            return logits
+        return logits, F.relu(F.conv2d(conv6, self.fc8.weight))
+
+    def forward_with_cam(self, x):
+        return self.forward(x, with_cam=True)
 
     def forward_cam(self, x):
         """CAMs (B, C, h, w) as PSA's inference computes them."""

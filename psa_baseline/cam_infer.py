@@ -1,0 +1,66 @@
+"""Multi-scale + flip CAM inference, fused and normalised as PSA's infer_cls does.
+
+For each scale s the image is resized (bicubic) to round(s*H) x round(s*W); the image and its mirror go
+through `forward_cam` as one batch of two. Every CAM is upsampled (bilinear) to H x W, multiplied by the
+label vector, un-flipped, and all are summed; each class is then divided by its own max (+1e-5). Only
+present classes are kept: the result is PSA's on-disk dict {class_index: HxW float32 in [0, 1]}.
+"""
+import contextlib
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .constants import IMAGENET_MEAN, IMAGENET_STD
+
+
+def normalise_batch(imgs_uint8, device):
+    """(B,H,W,3) uint8 -> (B,3,H,W) float, ImageNet mean/std on pixels / 255."""
+    x = torch.as_tensor(np.ascontiguousarray(imgs_uint8), device=device).permute(0, 3, 1, 2).float() / 255
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def resize_image(img, scale):
+    h, w = img.shape[:2]
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    # PIL bicubic as PSA (it antialiases when shrinking, unlike cv2)
+    return img if scale == 1.0 else np.asarray(Image.fromarray(img).resize(size, Image.Resampling.BICUBIC))
+
+
+def fuse_cams(cams, label, flips):
+    """cams: list of (C,H,W) tensors already at image size; flips: whether each one is mirrored.
+    Returns normalised (C,H,W) numpy array (zeros for absent classes)."""
+    total = 0
+    for cam, flipped in zip(cams, flips):
+        cam = cam * label.view(-1, 1, 1)
+        total = total + (cam.flip(-1) if flipped else cam)
+    total = total.float().cpu().numpy()
+    return total / (total.max(axis=(1, 2), keepdims=True) + 1e-5)
+
+
+def to_cam_dict(norm_cam, label):
+    return {int(c): norm_cam[c].astype(np.float32) for c in np.nonzero(np.asarray(label) > 0)[0]}
+
+
+@torch.inference_mode()
+def multiscale_cam(net, img, label, scales=(1.0, 0.5, 1.5, 2.0), flip=True, device="cpu", bf16=False):
+    """img: HxWx3 uint8 RGB; label: float[20]. Returns PSA's CAM dict for the present classes."""
+    device = torch.device(device)
+    h, w = img.shape[:2]
+    label_t = torch.as_tensor(np.asarray(label, dtype=np.float32), device=device)
+    cams, flips = [], []
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    for s in scales:
+        im = resize_image(img, s)
+        batch = np.stack([im, im[:, ::-1]]) if flip else im[None]
+        x = normalise_batch(batch, device)
+        with amp:
+            out = net.forward_cam(x)
+        out = F.interpolate(out.float(), (h, w), mode="bilinear", align_corners=False)
+        for i in range(out.shape[0]):
+            cams.append(out[i])
+            flips.append(i == 1)
+    return to_cam_dict(fuse_cams(cams, label_t, flips), label)

@@ -1,0 +1,528 @@
+"""Built-in demo dataset in Pascal VOC layout that shows the problem EADER solves.
+
+Every object is a "body" blob with a smaller "head" blob at one end:
+- the head (strong part) carries a class-unique pattern: its own colour pair and pattern type
+  (stripes along / across the object axis, checker, rings), like a cat's face;
+- the body (weak part, ~80% of the object) has a colour and texture shared by a group of 2-3 classes,
+  plus only a subtle class cue (a small colour shift), like fur.
+Background clutter includes headless bodies ("distractors"), so a body alone is weaker evidence.
+A plain CAM classifier therefore fires on heads and misses much of the bodies, while a classifier that
+never sees heads can still recognise the class from its body: what adversarial erasing exploits.
+
+Layout under root (as VOC, plus PartMasks and the metadata):
+    JPEGImages/<id>.jpg, SegmentationClass/<id>.png (palette PNG: 0 bg, c+1 class c, 255 void border),
+    PartMasks/<id>.png (0 bg, 1 strong part, 2 weak part, 255 void),
+    ImageSets/Segmentation/{train,val,trainval}.txt, cls_labels.npy (PSA's pickled dict id -> float32[20]),
+    demo_meta.json (seed, params, classes, groups, summary; written last).
+The whole root appears at once (built in a temporary sibling directory, then renamed).
+"""
+import io
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from .constants import CLASS_NAMES, IGNORE, NUM_CLASSES, voc_palette
+from .errors import InputError
+
+VERSION = 1  # bump when the rendering changes, so an old dataset is not mistaken for a new one
+# Three groups of three; consecutive classes (in this order) share a body style.
+DEFAULT_CLASSES = ("cat", "dog", "bird", "horse", "cow", "sheep", "car", "bus", "motorbike")
+DEFAULT_SIZE = (96, 128)
+STRONG, WEAK = 1, 2
+
+# Body styles, one per group: base RGB and texture kind. Desaturated, so no body looks like a head.
+BODY_STYLES = (
+    ((150, 100, 60), "mottled"),
+    ((196, 190, 172), "speckle"),
+    ((92, 108, 132), "banded"),
+    ((110, 130, 84), "spots"),
+    ((170, 140, 150), "mottled"),
+    ((80, 80, 80), "speckle"),
+    ((180, 160, 110), "banded"),
+)
+HEAD_PATTERNS = ("stripes_along", "stripes_across", "checker", "rings")
+CUE = 14.0       # the subtle class cue: RGB shift between neighbouring classes of a group
+CUE_DIR = np.array([1.0, -0.35, -0.8]) / np.linalg.norm([1.0, -0.35, -0.8])
+
+
+# ----------------------------------------------------------------------------------------- params
+
+def _class_names(classes):
+    names = []
+    for c in classes:
+        if isinstance(c, (int, np.integer)):
+            if not 0 <= c < NUM_CLASSES:
+                raise InputError(f"demo class index {c} is out of range 0..{NUM_CLASSES - 1}")
+            c = CLASS_NAMES[c]
+        if c not in CLASS_NAMES:
+            raise InputError(f"unknown demo class '{c}'; use VOC class names: {', '.join(CLASS_NAMES)}")
+        if c in names:
+            raise InputError(f"demo class '{c}' is listed twice")
+        names.append(c)
+    if not names:
+        raise InputError("the demo dataset needs at least one class")
+    return names
+
+
+def make_groups(n):
+    """Split n classes (in order) into groups of 2-3; returns the group index of each class."""
+    if n <= 3:
+        sizes = [n]
+    else:
+        k = -(-n // 3)                       # fewest groups of at most 3
+        sizes = [n // k + (i < n % k) for i in range(k)]
+    return [g for g, s in enumerate(sizes) for _ in range(s)]
+
+
+def class_designs(names):
+    """Per class: group, body style, class-cue offset, head colour pair and head pattern."""
+    groups = make_groups(len(names))
+    n = len(names)
+    designs = []
+    for k, name in enumerate(names):
+        g = groups[k]
+        members = [i for i, gg in enumerate(groups) if gg == g]
+        j = members.index(k)
+        # Offsets -1, 0, +1 (or -0.5, +0.5) times CUE within the group: subtle but learnable.
+        offset = (j - (len(members) - 1) / 2) * CUE * CUE_DIR
+        base, texture = BODY_STYLES[g % len(BODY_STYLES)]
+        # Head colours: saturated hue unique to the class + its complement, dark or bright.
+        hue = (k / n + 0.03) % 1.0
+        c1 = _hsv(hue, 1.0, 1.0)
+        c2 = _hsv((hue + 0.5) % 1.0, 1.0, 0.3 if k % 2 == 0 else 1.0)
+        if k % 4 >= 2:
+            c2 = (20, 20, 20) if k % 2 == 0 else (245, 245, 245)
+        designs.append({"name": name, "index": CLASS_NAMES.index(name), "group": g,
+                        "body": np.array(base, float) + offset, "texture": texture,
+                        "head": (np.array(c1, float), np.array(c2, float)),
+                        "pattern": HEAD_PATTERNS[k % len(HEAD_PATTERNS)]})
+    return designs
+
+
+def _hsv(h, s, v):
+    px = np.uint8([[[int(h * 180) % 180, int(s * 255), int(v * 255)]]])
+    return tuple(int(x) for x in cv2.cvtColor(px, cv2.COLOR_HSV2RGB)[0, 0])
+
+
+# -------------------------------------------------------------------------------------- rendering
+
+def _smooth_noise(rng, h, w, cells, channels=1):
+    """Zero-mean, unit-ish noise varying over about `cells` cells per side."""
+    g = rng.standard_normal((cells + 1, cells + 1, channels)).astype(np.float32)
+    out = cv2.resize(g, (w, h), interpolation=cv2.INTER_CUBIC)
+    return out.reshape(h, w, channels)
+
+
+def _frame(h, w, cx, cy, theta):
+    """Pixel coordinates in a frame centred at (cx, cy) with u along the angle theta."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    dx, dy = xx - cx, yy - cy
+    c, s = np.cos(theta), np.sin(theta)
+    return dx * c + dy * s, -dx * s + dy * c
+
+
+def _blob(h, w, cx, cy, radius, aspect, theta, rng, wobble):
+    """Irregular blob: an ellipse (long axis radius*aspect along theta) whose radius varies with angle."""
+    u, v = _frame(h, w, cx, cy, theta)
+    u = u / aspect
+    rho = np.hypot(u, v)
+    phi = np.arctan2(v, u)
+    r = np.ones_like(phi)
+    for k in (2, 3, 4, 5):
+        r += rng.uniform(0, wobble / k * 2) * np.cos(k * phi + rng.uniform(0, 2 * np.pi))
+    return rho < radius * r
+
+
+def _body_colour(design, h, w, rng, cx, cy, theta, jitter=True):
+    """Group texture around the (class-shifted) group colour."""
+    base = design["body"].copy()
+    if jitter:  # per object: smaller than the class cue, so the cue stays learnable
+        base += rng.normal(0, 4) + rng.normal(0, 2.5, 3)
+    tex = design["texture"]
+    if tex == "mottled":
+        t = 22 * _smooth_noise(rng, h, w, max(3, w // 10))
+    elif tex == "speckle":
+        t = 28 * cv2.GaussianBlur(rng.standard_normal((h, w)).astype(np.float32), (0, 0), 0.8)[..., None]
+    elif tex == "banded":
+        u, _ = _frame(h, w, cx, cy, theta)
+        t = 20 * np.sin(2 * np.pi * u / rng.uniform(5, 7) + rng.uniform(0, 6.3))[..., None]
+    else:  # spots
+        t = -45 * (_smooth_noise(rng, h, w, max(3, w // 8)) > 0.9).astype(np.float32)
+    return base[None, None, :] + t
+
+
+def _head_colour(design, h, w, rng, cx, cy, theta, radius):
+    c1, c2 = design["head"]
+    c1 = c1 + rng.normal(0, 8, 3)
+    c2 = c2 + rng.normal(0, 8, 3)
+    u, v = _frame(h, w, cx, cy, theta)
+    period = float(np.clip(radius * 0.8, 3.5, 7.0))
+    f = 2 * np.pi / period
+    p = design["pattern"]
+    if p == "stripes_along":
+        m = np.sin(f * v) > 0
+    elif p == "stripes_across":
+        m = np.sin(f * u) > 0
+    elif p == "checker":
+        m = np.sin(f * u) * np.sin(f * v) > 0
+    else:
+        m = np.sin(f * np.hypot(u, v)) > 0
+    return np.where(m[..., None], c1[None, None], c2[None, None])
+
+
+def _background(h, w, rng):
+    """Textured noise: mostly brightness variation over a dull random colour, little chroma."""
+    base = _random_dull_colour(rng)
+    light = 35 * _smooth_noise(rng, h, w, 3) + 12 * _smooth_noise(rng, h, w, max(4, w // 6))
+    chroma = 12 * _smooth_noise(rng, h, w, 4, 3)
+    return base + light + chroma
+
+
+def _random_dull_colour(rng):
+    """Clutter colours: saturation <= 0.6, so clutter never looks like a head pattern."""
+    return np.array(_hsv(rng.uniform(), rng.uniform(0, 0.6), rng.uniform(0.2, 0.95)), float)
+
+
+def _clutter_mask(h, w, rng):
+    kind = rng.integers(4)
+    m = np.zeros((h, w), np.uint8)
+    if kind == 0:
+        x, y = rng.integers(0, w), rng.integers(0, h)
+        cv2.rectangle(m, (int(x), int(y)), (int(x + rng.integers(6, w // 3)), int(y + rng.integers(6, h // 3))), 1, -1)
+    elif kind == 1:
+        cv2.circle(m, (int(rng.integers(0, w)), int(rng.integers(0, h))), int(rng.integers(3, min(h, w) // 6)), 1, -1)
+    elif kind == 2:
+        pts = np.stack([rng.integers(0, w, 3), rng.integers(0, h, 3)], 1).astype(np.int32)
+        cv2.fillPoly(m, [pts], 1)
+    else:
+        cv2.line(m, (int(rng.integers(0, w)), int(rng.integers(0, h))),
+                 (int(rng.integers(0, w)), int(rng.integers(0, h))), 1, int(rng.integers(1, 4)))
+    return m.astype(bool)
+
+
+def _object_geometry(h, w, rng, n_obj):
+    """Body and head masks of one object at a random position, scale and orientation."""
+    side = min(h, w)
+    s = rng.uniform(0.11, 0.24) if n_obj == 1 else rng.uniform(0.09, 0.18)
+    r = s * side
+    aspect = rng.uniform(1.1, 1.7)
+    theta = rng.uniform(0, 2 * np.pi)
+    rh = r * rng.uniform(0.4, 0.52)
+    # The head sits at the front end of the body's long axis; keep it inside the image,
+    # the body may be cut by the border (as VOC objects are).
+    reach = r * aspect * 0.95
+    for _ in range(50):
+        cx, cy = rng.uniform(0.1 * w, 0.9 * w), rng.uniform(0.1 * h, 0.9 * h)
+        hx, hy = cx + reach * np.cos(theta), cy + reach * np.sin(theta)
+        if rh <= hx <= w - 1 - rh and rh <= hy <= h - 1 - rh:
+            break
+    else:
+        cx, cy = w / 2 - reach / 2 * np.cos(theta), h / 2 - reach / 2 * np.sin(theta)
+        hx, hy = cx + reach * np.cos(theta), cy + reach * np.sin(theta)
+    body = _blob(h, w, cx, cy, r, aspect, theta, rng, 0.14)
+    head = _blob(h, w, hx, hy, rh, rng.uniform(1.0, 1.25), theta + rng.uniform(-0.4, 0.4), rng, 0.06)
+    return {"cx": cx, "cy": cy, "theta": theta, "hx": hx, "hy": hy, "rh": rh,
+            "body": body & ~head, "head": head}
+
+
+def _void_border(inst):
+    """VOC-style thin void band (2-3 px) along every object outline, inside and outside."""
+    k = np.ones((3, 3), np.uint8)
+    edge = cv2.dilate(inst, k) != cv2.erode(inst, k)   # 1 px each side of any change of instance
+    edge = cv2.dilate(edge.astype(np.uint8), np.array([[0, 0, 0], [0, 1, 1], [0, 1, 1]], np.uint8))
+    return edge.astype(bool) & (cv2.dilate(inst, np.ones((5, 5), np.uint8)) > 0)
+
+
+def render_image(seed, index, designs, size=DEFAULT_SIZE):
+    """One image: (rgb uint8 HxWx3, seg uint8 HxW, parts uint8 HxW, n_objects). Depends only on
+    (seed, index, designs, size), so splits can grow without changing earlier images."""
+    rng = np.random.default_rng([seed, index])
+    lo, hi = size
+    h, w = int(rng.integers(lo, hi + 1)), int(rng.integers(lo, hi + 1))
+    img = _background(h, w, rng)
+    for _ in range(rng.integers(2, 7)):     # clutter under everything
+        m = _clutter_mask(h, w, rng)
+        img[m] = _random_dull_colour(rng) + rng.normal(0, 6, (int(m.sum()), 3))
+    # Distractors: headless bodies in a group's colours; background in the GT.
+    if rng.uniform() < 0.45:
+        for _ in range(rng.integers(1, 3)):
+            d = designs[rng.integers(len(designs))]
+            g = _object_geometry(h, w, rng, 2)
+            m = g["body"] | g["head"]
+            img[m] = _body_colour(d, h, w, rng, g["cx"], g["cy"], g["theta"])[m]
+
+    n_cls = int(rng.choice([1, 2, 3], p=[0.5, 0.33, 0.17]))
+    n_obj = n_cls + int(rng.choice(np.arange(3 - n_cls + 1), p=_extra_p(3 - n_cls)))
+    chosen = list(rng.choice(len(designs), n_cls, replace=False))
+    obj_classes = chosen + [chosen[rng.integers(n_cls)] for _ in range(n_obj - n_cls)]
+
+    inst = np.zeros((h, w), np.uint8)   # visible object id, 0 = background
+    part = np.zeros((h, w), np.uint8)
+    cls_of = {}
+    placed = []                         # (id, full head area, full object area)
+    for k in obj_classes:
+        for attempt in range(30):
+            g = _object_geometry(h, w, rng, n_obj)
+            full = g["body"] | g["head"]
+            new_inst = inst.copy()
+            new_inst[full] = len(placed) + 1
+            # Earlier objects must keep most of their head and half of their area visible.
+            ok = all(((new_inst == i) & (part == STRONG)).sum() >= 0.6 * ha and (new_inst == i).sum() >= 0.5 * fa
+                     for i, ha, fa in placed)
+            ok = ok and g["head"].sum() >= 12 and (attempt < 29 or not placed)
+            if ok:
+                break
+        if not ok:
+            continue
+        d = designs[k]
+        img[g["body"]] = _body_colour(d, h, w, rng, g["cx"], g["cy"], g["theta"])[g["body"]]
+        img[g["head"]] = _head_colour(d, h, w, rng, g["hx"], g["hy"], g["theta"], g["rh"])[g["head"]]
+        inst = new_inst
+        part[g["body"]] = WEAK
+        part[g["head"]] = STRONG
+        placed.append((len(placed) + 1, int(g["head"].sum()), int(full.sum())))
+        cls_of[len(placed)] = d["index"] + 1
+
+    # Occluder: a clutter shape in front, allowed if every object keeps most of itself and its head.
+    if rng.uniform() < 0.3:
+        m = _clutter_mask(h, w, rng)
+        keep = all(((inst == i) & ~m & (part == STRONG)).sum() >= 0.6 * ha and ((inst == i) & ~m).sum() >= 0.6 * fa
+                   for i, ha, fa in placed)
+        if keep:
+            img[m] = _random_dull_colour(rng)
+            inst[m] = 0
+    part[inst == 0] = 0
+
+    seg = np.zeros((h, w), np.uint8)
+    for i, c in cls_of.items():
+        seg[inst == i] = c
+    void = _void_border(inst)
+    seg[void] = IGNORE
+    part[void] = IGNORE
+    img = img + rng.normal(0, 4, img.shape)  # sensor grain
+    return np.clip(np.round(img), 0, 255).astype(np.uint8), seg, part, len(placed)
+
+
+def _extra_p(m):
+    p = np.array([0.55, 0.3, 0.15][:m + 1])
+    return p / p.sum()
+
+
+# ------------------------------------------------------------------------------------------ files
+
+def _png_bytes(arr):
+    """Palette PNG with the VOC colour map; the stored indices are the label values."""
+    im = Image.frombytes("P", (arr.shape[1], arr.shape[0]), np.ascontiguousarray(arr, np.uint8).tobytes())
+    im.putpalette(voc_palette().flatten().tolist())
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _jpg_bytes(rgb, quality=95):
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _params(n_train, n_val, classes, size):
+    return {"version": VERSION, "n_train": int(n_train), "n_val": int(n_val),
+            "classes": list(classes), "size": [int(size[0]), int(size[1])]}
+
+
+def read_meta(root):
+    """demo_meta.json of a complete dataset, or None."""
+    p = Path(root) / "demo_meta.json"
+    if not p.is_file():
+        return None
+    with open(p) as f:
+        return json.load(f)
+
+
+def generate(root, seed=0, n_train=500, n_val=150, classes=DEFAULT_CLASSES, size=DEFAULT_SIZE,
+             overwrite=False):
+    """Write the demo dataset under `root`; returns a summary dict (also stored in demo_meta.json).
+
+    Deterministic in (seed, params). Skips the work if `root` already holds a complete dataset with the
+    same seed and params (summary["generated"] is then False). A different dataset already at `root`
+    is replaced only with overwrite=True. `classes`: VOC names or indices; consecutive classes form
+    groups of 2-3 that share a body style.
+    """
+    names = _class_names(classes)
+    lo, hi = int(size[0]), int(size[1])
+    if not 32 <= lo <= hi:
+        raise InputError(f"demo image size {size} must be (lo, hi) with 32 <= lo <= hi")
+    if n_train < 1 or n_val < 0:
+        raise InputError(f"demo split sizes n_train={n_train}, n_val={n_val}: need n_train >= 1, n_val >= 0")
+    root = Path(root)
+    params = _params(n_train, n_val, names, (lo, hi))
+    meta = read_meta(root)
+    if meta is not None and meta["seed"] == seed and meta["params"] == params:
+        return dict(meta["summary"], generated=False)
+    if root.exists() and any(root.iterdir()) and not overwrite:
+        what = "a different demo dataset" if meta else "files that are not a demo dataset"
+        raise InputError(f"{root} already holds {what}: delete it or pass overwrite=True")
+
+    designs = class_designs(names)
+    ids = [f"demo_{i:06d}" for i in range(n_train + n_val)]
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
+    try:
+        for sub in ("JPEGImages", "SegmentationClass", "PartMasks", "ImageSets/Segmentation"):
+            (tmp / sub).mkdir(parents=True)
+        labels, n_objects = {}, 0
+        class_images = {n: 0 for n in names}
+        strong_px = weak_px = 0
+        for i, id_ in enumerate(ids):
+            rgb, seg, part, n = render_image(seed, i, designs, (lo, hi))
+            (tmp / "JPEGImages" / f"{id_}.jpg").write_bytes(_jpg_bytes(rgb))
+            (tmp / "SegmentationClass" / f"{id_}.png").write_bytes(_png_bytes(seg))
+            (tmp / "PartMasks" / f"{id_}.png").write_bytes(_png_bytes(part))
+            lab = np.zeros(NUM_CLASSES, np.float32)
+            present = np.unique(seg[(seg > 0) & (seg != IGNORE)]) - 1  # labels = classes visible in GT
+            lab[present] = 1
+            labels[id_] = lab
+            n_objects += n
+            for c in present:
+                class_images[CLASS_NAMES[c]] += 1
+            strong_px += int((part == STRONG).sum())
+            weak_px += int((part == WEAK).sum())
+        splits = {"train": ids[:n_train], "val": ids[n_train:], "trainval": ids}
+        for name, lst in splits.items():
+            (tmp / "ImageSets/Segmentation" / f"{name}.txt").write_text("".join(x + "\n" for x in lst))
+        buf = io.BytesIO()
+        np.save(buf, labels, allow_pickle=True)
+        (tmp / "cls_labels.npy").write_bytes(buf.getvalue())
+        summary = {"root": str(root), "seed": seed, "params": params,
+                   "splits": {k: len(v) for k, v in splits.items()}, "objects": n_objects,
+                   "class_images": class_images,
+                   "strong_part_fraction": round(strong_px / max(1, strong_px + weak_px), 4)}
+        meta = {"seed": seed, "params": params, "classes": names,
+                "class_indices": [CLASS_NAMES.index(n) for n in names],
+                "groups": [[d["name"] for d in designs if d["group"] == g]
+                           for g in sorted({d["group"] for d in designs})],
+                "part_values": {"background": 0, "strong": STRONG, "weak": WEAK, "void": IGNORE},
+                "summary": summary}
+        (tmp / "demo_meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        _install(tmp, root, seed, params)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dict(summary, generated=True)
+
+
+def _install(tmp, root, seed, params):
+    """Rename the finished temp dir to root; a concurrent identical run that won is fine."""
+    old = None
+    if root.exists():
+        if root.is_dir() and not any(root.iterdir()):
+            root.rmdir()
+        else:
+            old = root.with_name(f".{root.name}.old.{os.getpid()}")
+            os.rename(root, old)
+    try:
+        os.rename(tmp, root)
+    except OSError:
+        meta = read_meta(root)
+        if not (meta and meta["seed"] == seed and meta["params"] == params):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------- reading
+
+def read_ids(root, split):
+    p = Path(root) / "ImageSets/Segmentation" / f"{split}.txt"
+    if not p.is_file():
+        raise InputError(f"split list {p} not found")
+    return [x.strip() for x in p.read_text().splitlines() if x.strip()]
+
+
+def load_png(path):
+    """Index values of a (palette or grey) PNG as uint8 HxW."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path} not found")
+    return np.array(Image.open(path))
+
+
+def load_cls_labels(root):
+    return np.load(Path(root) / "cls_labels.npy", allow_pickle=True).item()
+
+
+# -------------------------------------------------------------------------------------- part recall
+
+def cams_to_labels(cams, shape, threshold):
+    """PSA evaluation: argmax over [threshold, CAM_c ...] -> 0 (bg) or c+1. `cams`: {c: HxW}."""
+    keys = sorted(cams)
+    if not keys:
+        return np.zeros(shape, np.uint8)
+    for c in keys:
+        if not 0 <= int(c) < NUM_CLASSES:
+            raise InputError(f"CAM class key {c} is out of range 0..{NUM_CLASSES - 1}")
+        if np.shape(cams[c]) != tuple(shape):
+            raise InputError(f"CAM of class {c} has shape {np.shape(cams[c])}, the image is {tuple(shape)}")
+    stack = np.stack([np.full(shape, threshold, np.float32)] + [np.asarray(cams[c], np.float32) for c in keys])
+    lut = np.array([0] + [int(c) + 1 for c in keys], np.uint8)
+    return lut[stack.argmax(0)]
+
+
+class PartRecall:
+    """Recall (%) of strong-part and weak-part pixels: a pixel counts when predicted as its GT class."""
+
+    def __init__(self):
+        self.hits = np.zeros((2, NUM_CLASSES), np.int64)   # row 0 strong, row 1 weak
+        self.total = np.zeros((2, NUM_CLASSES), np.int64)
+
+    def add(self, pred, parts, gt):
+        pred, parts, gt = np.asarray(pred), np.asarray(parts), np.asarray(gt)
+        if not pred.shape == parts.shape == gt.shape:
+            raise InputError(f"shapes differ: prediction {pred.shape}, part mask {parts.shape}, GT {gt.shape}")
+        sel = ((parts == STRONG) | (parts == WEAK)) & (gt >= 1) & (gt <= NUM_CLASSES)
+        cls = gt[sel].astype(np.int64) - 1
+        row = parts[sel].astype(np.int64) - 1
+        flat = row * NUM_CLASSES + cls
+        n = 2 * NUM_CLASSES
+        self.total += np.bincount(flat, minlength=n).reshape(2, NUM_CLASSES)
+        self.hits += np.bincount(flat[pred[sel] == gt[sel]], minlength=n).reshape(2, NUM_CLASSES)
+
+    def result(self):
+        """{'strong', 'weak': pooled pixel recall %, 'strong_class_mean', 'weak_class_mean',
+        'per_class': {name: {'strong', 'weak', 'strong_pixels', 'weak_pixels'}}} (None where no pixels)."""
+        def pct(h, t):
+            return None if t == 0 else round(100.0 * h / t, 2)
+
+        out = {"strong": pct(self.hits[0].sum(), self.total[0].sum()),
+               "weak": pct(self.hits[1].sum(), self.total[1].sum())}
+        per = {}
+        for c in np.flatnonzero(self.total.sum(0)):
+            per[CLASS_NAMES[c]] = {"strong": pct(self.hits[0, c], self.total[0, c]),
+                                   "weak": pct(self.hits[1, c], self.total[1, c]),
+                                   "strong_pixels": int(self.total[0, c]), "weak_pixels": int(self.total[1, c])}
+        for k, row in (("strong_class_mean", 0), ("weak_class_mean", 1)):
+            v = [pct(self.hits[row, c], self.total[row, c]) for c in range(NUM_CLASSES) if self.total[row, c]]
+            out[k] = round(float(np.mean(v)), 2) if v else None
+        out["per_class"] = per
+        return out
+
+
+def part_recall_from_cams(cam_dir, root, ids, threshold=0.2):
+    """PartRecall.result() for PSA-format CAM dicts `<cam_dir>/<id>.npy` against the demo root's masks."""
+    acc = PartRecall()
+    for id_ in ids:
+        p = Path(cam_dir) / f"{id_}.npy"
+        if not p.is_file():
+            raise InputError(f"CAM file {p} not found")
+        cams = np.load(p, allow_pickle=True).item()
+        gt = load_png(Path(root) / "SegmentationClass" / f"{id_}.png")
+        parts = load_png(Path(root) / "PartMasks" / f"{id_}.png")
+        acc.add(cams_to_labels(cams, gt.shape, threshold), parts, gt)
+    return acc.result()

@@ -1,0 +1,200 @@
+"""EADER as a hook in a localizer's (CAM classifier's) training loop.
+
+Plugging in: the few lines a WSSS method adds to its classification training. The localizer's own
+optimizer stays in the loop; EADER owns the adversary and its optimizer.
+
+    from psa_eader.hook import EADER, EaderConfig
+    eader = EADER(EaderConfig(enabled=True))          # builds ResNet-18 + SGD from the config
+    for x, y in loader:                               # x normalised images, y (B,20) 0/1 labels
+        if eader.phase == "localizer":
+            logits, att = net.forward_with_cam(x)     # one forward: logits + attention
+            loss_loc = F.multilabel_soft_margin_loss(logits, y)
+            loss, stats = eader.localizer_loss(x, y, att, loss_loc)
+            opt.zero_grad(); loss.backward(); opt.step()
+        else:
+            with torch.no_grad():
+                att = net.forward_cam(x)              # Grad-CAM: see standalone.py (needs grad on)
+            stats = eader.adversary_step(x, y, att)
+        eader.advance()
+    checkpoint["eader"] = eader.state_dict()
+
+Alternation (from the authors' train.py / training_utils.TrainingPhase): a global step counter that
+runs across epochs; step s belongs to the localizer when s % (L + A) < L (L = A = 200), localizer
+first. During the adversary's turn the authors do not train the localizer at all (its loss is
+replaced by 0 and its optimizer does not step; it only runs forward to make the masks), and during
+the localizer's turn the adversary's optimizer does not step. That is the default here. Option
+`loc_in_adv_turn=True` (not the authors') lets the loop also train the localizer on L_loc alone
+during the adversary's turn; the loop then checks `eader.trains_localizer`:
+
+        if eader.phase == "adversary" and eader.trains_localizer:
+            logits, att = net.forward_with_cam(x)
+            loss = F.multilabel_soft_margin_loss(logits, y)
+            opt.zero_grad(); loss.backward(); opt.step()
+            stats = eader.adversary_step(x, y, att)   # detaches att: no gradient crosses over
+
+Modes: EADER never calls .train()/.eval(). The authors keep both networks in train mode through
+training, so the adversary's BatchNorm running statistics are also updated by its forward in the
+localizer's turn (buffers, not parameters; no gradient from L_am reaches its parameters).
+"""
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from .adversary import adversary_optimizer, build_adversary
+from .losses import adversary_loss, attention_mining_loss, regularisation_loss
+from .masks import erase_pairs, normalise_attention
+
+PHASES = ("localizer", "adversary")
+
+
+@dataclass
+class EaderConfig:
+    enabled: bool = False
+    alpha: float = 0.05          # weight of L_am
+    beta: float = 1e-5           # weight of L_reg
+    omega: float = 100.0         # soft-mask sharpness
+    psi: float = 0.5             # soft-mask threshold
+    phase_steps: int = 200       # steps per localizer turn (and per adversary turn unless set below)
+    am_form: str = "authors"     # 'authors': mean sigmoid score; 'paper': sum of logits / C
+    adv_lr: float = 0.01         # PSA integration (REFERENCE)
+    adv_momentum: float = 0.9
+    adv_weight_decay: float = 1e-4
+    adv_width: float = 1.0       # ResNet-18 channel multiplier (<1 for CPU)
+    adv_weights: Optional[str] = None  # local torchvision resnet18 ImageNet state dict
+    adv_phase_steps: Optional[int] = None  # adversary turn length; None -> phase_steps (authors: 200/200)
+    loc_in_adv_turn: bool = False  # not the authors': also train the localizer on L_loc in the adversary's turn
+    num_classes: int = 20
+
+
+@contextmanager
+def frozen(module):
+    """requires_grad off while the graph is built: that graph then has no edges into the module's
+    parameters, so a later backward cannot accumulate gradients there."""
+    params = list(module.parameters())
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)
+
+
+class EADER:
+    def __init__(self, cfg: EaderConfig, adversary=None, adv_optimizer=None):
+        self.cfg = cfg
+        if cfg.am_form not in ("authors", "paper"):
+            raise ValueError(f"am_form must be 'authors' or 'paper', got {cfg.am_form!r}")
+        if cfg.phase_steps < 1 or (cfg.adv_phase_steps is not None and cfg.adv_phase_steps < 1):
+            raise ValueError("phase_steps and adv_phase_steps must be >= 1")
+        if cfg.enabled and adversary is None:
+            adversary = build_adversary(cfg.num_classes, cfg.adv_width, cfg.adv_weights)
+        if adversary is not None and adv_optimizer is None:
+            adv_optimizer = adversary_optimizer(adversary, cfg.adv_lr, cfg.adv_momentum,
+                                                cfg.adv_weight_decay)
+        self.adversary = adversary
+        self.adv_optimizer = adv_optimizer
+        self.step = 0  # global steps taken (advance() calls), across epochs
+
+    # ---- schedule -------------------------------------------------------------------------
+    @property
+    def turn_lengths(self):
+        a = self.cfg.adv_phase_steps or self.cfg.phase_steps
+        return self.cfg.phase_steps, a
+
+    @property
+    def phase(self):
+        """'localizer' or 'adversary' for the current step; always 'localizer' when disabled."""
+        if not self.cfg.enabled:
+            return "localizer"
+        n_loc, n_adv = self.turn_lengths
+        return "localizer" if self.step % (n_loc + n_adv) < n_loc else "adversary"
+
+    @property
+    def trains_localizer(self):
+        return self.phase == "localizer" or self.cfg.loc_in_adv_turn
+
+    def advance(self):
+        self.step += 1
+
+    # ---- the two turns --------------------------------------------------------------------
+    def localizer_loss(self, x, y, att, loss_loc):
+        """L_loc + alpha * L_am + beta * L_reg, and float stats for logging.
+
+        att (B,C,h,w): the localizer's raw attention (ReLU'd CAM or Grad-CAM), still in its graph.
+        The adversary is frozen while its forward is recorded, so backward passes through it (into
+        the soft masks and the attention) without touching its parameters. alpha = 0 skips the
+        adversary entirely; beta = 0 skips L_reg.
+        """
+        if self.phase != "localizer":
+            raise RuntimeError("localizer_loss called during the adversary's turn")
+        cfg = self.cfg
+        loss = loss_loc
+        stats = {"loss_loc": float(loss_loc.detach())}
+        if not cfg.enabled:
+            return loss, stats
+        if cfg.alpha > 0:
+            erased, _, cls_idx = erase_pairs(x, y, att, cfg.omega, cfg.psi)
+            stats["num_erased"] = int(cls_idx.numel())
+            if cls_idx.numel():
+                with frozen(self.adversary):
+                    adv_logits = self.adversary(erased)
+                l_am = attention_mining_loss(adv_logits, cls_idx, cfg.am_form, cfg.num_classes)
+                loss = loss + cfg.alpha * l_am
+                stats["l_am"] = float(l_am.detach())
+                stats["adv_acc"] = erased_class_accuracy(adv_logits, cls_idx)
+        if cfg.beta > 0:
+            # at the attention's own resolution: a bilinear upsample keeps the mean (up to borders),
+            # so this matches the authors' full-resolution mean without K full-size maps
+            l_reg = regularisation_loss(normalise_attention(att), y)
+            loss = loss + cfg.beta * l_reg
+            stats["l_reg"] = float(l_reg.detach())
+        stats["loss"] = float(loss.detach())
+        return loss, stats
+
+    def adversary_step(self, x, y, att):
+        """One adversary update: BCE on the erased images against their full label vectors.
+
+        att is detached, so nothing here can reach the localizer. Skips the step when no image has
+        a positive label.
+        """
+        if self.phase != "adversary" or self.adversary is None:
+            raise RuntimeError("adversary_step called outside the adversary's turn")
+        with torch.no_grad():
+            erased, img_idx, cls_idx = erase_pairs(x, y, att.detach(), self.cfg.omega, self.cfg.psi)
+        stats = {"num_erased": int(cls_idx.numel())}
+        if not cls_idx.numel():
+            return stats
+        self.adv_optimizer.zero_grad(set_to_none=True)
+        adv_logits = self.adversary(erased)
+        loss = adversary_loss(adv_logits, y[img_idx])
+        loss.backward()
+        self.adv_optimizer.step()
+        stats["adv_loss"] = float(loss.detach())
+        stats["adv_acc"] = erased_class_accuracy(adv_logits, cls_idx)
+        return stats
+
+    # ---- checkpoints ----------------------------------------------------------------------
+    def state_dict(self):
+        return {
+            "step": self.step,
+            "turn_lengths": self.turn_lengths,  # informative; the phase is recomputed from `step`
+            "adversary": None if self.adversary is None else self.adversary.state_dict(),
+            "adv_optimizer": None if self.adv_optimizer is None else self.adv_optimizer.state_dict(),
+        }
+
+    def load_state_dict(self, sd):
+        self.step = int(sd["step"])
+        if self.adversary is not None and sd.get("adversary") is not None:
+            self.adversary.load_state_dict(sd["adversary"])
+        if self.adv_optimizer is not None and sd.get("adv_optimizer") is not None:
+            self.adv_optimizer.load_state_dict(sd["adv_optimizer"])
+
+
+def erased_class_accuracy(adv_logits, cls_idx):
+    """Fraction of erased images in which the adversary still finds the erased class (logit > 0)."""
+    scores = adv_logits.detach().gather(1, cls_idx.view(-1, 1))
+    return float((scores > 0).float().mean()) if scores.numel() else 0.0

@@ -1,0 +1,42 @@
+"""EADER's three losses. Pairs k = (image, present class), as returned by masks.erase_pairs."""
+import torch
+import torch.nn.functional as F
+
+AM_FORMS = ("authors", "paper")
+
+
+def attention_mining_loss(adv_logits, cls_idx, form="authors", num_classes=20):
+    """The adversary's score for the erased class, which the localizer minimises.
+
+    adv_logits (K,C): the adversary on the K erased images; cls_idx (K,): the class erased in each.
+    - 'authors' (their training_utils.compute_am_loss): mean over pairs of sigmoid(logit). Bounded,
+      independent of the batch size.
+    - 'paper': (1/C) * sum over pairs of the raw logit, with C = num_classes, as the paper's formula
+      is written (REFERENCE). Unbounded and grows with the number of pairs; kept for comparison.
+    An empty set of pairs gives 0.
+    """
+    if form not in AM_FORMS:
+        raise ValueError(f"am_form must be one of {AM_FORMS}, got {form!r}")
+    scores = adv_logits.gather(1, cls_idx.view(-1, 1)).squeeze(1)
+    if scores.numel() == 0:
+        return adv_logits.sum() * 0
+    if form == "authors":
+        return torch.sigmoid(scores).mean()
+    return scores.sum() / num_classes
+
+
+def regularisation_loss(att, labels):
+    """Mean attention over present classes: 1/(W*H*C) * sum over present (image, class) of sum of
+    pixels, where C = number of present (image, class) pairs in the batch (the authors' code takes
+    the mean of the stacked per-pair maps). att (B,C,h,w) should be normalised (max 1) attention.
+    """
+    present = labels > 0.5
+    if not present.any():
+        return att.sum() * 0
+    return att[present].mean()
+
+
+def adversary_loss(adv_logits, targets):
+    """BCE of the adversary on erased images against each image's full label vector (the erased
+    class stays a positive target: the adversary must find it in what is left)."""
+    return F.binary_cross_entropy_with_logits(adv_logits, targets.to(adv_logits.dtype))

@@ -1,0 +1,44 @@
+"""Build networks and datasets from a config (shared by the stages)."""
+from psa_baseline import voc
+from psa_baseline.cam_net import CAMNet
+from psa_baseline.errors import InputError
+from psa_baseline.resnet38 import Res38Spec
+from .common import resolve_data_path
+
+
+def res38_spec(cfg):
+    n = cfg["net"]
+    return Res38Spec(width=n["width"], blocks=tuple(n["blocks"]), frozen_bn=n["frozen_bn"],
+                     frozen_stem=n["frozen_stem"])
+
+
+def build_cam_net(cfg, log=None):
+    net = CAMNet(res38_spec(cfg))
+    if cfg["net"]["weights"]:
+        from psa_baseline.weights import load_weights
+        report = load_weights(net, resolve_data_path(cfg, cfg["net"]["weights"], "net.weights file"))
+        if log:
+            log.info("initial weights: %s", report.summary())
+    elif log:
+        log.info("no net.weights given: random initialisation")
+    return net
+
+
+def voc_root(cfg, seg_dir=None):
+    if not cfg["voc_root"]:
+        raise InputError("no VOC root given: pass --voc-root DIR (the folder holding JPEGImages) "
+                         "or set voc_root in the config")
+    return voc.VOCRoot(cfg["voc_root"], seg_dir=seg_dir or cfg["data"]["seg_dir"])
+
+
+def split_ids(cfg, rel):
+    return voc.read_split(resolve_data_path(cfg, rel, "split list"), cfg["voc_root"])
+
+
+def labels_for(cfg, root, ids, log=None):
+    cls = cfg["data"]["cls_labels"]
+    table = voc.load_cls_labels(resolve_data_path(cfg, cls, "data.cls_labels file")) if cls else None
+    labels, derived = voc.image_labels(root, ids, table)
+    if derived and log:
+        log.warning("image-level labels derived from the segmentation PNGs (data.cls_labels is null)")
+    return labels

@@ -1,0 +1,75 @@
+"""`psa-eader <stage>`: one subcommand per pipeline stage, with the common options."""
+import argparse
+import importlib
+import sys
+
+from psa_baseline.errors import InputError
+
+# subcommand -> module in stages/
+STAGES = {
+    "demo-data": "demo_data",
+    "train-cam": "train_cam",
+    "make-cam": "make_cam",
+    "eval-cam": "eval_cam",
+    "pipeline": "pipeline",
+}
+
+
+def common_options(p):
+    p.add_argument("--config", default=None, help="config name in configs/ (voc, demo, ...) or a YAML file "
+                   "(default: voc, the paper's setting)")
+    p.add_argument("--voc-root", help="VOC 2012 folder holding JPEGImages, SegmentationClass[Aug]")
+    p.add_argument("--work-dir", help="where artefacts, logs and results go")
+    p.add_argument("--device", help="cpu or cuda (cuda:N)")
+    p.add_argument("--seed", type=int, help="random seed")
+    p.add_argument("--force", action="store_true", help="redo the stage even if it finished before")
+    p.add_argument("set", nargs="*", metavar="key=value",
+                   help="dotted config overrides, e.g. cam_train.epochs=2 eader.enabled=true")
+
+
+def config_from_args(args):
+    from .config import load_config
+    over = list(args.set)
+    for key, opt in (("voc_root", "voc_root"), ("work_dir", "work_dir"), ("device", "device"), ("seed", "seed")):
+        v = getattr(args, opt, None)
+        if v is not None:
+            over.append((key, v))
+    return load_config(args.config or "voc", over)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="psa-eader", description="PSA + EADER weakly-supervised "
+                                     "semantic segmentation pipeline; one subcommand per stage.")
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    for name, mod in STAGES.items():
+        m = importlib.import_module(f"stages.{mod}")
+        p = sub.add_parser(name, help=m.__doc__.splitlines()[0], description=m.__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        common_options(p)
+        if hasattr(m, "add_arguments"):
+            m.add_arguments(p)
+    return parser
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    try:
+        m = importlib.import_module(f"stages.{STAGES[args.stage]}")
+        m.main(args) if hasattr(m, "main") else m.run(config_from_args(args), force=args.force)
+    except InputError as e:
+        print(f"psa-eader {args.stage}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"psa-eader {args.stage}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+def stage_main(name):
+    """Entry for `python -m stages.<module>`."""
+    sys.exit(main([name] + sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

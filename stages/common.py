@@ -1,0 +1,137 @@
+"""What every stage shares: work-dir layout, logging, the finished-stage record, seeding, devices.
+
+Layout under the work dir:
+    <variant>/<stage>/        a stage's artefacts, with DONE.json once it has finished
+    logs/<variant>.<stage>.log
+    results.json, report.md   summaries across variants
+A stage is skipped when its DONE.json carries the same fingerprint (the config sections it depends on
+plus its inputs' fingerprints), unless forced. Only rank 0 writes.
+"""
+import logging
+import os
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from psa_baseline.errors import InputError
+from psa_baseline.fileio import write_json
+from .config import PROJECT_DIR, fingerprint, variant_name
+
+import json
+
+
+def rank():
+    return torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+
+
+def resolve_device(name):
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"device '{name}' asked for, but CUDA is not available here: use --device cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_data_path(cfg, rel, what):
+    """Absolute as given; relative: under voc_root, then the project folder."""
+    p = Path(rel)
+    if p.is_absolute():
+        cands = [p]
+    else:
+        cands = ([Path(cfg["voc_root"]) / p] if cfg["voc_root"] else []) + [PROJECT_DIR / p]
+    for c in cands:
+        if c.exists():
+            return c
+    raise InputError(f"{what} not found: tried {', '.join(str(c) for c in cands)}; "
+                     f"set --voc-root or the config key to an existing path")
+
+
+class Stage:
+    """One stage run: its folder, log, fingerprint and DONE record."""
+
+    def __init__(self, cfg, name, depends=(), force=False):
+        self.cfg, self.name, self.force = cfg, name, force
+        self.variant = variant_name(cfg)
+        self.work_dir = Path(cfg["work_dir"])
+        self.dir = self.work_dir / self.variant / name
+        self.fp = fingerprint(name, *depends)
+        self.log = self._logger()
+
+    def _logger(self):
+        log = logging.getLogger(f"psa.{self.variant}.{self.name}")
+        log.setLevel(logging.INFO)
+        log.propagate = False
+        for h in list(log.handlers):
+            log.removeHandler(h)
+            h.close()
+        fmt = logging.Formatter("%(asctime)s %(levelname)s [%(name)s] %(message)s", "%H:%M:%S")
+        if rank() == 0:
+            log_dir = self.work_dir / "logs"
+            log_dir.mkdir(parents=True, exist_ok=True)
+            fh = logging.FileHandler(log_dir / f"{self.variant}.{self.name}.log")
+            fh.setFormatter(fmt)
+            log.addHandler(fh)
+        sh = logging.StreamHandler(sys.stderr)
+        sh.setFormatter(fmt)
+        log.addHandler(sh)
+        for lib in ("psa_baseline", "psa_eader"):  # library loggers go to the same places
+            lg = logging.getLogger(lib)
+            lg.handlers = list(log.handlers)
+            lg.setLevel(logging.INFO)
+            lg.propagate = False
+        return log
+
+    @property
+    def done_file(self):
+        return self.dir / "DONE.json"
+
+    def record(self):
+        if self.done_file.exists():
+            try:
+                return json.loads(self.done_file.read_text())
+            except (OSError, ValueError):
+                return None
+        return None
+
+    def is_done(self):
+        """True when finished with the same fingerprint; a stale or forced run clears the folder."""
+        rec = self.record()
+        if rec and rec.get("fingerprint") == self.fp and not self.force:
+            self.log.info("already done (%s); skipping. Use --force to redo.", self.done_file)
+            return True
+        if rec or (self.force and self.dir.exists()):
+            why = "forced" if self.force else "config or inputs changed"
+            self.log.info("%s: clearing %s", why, self.dir)
+            shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        return False
+
+    def finish(self, **outputs):
+        if rank() != 0:
+            return
+        rec = {"stage": self.name, "variant": self.variant, "fingerprint": self.fp,
+               "finished": time.strftime("%Y-%m-%d %H:%M:%S"), **outputs}
+        write_json(self.done_file, rec)
+        self.log.info("finished; record in %s", self.done_file)
+
+
+def upstream_fp(cfg, name):
+    """Fingerprint recorded by a finished upstream stage, or an error saying to run it first."""
+    done = Path(cfg["work_dir"]) / variant_name(cfg) / name / "DONE.json"
+    if not done.exists():
+        raise InputError(f"stage '{name}' has not finished for variant '{variant_name(cfg)}' "
+                         f"(no {done}); run `psa-eader {name.replace('_', '-')}` first")
+    return json.loads(done.read_text())["fingerprint"]
+
+
+def env_info():
+    return {"torch": torch.__version__, "python": sys.version.split()[0], "pid": os.getpid()}

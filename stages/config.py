@@ -1,0 +1,164 @@
+"""Configs: YAML files in configs/, checked against configs/voc.yaml (the schema and paper defaults).
+
+A config file may name `base: OTHER` (default voc) and override any existing key. Command-line
+overrides are dotted `key=value` pairs parsed as YAML (`cam_train.epochs=2`, `net.blocks=[1,1,1,1]`).
+Unknown keys and values of the wrong type stop with an error naming the key.
+"""
+import copy
+import hashlib
+import json
+from pathlib import Path
+
+import yaml
+
+from psa_baseline.errors import InputError
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+CONFIG_DIR = PROJECT_DIR / "configs"
+SCHEMA = "voc"
+# Keys whose schema value is null: the types they accept.
+NULLABLE = {
+    "voc_root": str, "variant": str, "data.cls_labels": str, "data.part_masks": str,
+    "net.weights": str, "eader.adv_weights": str,
+}
+
+
+def _read_yaml(path):
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        raise InputError(f"config {path}: not valid YAML ({e})") from e
+    if not isinstance(data, dict):
+        raise InputError(f"config {path}: expected a mapping of keys at top level")
+    return data
+
+
+def config_path(name_or_file):
+    p = Path(name_or_file)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.exists():
+            raise InputError(f"config file {p} not found")
+        return p
+    p = CONFIG_DIR / f"{name_or_file}.yaml"
+    if not p.exists():
+        names = sorted(x.stem for x in CONFIG_DIR.glob("*.yaml"))
+        raise InputError(f"unknown config '{name_or_file}': use one of {names} or a path to a YAML file")
+    return p
+
+
+def _check_type(key, value, ref):
+    if ref is None:
+        want = NULLABLE.get(key)
+        if value is None or want is None or isinstance(value, want):
+            return value
+        raise InputError(f"config key '{key}': expected {want.__name__} or null, got {value!r}")
+    if value is None:
+        raise InputError(f"config key '{key}' may not be null (default {ref!r})")
+    if isinstance(ref, bool):
+        if not isinstance(value, bool):
+            raise InputError(f"config key '{key}': expected true/false, got {value!r}")
+        return value
+    if isinstance(ref, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(ref, list):
+        if not isinstance(value, list):
+            raise InputError(f"config key '{key}': expected a list like {ref!r}, got {value!r}")
+        if ref and all(isinstance(r, (int, float)) and not isinstance(r, bool) for r in ref):
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+                raise InputError(f"config key '{key}': expected a list of numbers, got {value!r}")
+        return value
+    if not isinstance(value, type(ref)) or isinstance(value, bool):
+        raise InputError(f"config key '{key}': expected {type(ref).__name__}, got {value!r}")
+    return value
+
+
+def merge(base, over, prefix=""):
+    """Recursive override; every key of `over` must exist in `base` (the schema)."""
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        key = f"{prefix}{k}"
+        if k not in base:
+            raise InputError(f"unknown config key '{key}' (known: {', '.join(sorted(base))})")
+        if isinstance(base[k], dict):
+            if not isinstance(v, dict):
+                raise InputError(f"config key '{key}' is a section; give its keys, e.g. {key}.{next(iter(base[k]))}=...")
+            out[k] = merge(base[k], v, key + ".")
+        else:
+            out[k] = _check_type(key, v, base[k])
+    return out
+
+
+def parse_override(text):
+    """'a.b=1' -> {'a': {'b': 1}} with the value parsed as YAML; ("a.b", value) kept as is."""
+    if isinstance(text, tuple):
+        key, value = text
+        node = value
+        for part in reversed(key.split(".")):
+            node = {part: node}
+        return node
+    if "=" not in text:
+        raise InputError(f"override '{text}': expected key=value, e.g. cam_train.epochs=2")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    node = value
+    for part in reversed(key.strip().split(".")):
+        node = {part: node}
+    return node
+
+
+def load_config(name_or_file="voc", overrides=()):
+    schema = _read_yaml(CONFIG_DIR / f"{SCHEMA}.yaml")
+    chain, path, seen = [], config_path(name_or_file), set()
+    while True:  # follow `base:` links
+        if path.resolve() in seen:
+            raise InputError(f"config {path}: circular 'base'")
+        seen.add(path.resolve())
+        data = _read_yaml(path)
+        base = data.pop("base", None if path.stem == SCHEMA else SCHEMA)
+        chain.append(data)
+        if base is None or config_path(base).resolve() == (CONFIG_DIR / f"{SCHEMA}.yaml").resolve():
+            break
+        path = config_path(base)
+    cfg = schema
+    for data in reversed(chain):
+        cfg = merge(cfg, data)
+    for o in overrides:
+        cfg = merge(cfg, parse_override(o))
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg):
+    def need(cond, key, msg):
+        if not cond:
+            raise InputError(f"config key '{key}': {msg}")
+    need(cfg["device"] in ("cpu", "cuda") or str(cfg["device"]).startswith("cuda:"), "device", "use cpu or cuda")
+    need(0 < cfg["net"]["width"] <= 1.0, "net.width", "must be in (0, 1]")
+    need(len(cfg["net"]["blocks"]) == 4 and all(isinstance(b, int) and b >= 0 for b in cfg["net"]["blocks"]),
+         "net.blocks", "four non-negative integers (extra blocks after b2, b3, b4, b5)")
+    t = cfg["cam_train"]
+    for k in ("batch_size", "epochs", "crop", "checkpoint_every", "log_every"):
+        need(t[k] > 0, f"cam_train.{k}", "must be positive")
+    need(len(t["resize_long"]) == 2 and 0 < t["resize_long"][0] <= t["resize_long"][1],
+         "cam_train.resize_long", "[low, high] with 0 < low <= high")
+    need(len(cfg["cam_infer"]["scales"]) > 0 and all(s > 0 for s in cfg["cam_infer"]["scales"]),
+         "cam_infer.scales", "a non-empty list of positive scales")
+    need(0 <= cfg["cam_eval"]["threshold"] <= 1, "cam_eval.threshold", "must be in [0, 1]")
+    need(len(cfg["cam_eval"]["sweep"]) == 3 and cfg["cam_eval"]["sweep"][2] > 0, "cam_eval.sweep",
+         "[start, stop, step] with step > 0")
+    need(cfg["eader"]["am_form"] in ("authors", "paper"), "eader.am_form", "authors or paper")
+    need(cfg["eader"]["phase_steps"] > 0, "eader.phase_steps", "must be positive")
+
+
+def variant_name(cfg):
+    return cfg["variant"] or ("eader" if cfg["eader"]["enabled"] else "baseline")
+
+
+def fingerprint(*parts):
+    """Stable short hash of config sections (and upstream fingerprints) that decide an output."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

@@ -1,0 +1,38 @@
+"""Stage demo-data: write the built-in synthetic dataset (VOC layout) to the config's voc_root.
+
+Writes: JPEGImages/, SegmentationClass/ (palette PNG, 255 borders), PartMasks/ (1 strong part, 2 weak part),
+ImageSets/Segmentation/{train,val,trainval}.txt, cls_labels.npy, demo_meta.json. Deterministic in the seed;
+skipped when the same dataset is already there. Default target (demo config): work/demo-data.
+"""
+from psa_baseline.demo_data import generate
+from psa_baseline.errors import InputError
+
+DEFAULTS = {"n_train": 500, "n_val": 150}
+
+
+def add_arguments(p):
+    p.add_argument("--n-train", type=int, default=DEFAULTS["n_train"], help="training images (default %(default)s)")
+    p.add_argument("--n-val", type=int, default=DEFAULTS["n_val"], help="validation images (default %(default)s)")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the dataset (default %(default)s)")
+
+
+def run(cfg, force=False, n_train=DEFAULTS["n_train"], n_val=DEFAULTS["n_val"], data_seed=0, log=print):
+    if not cfg["voc_root"]:
+        raise InputError("demo-data needs a target folder: --voc-root DIR (the demo config uses work/demo-data)")
+    summary = generate(cfg["voc_root"], seed=data_seed, n_train=n_train, n_val=n_val, overwrite=force)
+    state = "written" if summary.get("generated") else "already present"
+    log(f"demo dataset {state} at {cfg['voc_root']}: {summary['splits']} images, {summary['objects']} objects, "
+        f"strong-part fraction of object pixels {summary['strong_part_fraction']:.2f}")
+    return summary
+
+
+def main(args):
+    from .cli import config_from_args
+    if args.config is None:
+        args.config = "demo"
+    run(config_from_args(args), force=args.force, n_train=args.n_train, n_val=args.n_val, data_seed=args.data_seed)
+
+
+if __name__ == "__main__":
+    from .cli import stage_main
+    stage_main("demo-data")

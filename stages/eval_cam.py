@@ -1,0 +1,123 @@
+"""Stage eval-cam: score PSA-format CAM dicts against ground truth (threshold sweep + fixed threshold).
+
+Pipeline use reads <work>/<variant>/make_cam/cams and data.eval_list; writes
+<work>/<variant>/eval_cam/{cam_eval.json, DONE.json} and updates <work>/results.json and report.md.
+Standalone use scores any folder of `<id>.npy` CAM dicts (PSA, SEAM, OC-CSE, ...):
+    psa-eader eval-cam --cam-dir DIR --voc-root DIR --split val --threshold 0.2 --out FILE.json
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from psa_baseline import voc
+from psa_baseline.errors import InputError
+from psa_baseline.evaluation import confusion, evaluate_cam_dir, markdown_table, scores
+from psa_baseline.fileio import write_json
+from .builders import labels_for, split_ids, voc_root
+from .common import Stage, resolve_data_path, upstream_fp
+from .report import update_results
+
+NAME = "eval_cam"
+
+
+def add_arguments(p):
+    p.add_argument("--cam-dir", help="score this folder of <id>.npy CAM dicts instead of the pipeline's")
+    p.add_argument("--split", help="split name (val, train, ... looked up under the VOC root's "
+                   "ImageSets/Segmentation, then voc12/) or a list file; default data.eval_list")
+    p.add_argument("--threshold", type=float, help="fixed background threshold (default cam_eval.threshold)")
+    p.add_argument("--out", help="write the metrics JSON here (standalone use)")
+
+
+def sweep_values(cfg):
+    a, b, s = cfg["cam_eval"]["sweep"]
+    return [round(float(v), 6) for v in np.arange(a, b + s / 2, s)]
+
+
+def trivial_scores(root, ids, labels):
+    """mIoU of two answers that need no CAM: all background, and every pixel = a present class."""
+    conf_bg, conf_one = 0, 0
+    for i in ids:
+        gt = root.read_seg(i)
+        conf_bg = conf_bg + confusion(gt, np.zeros_like(gt))
+        first = int(np.nonzero(labels[i])[0][0]) + 1 if labels[i].any() else 0
+        conf_one = conf_one + confusion(gt, np.full_like(gt, first))
+    return {"all_background": scores(conf_bg)["miou"], "cam_one_everywhere": scores(conf_one)["miou"]}
+
+
+def split_list(cfg, split):
+    if split is None:
+        return cfg["data"]["eval_list"]
+    if Path(split).suffix == ".txt" or "/" in split:
+        return split
+    for rel in (f"ImageSets/Segmentation/{split}.txt", f"voc12/{split}.txt"):
+        try:
+            resolve_data_path(cfg, rel, "split")
+            return rel
+        except InputError:
+            pass
+    raise InputError(f"split '{split}': no ImageSets/Segmentation/{split}.txt under the VOC root "
+                     f"and no voc12/{split}.txt; pass a list file")
+
+
+def evaluate(cfg, cam_dir, list_rel, threshold, log=None):
+    root = voc.VOCRoot(voc_root(cfg).root, seg_dir=cfg["data"]["eval_seg_dir"])
+    ids = split_ids(cfg, list_rel)
+    labels = labels_for(cfg, root, ids, log)
+    voc.check_dataset(root, ids, need_seg=True, labels=labels)
+    res = evaluate_cam_dir(cam_dir, root, ids, threshold, sweep_values(cfg), labels=labels)
+    res["split"] = str(list_rel)
+    res["trivial"] = trivial_scores(root, ids, labels)
+    if cfg["data"]["part_masks"]:
+        from psa_baseline.demo_data import part_recall_from_cams
+        pr = part_recall_from_cams(cam_dir, root.root, ids, threshold)
+        res["part_recall"] = {"strong": pr["strong"], "weak": pr["weak"]}
+    return res
+
+
+def run(cfg, force=False):
+    st = Stage(cfg, NAME, [upstream_fp(cfg, "make_cam"), cfg["cam_eval"], cfg["data"]["eval_list"]], force)
+    out = st.dir / "cam_eval.json"
+    if not st.is_done():
+        res = evaluate(cfg, st.work_dir / st.variant / "make_cam" / "cams", cfg["data"]["eval_list"],
+                       cfg["cam_eval"]["threshold"], st.log)
+        write_json(out, res)
+        st.finish(metrics="cam_eval.json")
+    res = json.loads(out.read_text())
+    update_results(st.work_dir, st.variant, "cam", res)
+    st.log.info("CAM mIoU %.2f precision %.2f recall %.2f at threshold %.2f (best %.2f at %.2f); "
+                "trivial: all-bg %.2f, CAM=1 %.2f", res["miou"], res["precision"], res["recall"],
+                res["threshold"], res["best_miou"], res["best_threshold"], res["trivial"]["all_background"],
+                res["trivial"]["cam_one_everywhere"])
+    return res
+
+
+def main(args):
+    from .cli import config_from_args
+    over = list(args.set)
+    if args.threshold is not None:
+        over.append(("cam_eval.threshold", args.threshold))
+    args.set = over
+    if args.config is None and args.cam_dir:
+        args.config = "voc"
+    cfg = config_from_args(args)
+    if not args.cam_dir:
+        if args.split or args.out:
+            raise InputError("--split/--out are for scoring a folder given with --cam-dir")
+        return run(cfg, force=args.force)
+    cam_dir = Path(args.cam_dir)
+    if not cam_dir.is_dir():
+        raise InputError(f"--cam-dir {cam_dir} is not a folder of <id>.npy CAM dicts")
+    res = evaluate(cfg, cam_dir, split_list(cfg, args.split), cfg["cam_eval"]["threshold"])
+    if args.out:
+        write_json(args.out, res)
+    print(markdown_table({str(cam_dir): res}, "cam"))
+    print(f"mIoU {res['miou']:.2f} at threshold {res['threshold']}; best {res['best_miou']:.2f} at "
+          f"{res['best_threshold']}" + (f"; written to {args.out}" if args.out else ""))
+    return res
+
+
+if __name__ == "__main__":
+    from .cli import stage_main
+    stage_main("eval-cam")

@@ -1,0 +1,171 @@
+"""Stage train-cam: train PSA's WideResNet-38 classifier (optionally with the EADER hook).
+
+Reads: the train list, images and image-level labels under the VOC root (net.weights if given).
+Writes: <work>/<variant>/train_cam/{checkpoint.pth, cam_net.pth, DONE.json}, logs/<variant>.train_cam.log.
+A rerun resumes from checkpoint.pth (model, optimisers, schedule step, EADER turn, RNG states).
+"""
+import contextlib
+import time
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from psa_baseline import voc
+from psa_baseline.fileio import save_torch
+from psa_baseline.resnet38 import PolyOptimizer
+from psa_baseline.training import EpochSampler, load_checkpoint, save_checkpoint, set_rng_state, unwrap
+from .builders import build_cam_net, labels_for, split_ids, voc_root
+from .common import Stage, rank, resolve_device, seed_everything
+
+NAME = "train_cam"
+
+
+def depends(cfg):
+    keys = ("seed", "voc_root", "data", "net", "cam_train", "eader")
+    return [{k: cfg[k] for k in keys}]
+
+
+def build_eader(cfg, device):
+    if not cfg["eader"]["enabled"]:
+        return None
+    from psa_eader.hook import EADER, EaderConfig
+    from psa_eader.adversary import adversary_optimizer, build_adversary
+    e = EaderConfig(**cfg["eader"])
+    adv = build_adversary(width=e.adv_width, weights=e.adv_weights).to(device)
+    opt = adversary_optimizer(adv, lr=e.adv_lr, momentum=e.adv_momentum, weight_decay=e.adv_weight_decay)
+    return EADER(e, adv, opt)
+
+
+def localizer_steps(total, cfg):
+    """Steps on which the localizer's optimiser steps: all without EADER, its turns with it."""
+    if not cfg["eader"]["enabled"]:
+        return total
+    n = cfg["eader"]["phase_steps"]
+    return sum(1 for s in range(total) if (s // n) % 2 == 0)
+
+
+def run(cfg, force=False, sampler_factory=None, stop_after=None):
+    """sampler_factory(n, seed) -> EpochSampler-like (set_epoch(epoch, start)); DDP passes a sharded one.
+    stop_after: end (with a checkpoint) after this many steps; for tests and debugging."""
+    st = Stage(cfg, NAME, depends(cfg), force)
+    if st.is_done():
+        return st.dir / "cam_net.pth"
+    t = cfg["cam_train"]
+    device = resolve_device(cfg["device"])
+    seed_everything(cfg["seed"])
+
+    root = voc_root(cfg)
+    ids = split_ids(cfg, cfg["data"]["train_list"])
+    labels = labels_for(cfg, root, ids, st.log)
+    voc.check_dataset(root, ids, need_seg=False, labels=labels)
+    st.log.info("variant %s: %d training images from %s", st.variant, len(ids), root.root)
+
+    aug = voc.ClsAugment(t["crop"], resize_long=tuple(t["resize_long"]), jitter=t["color_jitter"], flip=True)
+    dataset = voc.ClsTrainDataset(root, ids, labels, aug, seed=cfg["seed"])
+    sampler = (sampler_factory or (lambda n, s: EpochSampler(n, s)))(len(dataset), cfg["seed"])
+    loader = torch.utils.data.DataLoader(dataset, batch_size=t["batch_size"], sampler=sampler,
+                                         drop_last=True, num_workers=t["num_workers"],
+                                         pin_memory=device.type == "cuda")
+    steps_per_epoch = len(sampler) // t["batch_size"]
+    if steps_per_epoch == 0:
+        from psa_baseline.errors import InputError
+        raise InputError(f"{len(ids)} training images are fewer than one batch of {t['batch_size']}: "
+                         "lower cam_train.batch_size")
+    total = steps_per_epoch * t["epochs"]
+
+    net = build_cam_net(cfg, st.log).to(device)
+    if device.type == "cuda":
+        net = net.to(memory_format=torch.channels_last)
+    eader = build_eader(cfg, device)
+    opt = PolyOptimizer(net.param_groups(), t["lr"], t["weight_decay"], localizer_steps(total, cfg),
+                        momentum=t["momentum"], momentum_quirk=t["momentum_quirk"], power=t["poly_power"])
+    step = 0
+    ckpt_path = st.dir / "checkpoint.pth"
+    if ckpt_path.exists():
+        ck = load_checkpoint(ckpt_path, device)
+        net.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        if eader is not None:
+            eader.load_state_dict(ck["eader"])
+        step = ck["step"]
+        set_rng_state(ck["rng"])
+        st.log.info("resumed from %s at step %d/%d", ckpt_path, step, total)
+    model = net
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        model = torch.nn.parallel.DistributedDataParallel(net)
+
+    def checkpoint():
+        if rank() == 0:
+            save_checkpoint(ckpt_path, model=unwrap(model).state_dict(), optimizer=opt.state_dict(),
+                            eader=eader.state_dict() if eader else None, step=step)
+
+    amp = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if t["bf16"] else contextlib.nullcontext
+    st.log.info("training %d steps (%d epochs x %d), batch %d, crop %d, EADER %s",
+                total, t["epochs"], steps_per_epoch, t["batch_size"], t["crop"],
+                "on" if eader else "off")
+    model.train()
+    t0 = time.time()
+    bar = tqdm(total=total, initial=step, desc=f"train-cam[{st.variant}]", disable=rank() != 0,
+               dynamic_ncols=True)
+    running = {}
+    while step < total:
+        epoch, in_epoch = divmod(step, steps_per_epoch)
+        sampler.set_epoch(epoch, in_epoch * t["batch_size"])
+        dataset.set_epoch(epoch)
+        for _, x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            stats = train_step(model, opt, eader, x, y, amp)
+            for k, v in stats.items():
+                running[k] = running.get(k, 0.0) * 0.9 + v * 0.1 if k in running else v
+            step += 1
+            bar.update(1)
+            if step % t["log_every"] == 0 or step == total:
+                bar.set_postfix({k: f"{v:.3g}" for k, v in running.items() if k in ("loss", "l_cls", "adv_acc")})
+                st.log.info("step %d/%d epoch %d lr %.5g %s", step, total, epoch,
+                            opt.param_groups[0]["lr"], " ".join(f"{k} {v:.4g}" for k, v in running.items()))
+            if step % t["checkpoint_every"] == 0 or step % steps_per_epoch == 0:
+                checkpoint()
+            if step >= total or (stop_after is not None and step >= stop_after):
+                break
+        if stop_after is not None and step >= stop_after and step < total:
+            checkpoint()
+            bar.close()
+            st.log.info("stopped after step %d as asked (resume by rerunning)", step)
+            return None
+    bar.close()
+    if rank() == 0:
+        save_torch(st.dir / "cam_net.pth", unwrap(model).state_dict())
+    st.log.info("trained in %.1f s", time.time() - t0)
+    st.finish(model="cam_net.pth", steps=total, seconds=round(time.time() - t0, 1))
+    return st.dir / "cam_net.pth"
+
+
+def train_step(model, opt, eader, x, y, amp):
+    """One step of the baseline classifier, or of whichever network's turn it is under EADER."""
+    if eader is not None and eader.phase == "adversary":
+        with torch.no_grad(), amp():
+            cams = unwrap(model).forward_cam(x)
+        stats = eader.adversary_step(x, y, cams.float())
+        eader.advance()
+        return stats
+    with amp():
+        logits, cams = model(x, with_cam=True) if eader is not None else (model(x), None)
+    loss = F.multilabel_soft_margin_loss(logits.float(), y)
+    stats = {"l_cls": loss.item()}
+    if eader is not None:
+        loss, extra = eader.localizer_loss(x, y, cams.float(), loss)
+        stats.update(extra)
+        eader.advance()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    stats["loss"] = loss.item()
+    return stats
+
+
+if __name__ == "__main__":
+    from .cli import stage_main
+    stage_main("train-cam")

@@ -1,0 +1,364 @@
+"""EADER hook: tiny networks, tiny images (CPU)."""
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from psa_baseline.cam_net import CAMNet
+from psa_baseline.errors import InputError
+from psa_baseline.resnet38 import Res38Spec
+from psa_eader.adversary import adversary_optimizer, build_adversary
+from psa_eader.gradcam import grad_cam
+from psa_eader.hook import EADER, EaderConfig
+from psa_eader.losses import adversary_loss, attention_mining_loss, regularisation_loss
+from psa_eader.masks import erase_pairs, normalise_attention, soft_mask
+from psa_eader.standalone import StandaloneLocalizer, segment_from_attention
+
+C = 20
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny ops: one thread avoids oversubscription slowdowns on a busy 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_localizer():
+    return CAMNet(Res38Spec(width=0.0625, blocks=(1, 1, 1, 1), frozen_bn=False, frozen_stem=False))
+
+
+def batch(labels=((0, 2), (1,))):
+    torch.manual_seed(0)
+    x = torch.randn(len(labels), 3, 32, 32)
+    y = torch.zeros(len(labels), C)
+    for i, cs in enumerate(labels):
+        y[i, list(cs)] = 1
+    return x, y
+
+
+def make(phase_steps=3, **kw):
+    torch.manual_seed(1)
+    cfg = EaderConfig(enabled=True, phase_steps=phase_steps, adv_width=0.0625, **kw)
+    adv = build_adversary(width=0.0625)
+    return EADER(cfg, adv, adversary_optimizer(adv))
+
+
+def snapshot(m):
+    return {k: v.detach().clone() for k, v in m.named_parameters()}
+
+
+def moved(m, snap):
+    return [k for k, v in m.named_parameters() if not torch.equal(v, snap[k])]
+
+
+def test_adversary_frozen_in_localizer_turn():
+    net, eader = tiny_localizer(), make()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    x, y = batch()
+    adv0, net0 = snapshot(eader.adversary), snapshot(net)
+    assert eader.phase == "localizer"
+    logits, att = net.forward_with_cam(x)
+    loss, stats = eader.localizer_loss(x, y, att, F.multilabel_soft_margin_loss(logits, y))
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    assert all(p.grad is None for p in eader.adversary.parameters())
+    assert all(p.requires_grad for p in eader.adversary.parameters())  # restored after the forward
+    assert moved(eader.adversary, adv0) == []
+    assert moved(net, net0)
+    assert {"loss_loc", "l_am", "l_reg", "adv_acc", "num_erased", "loss"} <= stats.keys()
+    assert stats["num_erased"] == 3
+
+
+def test_localizer_untouched_in_adversary_turn():
+    net, eader = tiny_localizer(), make()
+    x, y = batch()
+    for _ in range(3):
+        eader.advance()
+    assert eader.phase == "adversary"
+    net0, adv0 = snapshot(net), snapshot(eader.adversary)
+    with torch.no_grad():
+        att = net.forward_cam(x)
+    stats = eader.adversary_step(x, y, att)
+    assert moved(net, net0) == [] and all(p.grad is None for p in net.parameters())
+    assert moved(eader.adversary, adv0)
+    assert stats["num_erased"] == 3 and 0 <= stats["adv_acc"] <= 1 and stats["adv_loss"] > 0
+    # even with an attention that is still in the localizer's graph, nothing reaches the localizer
+    _, att = net.forward_with_cam(x)
+    eader.adversary_step(x, y, att)
+    assert all(p.grad is None for p in net.parameters())
+
+
+def test_wrong_turn_is_refused():
+    eader = make()
+    x, y = batch()
+    with pytest.raises(RuntimeError):
+        eader.adversary_step(x, y, torch.rand(2, C, 4, 4))
+    for _ in range(3):
+        eader.advance()
+    with pytest.raises(RuntimeError):
+        eader.localizer_loss(x, y, torch.rand(2, C, 4, 4), torch.tensor(0.0))
+
+
+def test_gradient_reaches_localizer_through_soft_mask():
+    x, y = batch()
+    eader = make(omega=10.0, beta=0.0)  # softer mask: more pixels carry a gradient
+    att = torch.rand(2, C, 4, 4, requires_grad=True)
+    loss, stats = eader.localizer_loss(x, y, att, torch.tensor(0.0))
+    loss.backward()
+    assert att.grad.abs().sum() > 0
+    assert att.grad[y == 0].abs().sum() == 0  # absent classes are never erased
+
+    net = tiny_localizer()
+    logits, cam = net.forward_with_cam(x)
+    loss, _ = eader.localizer_loss(x, y, cam, 0 * logits.sum())  # L_am only
+    loss.backward()
+    assert sum(p.grad.abs().sum() for p in net.parameters() if p.grad is not None) > 0
+
+    # alpha = 0 (and beta = 0): the adversary path is cut, the loss is L_loc itself
+    eader0 = make(alpha=0.0, beta=0.0)
+    att = torch.rand(2, C, 4, 4, requires_grad=True)
+    loss_loc = (att * 0).sum()
+    loss, stats = eader0.localizer_loss(x, y, att, loss_loc)
+    assert loss is loss_loc and "l_am" not in stats
+    loss.backward()
+    assert att.grad.abs().sum() == 0
+
+
+def test_adversary_batch_is_number_of_positive_labels():
+    x, y = batch(((0, 2), (1,), (3, 4, 5)))
+    erased, img_idx, cls_idx = erase_pairs(x, y, torch.rand(3, C, 4, 4))
+    assert erased.shape == (6, 3, 32, 32)
+    assert img_idx.tolist() == [0, 0, 1, 2, 2, 2] and cls_idx.tolist() == [0, 2, 1, 3, 4, 5]
+    eader = make()
+    seen = []
+    eader.adversary.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[0]))
+    eader.localizer_loss(x, y, torch.rand(3, C, 4, 4), torch.tensor(0.0))
+    for _ in range(3):
+        eader.advance()
+    eader.adversary_step(x, y, torch.rand(3, C, 4, 4))
+    assert seen == [6, 6]
+
+
+def test_erasing_hand_made():
+    x = torch.ones(1, 3, 4, 4)
+    y = torch.zeros(1, C)
+    y[0, 5] = 1
+    att = torch.zeros(1, C, 4, 4)
+    att[0, 5, :2] = 3.0  # top half: normalised to ~1 -> erased to ~0 (mean colour)
+    erased, _, _ = erase_pairs(x, y, att)
+    assert erased[0, :, :2].abs().max() < 1e-3
+    assert torch.allclose(erased[0, :, 2:], torch.ones(3, 2, 4), atol=1e-3)
+
+
+def test_schedule_alternates_and_survives_round_trip():
+    eader = make(phase_steps=3)
+    seq = ""
+    for _ in range(12):
+        seq += eader.phase[0].upper()
+        eader.advance()
+    assert seq == "LLLAAALLLAAA"
+
+    eader = make(phase_steps=3)
+    for _ in range(4):  # mid adversary turn
+        eader.advance()
+    x, y = batch()
+    eader.adversary_step(x, y, torch.rand(2, C, 4, 4))
+    sd = eader.state_dict()
+    fresh = make(phase_steps=3)
+    fresh.load_state_dict(sd)
+    seq = ""
+    for _ in range(6):
+        seq += fresh.phase[0].upper()
+        fresh.advance()
+    assert seq == "AALLLA"
+    for a, b in zip(fresh.adversary.state_dict().values(), eader.adversary.state_dict().values()):
+        assert torch.equal(a, b)
+    assert fresh.adv_optimizer.state_dict()["state"].keys() == eader.adv_optimizer.state_dict()["state"].keys()
+
+    uneven = make(phase_steps=2, adv_phase_steps=1)
+    seq = ""
+    for _ in range(6):
+        seq += uneven.phase[0].upper()
+        uneven.advance()
+    assert seq == "LLALLA"
+
+    off = EADER(EaderConfig(enabled=False))
+    for _ in range(500):
+        assert off.phase == "localizer"
+        off.advance()
+    loss_loc = torch.tensor(1.5)
+    assert off.localizer_loss(None, None, None, loss_loc)[0] is loss_loc
+
+
+def test_losses_hand_computed():
+    logits = torch.zeros(3, C)
+    logits[0, 4] = 0.0                # sigmoid 0.5
+    logits[1, 7] = math.log(3.0)      # sigmoid 0.75
+    logits[2, 4] = -math.log(3.0)     # sigmoid 0.25
+    logits[2, 9] = 5.0                # not the erased class: ignored
+    cls_idx = torch.tensor([4, 7, 4])
+    assert attention_mining_loss(logits, cls_idx, "authors").item() == pytest.approx(0.5)
+    assert attention_mining_loss(logits, cls_idx, "paper", num_classes=20).item() == pytest.approx(0.0)
+    logits[2, 4] = 2.0
+    assert attention_mining_loss(logits, cls_idx, "authors").item() == pytest.approx(
+        (0.5 + 0.75 + 1 / (1 + math.exp(-2))) / 3)
+    assert attention_mining_loss(logits, cls_idx, "paper").item() == pytest.approx((math.log(3) + 2) / 20)
+    with pytest.raises(ValueError):
+        attention_mining_loss(logits, cls_idx, "other")
+
+    att = torch.zeros(2, 3, 2, 2)
+    att[0, 0] = torch.tensor([[1.0, 0.0], [0.0, 1.0]])   # sum 2
+    att[0, 1] = torch.tensor([[1.0, 1.0], [1.0, 1.0]])   # sum 4
+    att[0, 2] = 9.0                                       # absent: ignored
+    att[1, 1] = torch.tensor([[0.0, 0.0], [0.0, 1.0]])   # sum 1
+    labels = torch.tensor([[1.0, 1.0, 0.0], [0.0, 1.0, 0.0]])
+    assert regularisation_loss(att, labels).item() == pytest.approx(7 / (2 * 2 * 3))
+
+    assert adversary_loss(torch.zeros(2, C), torch.ones(2, C)).item() == pytest.approx(math.log(2))
+
+
+def test_soft_mask_and_normalisation():
+    m = soft_mask(torch.tensor([[0.5, 1.0], [0.0, 0.55]]), (2, 2))
+    assert m[0, 0].item() == pytest.approx(0.5)
+    assert m[0, 1].item() > 0.9999 and m[1, 0].item() < 1e-4
+    assert m[1, 1].item() == pytest.approx(1 / (1 + math.exp(-5)))
+    assert soft_mask(torch.rand(2, 3, 4, 4), (32, 32)).shape == (2, 3, 32, 32)
+    att = torch.rand(2, 3, 5, 5) * 7
+    n = normalise_attention(att)
+    assert torch.allclose(n.flatten(2).amax(-1), torch.ones(2, 3), atol=1e-5)
+
+
+class TinyNet(nn.Module):
+    """Features then a non-linear head, so Grad-CAM weights are not just fc rows."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Conv2d(3, 6, 3, 2, 1)
+        self.head = nn.Conv2d(6, 5, 1)
+        self.fc = nn.Linear(5, 4)
+
+    def forward(self, x):
+        f = torch.tanh(self.body(x))
+        return self.fc(F.relu(self.head(f)).mean((2, 3))), f
+
+
+def test_grad_cam_matches_direct_autograd():
+    torch.manual_seed(0)
+    net = TinyNet()
+    x = torch.randn(3, 3, 8, 8)
+    labels = torch.tensor([[1.0, 0, 1, 0], [0, 1, 0, 0], [1, 1, 1, 1]])
+    logits, f = net(x)
+    cams = grad_cam(f, logits, labels, create_graph=True)
+    assert cams.shape == (3, 4, 4, 4)
+    for b in range(3):
+        for c in range(4):
+            if labels[b, c] == 0:
+                assert cams[b, c].abs().sum() == 0
+                continue
+            g, = torch.autograd.grad(logits[b, c], f, retain_graph=True)
+            w = g[b].mean((1, 2))
+            expect = F.relu((w[:, None, None] * f[b]).sum(0))
+            assert torch.allclose(cams[b, c], expect, atol=1e-6)
+    # create_graph=True: the map also depends on the head through the weights
+    gh, = torch.autograd.grad(cams.sum(), net.head.weight, retain_graph=True)
+    assert gh.abs().sum() > 0
+    # create_graph=False (the authors' hooks): weights are constants, the map still depends on F
+    cams2 = grad_cam(f, logits, labels, create_graph=False)
+    assert torch.allclose(cams, cams2)
+    gh2, gb2 = torch.autograd.grad(cams2.sum(), [net.head.weight, net.body.weight], allow_unused=True)
+    assert gh2 is None and gb2.abs().sum() > 0
+
+
+def test_standalone_localizer_and_segmentation():
+    torch.manual_seed(0)
+    loc = StandaloneLocalizer(arch="resnet18", width=0.0625)
+    x, y = batch()
+    x = torch.randn(2, 3, 64, 64)
+    logits, feats = loc(x)
+    assert logits.shape == (2, C) and feats.shape == (2, 32, 2, 2)
+    with torch.no_grad():
+        logits, att = loc.forward_with_attention(x, y)
+    assert att.shape == (2, C, 2, 2)
+    assert att[y == 0].abs().sum() == 0
+
+    eader = make(omega=10.0)
+    logits, att = loc.forward_with_attention(x, y)
+    loss, _ = eader.localizer_loss(x, y, att, 0 * logits.sum())
+    loss.backward()
+    assert sum(p.grad.abs().sum() for p in loc.parameters() if p.grad is not None) > 0
+
+    a = torch.zeros(3, 2, 2)
+    a[0] = torch.tensor([[0.9, 0.2], [0.5, 0.1]])
+    a[1] = torch.tensor([[0.5, 0.25], [0.8, 0.0]])
+    a[2] = 1.0  # absent
+    seg = segment_from_attention(a, torch.tensor([1.0, 1.0, 0.0]), rho=0.3)
+    assert seg.tolist() == [[1, 0], [2, 0]]
+    assert StandaloneLocalizer.segment_from_attention(a, torch.tensor([0.0, 0, 0])).eq(0).all()
+
+
+def test_adversary_build_and_weights(tmp_path):
+    full = build_adversary()
+    assert full.fc.out_features == 20 and full.fc.in_features == 512
+    narrow = build_adversary(width=0.0625)
+    assert narrow.fc.in_features == 32 and narrow(torch.randn(2, 3, 32, 32)).shape == (2, 20)
+
+    src = build_adversary(num_classes=1000, width=0.0625)  # stands in for an ImageNet file
+    path = tmp_path / "r18.pth"
+    torch.save(src.state_dict(), path)
+    m = build_adversary(width=0.0625, weights=str(path))
+    assert torch.equal(m.conv1.weight, src.conv1.weight)
+    assert m.fc.out_features == 20
+    assert m.weights_report["missing"] == [] and m.weights_report["unexpected"] == []
+
+    bad = tmp_path / "other.pth"
+    torch.save({"foo.weight": torch.zeros(3)}, bad)
+    with pytest.raises(InputError, match="other.pth"):
+        build_adversary(width=0.0625, weights=str(bad))
+    with pytest.raises(InputError, match="missing.pth"):
+        build_adversary(width=0.0625, weights=str(tmp_path / "missing.pth"))
+    with pytest.raises(InputError, match="r18.pth"):  # narrow weights into the full-width model
+        build_adversary(weights=str(path))
+
+
+def test_short_training_loop_runs():
+    """The loop from the hook's docstring, 4 steps, phase_steps=1, both forms of L_am."""
+    for form in ("authors", "paper"):
+        net, eader = tiny_localizer(), make(phase_steps=1, am_form=form)
+        opt = torch.optim.SGD(net.parameters(), lr=0.01)
+        x, y = batch()
+        log = []
+        for _ in range(4):
+            if eader.phase == "localizer":
+                logits, att = net.forward_with_cam(x)
+                loss, stats = eader.localizer_loss(x, y, att, F.multilabel_soft_margin_loss(logits, y))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            else:
+                with torch.no_grad():
+                    att = net.forward_cam(x)
+                stats = eader.adversary_step(x, y, att)
+            assert all(math.isfinite(v) for v in stats.values())
+            log.append("adv_loss" in stats)
+            eader.advance()
+        assert log == [False, True, False, True]
+
+
+def test_no_positive_labels():
+    x = torch.randn(2, 3, 32, 32)
+    y = torch.zeros(2, C)
+    erased, img_idx, _ = erase_pairs(x, y, torch.rand(2, C, 4, 4))
+    assert erased.shape == (0, 3, 32, 32) and img_idx.numel() == 0
+    eader = make()
+    att = torch.rand(2, C, 4, 4, requires_grad=True)
+    loss, stats = eader.localizer_loss(x, y, att, (att * 0).sum())
+    assert stats["num_erased"] == 0 and math.isfinite(loss.item())
+    for _ in range(3):
+        eader.advance()
+    assert eader.adversary_step(x, y, att) == {"num_erased": 0}
