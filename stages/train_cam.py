@@ -66,7 +66,10 @@ def run(cfg, force=False, sampler_factory=None, stop_after=None):
     sampler = (sampler_factory or (lambda n, s: EpochSampler(n, s)))(len(dataset), cfg["seed"])
     loader = torch.utils.data.DataLoader(dataset, batch_size=t["batch_size"], sampler=sampler,
                                          drop_last=True, num_workers=t["num_workers"],
-                                         pin_memory=device.type == "cuda")
+                                         pin_memory=device.type == "cuda",
+                                         # own generator: iterators must not draw from the global RNG,
+                                         # or a resumed run's dropout would differ from an unbroken one
+                                         generator=torch.Generator().manual_seed(cfg["seed"]))
     steps_per_epoch = len(sampler) // t["batch_size"]
     if steps_per_epoch == 0:
         from psa_baseline.errors import InputError
