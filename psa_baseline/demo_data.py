@@ -209,11 +209,12 @@ def _clutter_mask(h, w, rng):
 def _object_geometry(h, w, rng, n_obj):
     """Body and head masks of one object at a random position, scale and orientation."""
     side = min(h, w)
-    s = rng.uniform(0.11, 0.24) if n_obj == 1 else rng.uniform(0.09, 0.18)
+    # Bodies several CAM cells (stride 8) long, so a head-sized CAM blob cannot cover them.
+    s = rng.uniform(0.14, 0.26) if n_obj == 1 else rng.uniform(0.11, 0.2)
     r = s * side
-    aspect = rng.uniform(1.1, 1.7)
+    aspect = rng.uniform(1.2, 1.8)
     theta = rng.uniform(0, 2 * np.pi)
-    rh = r * rng.uniform(0.4, 0.52)
+    rh = r * rng.uniform(0.42, 0.5)
     # The head sits at the front end of the body's long axis; keep it inside the image,
     # the body may be cut by the border (as VOC objects are).
     reach = r * aspect * 0.95

@@ -39,10 +39,10 @@ def build_eader(cfg, device):
 
 def localizer_steps(total, cfg):
     """Steps on which the localizer's optimiser steps: all without EADER, its turns with it."""
-    if not cfg["eader"]["enabled"]:
+    e = cfg["eader"]
+    if not e["enabled"] or e["loc_in_adv_turn"]:
         return total
-    n = cfg["eader"]["phase_steps"]
-    return sum(1 for s in range(total) if (s // n) % 2 == 0)
+    return sum(1 for s in range(total) if (s // e["phase_steps"]) % 2 == 0)
 
 
 def run(cfg, force=False, sampler_factory=None, stop_after=None):
@@ -148,7 +148,8 @@ def run(cfg, force=False, sampler_factory=None, stop_after=None):
 
 def train_step(model, opt, eader, x, y, amp):
     """One step of the baseline classifier, or of whichever network's turn it is under EADER."""
-    if eader is not None and eader.phase == "adversary":
+    adversary_turn = eader is not None and eader.phase == "adversary"
+    if adversary_turn and not eader.trains_localizer:  # the authors' schedule: localizer only looks
         with torch.no_grad(), amp():
             cams = unwrap(model).forward_cam(x)
         stats = eader.adversary_step(x, y, cams.float())
@@ -158,17 +159,15 @@ def train_step(model, opt, eader, x, y, amp):
         logits, cams = model(x, with_cam=True) if eader is not None else (model(x), None)
     loss = F.multilabel_soft_margin_loss(logits.float(), y)
     stats = {"l_cls": loss.item()}
-    if eader is not None:
+    if adversary_turn:  # loc_in_adv_turn: L_loc alone for the localizer, then the adversary's step
+        stats.update(eader.adversary_step(x, y, cams.detach().float()))
+    elif eader is not None:
         loss, extra = eader.localizer_loss(x, y, cams.float(), loss)
         stats.update(extra)
+    if eader is not None:
         eader.advance()
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
     stats["loss"] = loss.item()
     return stats
-
-
-if __name__ == "__main__":
-    from .cli import stage_main
-    stage_main("train-cam")

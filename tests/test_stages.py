@@ -211,3 +211,36 @@ def test_unknown_config_key_and_wrong_type(demo_root, tmp_path, capsys):
 
 def test_make_cam_before_train_says_what_to_run(demo_root, tmp_path, capsys):
     _assert_refused(capsys, demo_root, tmp_path / "w", ["train-cam"], stage="make-cam")
+
+
+def test_eader_variant_end_to_end_and_both_variants_in_results(demo_root, tmp_path):
+    over = {"eader.enabled": True, "eader.phase_steps": 2, "eader.adv_width": 0.25}
+    cfg = tiny_cfg(demo_root, tmp_path / "work", **over)
+    train_cam.run(cfg, stop_after=3)  # mid adversary turn
+    ck = torch.load(tmp_path / "work" / "eader" / "train_cam" / "checkpoint.pth", weights_only=False)
+    assert ck["step"] == 3 and ck["eader"] is not None
+    run_cam_stage(cfg)
+    run_cam_stage(tiny_cfg(demo_root, tmp_path / "work"))
+    results = json.loads((tmp_path / "work" / "results.json").read_text())
+    assert {"baseline", "eader"} <= set(results)
+    log = (tmp_path / "work" / "logs" / "eader.train_cam.log").read_text()
+    assert "resumed from" in log and "adv_acc" in log and "l_am" in log
+
+
+def test_eader_with_zero_weights_is_the_baseline_step():
+    from conftest import tiny_spec
+    from psa_baseline.cam_net import CAMNet
+    from psa_baseline.resnet38 import PolyOptimizer
+    from psa_eader.hook import EADER, EaderConfig
+    torch.manual_seed(0)
+    x, y = torch.randn(2, 3, 48, 48), torch.tensor([[1.0] + [0] * 19, [0, 1.0] + [0] * 18])
+    nets = []
+    for eader in (None, EADER(EaderConfig(enabled=True, alpha=0.0, beta=0.0, adv_width=0.25))):
+        torch.manual_seed(1)
+        net = CAMNet(tiny_spec()).train()
+        opt = PolyOptimizer(net.param_groups(), 0.1, 5e-4, 10)
+        torch.manual_seed(2)  # same dropout masks
+        train_cam.train_step(net, opt, eader, x, y, __import__("contextlib").nullcontext)
+        nets.append(net.state_dict())
+    for k in nets[0]:
+        assert torch.equal(nets[0][k], nets[1][k]), k
