@@ -92,12 +92,10 @@ def class_designs(names):
         # Offsets -1, 0, +1 (or -0.5, +0.5) times CUE within the group: subtle but learnable.
         offset = (j - (len(members) - 1) / 2) * CUE * CUE_DIR
         base, texture = BODY_STYLES[g % len(BODY_STYLES)]
-        # Head colours: saturated hue unique to the class + its complement, dark or bright.
-        hue = (k / n + 0.03) % 1.0
-        c1 = _hsv(hue, 1.0, 1.0)
-        c2 = _hsv((hue + 0.5) % 1.0, 1.0, 0.3 if k % 2 == 0 else 1.0)
-        if k % 4 >= 2:
-            c2 = (20, 20, 20) if k % 2 == 0 else (245, 245, 245)
+        # Head: a saturated hue unique to the class, paired with black or white (alternating, so
+        # neighbouring hues also differ in the second colour), and one of four patterns.
+        c1 = _hsv(k / n, 1.0, 1.0)
+        c2 = (15, 15, 15) if k % 2 == 0 else (245, 245, 245)
         designs.append({"name": name, "index": CLASS_NAMES.index(name), "group": g,
                         "body": np.array(base, float) + offset, "texture": texture,
                         "head": (np.array(c1, float), np.array(c2, float)),
@@ -162,7 +160,7 @@ def _head_colour(design, h, w, rng, cx, cy, theta, radius):
     c1 = c1 + rng.normal(0, 8, 3)
     c2 = c2 + rng.normal(0, 8, 3)
     u, v = _frame(h, w, cx, cy, theta)
-    period = float(np.clip(radius * 0.8, 3.5, 7.0))
+    period = float(np.clip(radius * 0.9, 4.0, 8.0))  # coarse enough to survive JPEG and rescaling
     f = 2 * np.pi / period
     p = design["pattern"]
     if p == "stripes_along":
@@ -214,7 +212,7 @@ def _object_geometry(h, w, rng, n_obj):
     r = s * side
     aspect = rng.uniform(1.2, 1.8)
     theta = rng.uniform(0, 2 * np.pi)
-    rh = r * rng.uniform(0.42, 0.5)
+    rh = r * rng.uniform(0.45, 0.55)
     # The head sits at the front end of the body's long axis; keep it inside the image,
     # the body may be cut by the border (as VOC objects are).
     reach = r * aspect * 0.95

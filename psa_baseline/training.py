@@ -64,3 +64,73 @@ def load_checkpoint(path, map_location="cpu"):
 def unwrap(model):
     """The module inside DistributedDataParallel, if any."""
     return model.module if hasattr(model, "module") else model
+
+
+# --------------------------------------------------------------------------- the resumable step loop
+# Shared by train-cam and train-aff: what they have in common is the data order (EpochSampler, able to
+# start mid-epoch), the checkpoint/resume protocol and the logging; the step itself is theirs.
+
+def make_loader(dataset, sampler, batch_size, num_workers, device, seed):
+    """DataLoader over `sampler` (drop_last) with its own generator: iterators must not draw from the
+    global RNG, or a resumed run's dropout would differ from an unbroken one."""
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True,
+                                       num_workers=num_workers, pin_memory=device.type == "cuda",
+                                       generator=torch.Generator().manual_seed(seed))
+
+
+def resume(ckpt_path, device, model, optimizer, log=None, total=None):
+    """Restore model, optimiser and RNG states from `ckpt_path` if it exists.
+
+    Returns (step, checkpoint dict) - (0, None) for a fresh start; the caller restores its extra parts
+    (e.g. the EADER adversary) from the dict.
+    """
+    from pathlib import Path
+    if not Path(ckpt_path).exists():
+        return 0, None
+    ck = load_checkpoint(ckpt_path, device)
+    model.load_state_dict(ck["model"])
+    optimizer.load_state_dict(ck["optimizer"])
+    set_rng_state(ck["rng"])
+    if log is not None:
+        log.info("resumed from %s at step %d/%d", ckpt_path, ck["step"], total)
+    return ck["step"], ck
+
+
+def run_steps(loader, sampler, dataset, step_fn, *, step, total, steps_per_epoch, batch_size, checkpoint,
+              log, log_every, checkpoint_every, lr, desc, stop_after=None, show=("loss",), progress=True):
+    """Train from `step` to `total`: step_fn(batch) -> {name: float} does one optimiser step.
+
+    Epoch e, batch k is always the same data (sampler.set_epoch(e, k * batch_size), dataset.set_epoch(e)),
+    so a resumed run continues exactly where an unbroken one would be. checkpoint(step) is called every
+    `checkpoint_every` steps, at every epoch end and when stopping early; lr() gives the logged lr.
+    stop_after: end (with a checkpoint) after this many steps. Returns the step reached (< total when
+    stopped early).
+    """
+    from tqdm import tqdm
+    bar = tqdm(total=total, initial=step, desc=desc, disable=not progress, dynamic_ncols=True)
+    running = {}
+    while step < total:
+        epoch, in_epoch = divmod(step, steps_per_epoch)
+        sampler.set_epoch(epoch, in_epoch * batch_size)
+        dataset.set_epoch(epoch)
+        for batch in loader:
+            stats = step_fn(batch)
+            for k, v in stats.items():
+                running[k] = running.get(k, 0.0) * 0.9 + v * 0.1 if k in running else v
+            step += 1
+            bar.update(1)
+            if step % log_every == 0 or step == total:
+                bar.set_postfix({k: f"{v:.3g}" for k, v in running.items() if k in show})
+                log.info("step %d/%d epoch %d lr %.5g %s", step, total, epoch, lr(),
+                         " ".join(f"{k} {v:.4g}" for k, v in running.items()))
+            if step % checkpoint_every == 0 or step % steps_per_epoch == 0:
+                checkpoint(step)
+            if step >= total or (stop_after is not None and step >= stop_after):
+                break
+        if stop_after is not None and step >= stop_after and step < total:
+            checkpoint(step)
+            bar.close()
+            log.info("stopped after step %d as asked (resume by rerunning)", step)
+            return step
+    bar.close()
+    return step

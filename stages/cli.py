@@ -11,7 +11,13 @@ STAGES = {
     "train-cam": "train_cam",
     "make-cam": "make_cam",
     "eval-cam": "eval_cam",
+    "make-crf": "make_crf",
+    "train-aff": "train_aff",
+    "make-pseudo": "make_pseudo",
+    "eval-seg": "eval_seg",
     "pipeline": "pipeline",
+    "standalone": "train_standalone",
+    "alpha-sweep": "alpha_sweep",
 }
 
 

@@ -7,6 +7,7 @@ Layout under the work dir:
 A stage is skipped when its DONE.json carries the same fingerprint (the config sections it depends on
 plus its inputs' fingerprints), unless forced. Only rank 0 writes.
 """
+import json
 import logging
 import os
 import random
@@ -22,11 +23,22 @@ from psa_baseline.errors import InputError
 from psa_baseline.fileio import write_json
 from .config import PROJECT_DIR, fingerprint, variant_name
 
-import json
+
+def _dist():
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 def rank():
-    return torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+    return torch.distributed.get_rank() if _dist() else 0
+
+
+def world_size():
+    return torch.distributed.get_world_size() if _dist() else 1
+
+
+def barrier():
+    if _dist():
+        torch.distributed.barrier()
 
 
 def resolve_device(name):

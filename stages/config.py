@@ -20,6 +20,8 @@ SCHEMA = "voc"
 NULLABLE = {
     "voc_root": str, "variant": str, "data.cls_labels": str, "data.part_masks": str,
     "net.weights": str, "eader.adv_weights": str,
+    "standalone.weights": str, "standalone.phase_steps": int,
+    "standalone.adv_width": float,
 }
 
 
@@ -152,6 +154,19 @@ def validate(cfg):
          "[start, stop, step] with step > 0")
     need(cfg["eader"]["am_form"] in ("authors", "paper"), "eader.am_form", "authors or paper")
     need(cfg["eader"]["phase_steps"] > 0, "eader.phase_steps", "must be positive")
+    s = cfg["standalone"]
+    need(s["arch"] in ("resnet18", "resnet50", "resnet101"), "standalone.arch", "resnet18, resnet50 or resnet101")
+    need(0 < s["width"] <= 1.0, "standalone.width", "must be in (0, 1]")
+    for k in ("batch_size", "epochs", "crop", "checkpoint_every", "log_every"):
+        need(s[k] > 0, f"standalone.{k}", "must be positive")
+    need(s["phase_steps"] is None or s["phase_steps"] > 0, "standalone.phase_steps", "positive or null")
+    need(s["adv_width"] is None or 0 < s["adv_width"] <= 1, "standalone.adv_width", "in (0, 1] or null")
+    need(len(s["resize_long"]) == 2 and 0 < s["resize_long"][0] <= s["resize_long"][1],
+         "standalone.resize_long", "[low, high] with 0 < low <= high")
+    need(0 <= s["rho"] <= 1, "standalone.rho", "must be in [0, 1]")
+    need(len(s["infer_scales"]) > 0 and all(x > 0 for x in s["infer_scales"]), "standalone.infer_scales",
+         "a non-empty list of positive scales")
+    need(len(s["sweep"]) == 3 and s["sweep"][2] > 0, "standalone.sweep", "[start, stop, step] with step > 0")
 
 
 def variant_name(cfg):

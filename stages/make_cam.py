@@ -13,7 +13,7 @@ from psa_baseline import voc
 from psa_baseline.cam_infer import multiscale_cam
 from psa_baseline.fileio import save_npy
 from .builders import build_cam_net, labels_for, split_ids, voc_root
-from .common import Stage, rank, resolve_device, upstream_fp
+from .common import Stage, barrier, rank, resolve_device, upstream_fp, world_size
 
 NAME = "make_cam"
 
@@ -28,7 +28,7 @@ def infer_ids(cfg):
     return ids
 
 
-def run(cfg, force=False, world=1):
+def run(cfg, force=False):
     deps = [upstream_fp(cfg, "train_cam"), cfg["cam_infer"], cfg["data"]["infer_lists"]]
     st = Stage(cfg, NAME, deps, force)
     cam_dir = st.dir / "cams"
@@ -47,7 +47,7 @@ def run(cfg, force=False, world=1):
     if device.type == "cuda":
         net = net.to(memory_format=torch.channels_last)
 
-    mine = ids[rank()::world]
+    mine = ids[rank()::world_size()]  # each rank takes its share; files are per image
     todo = [i for i in mine if not (cam_dir / f"{i}.npy").exists()]
     st.log.info("CAMs for %d images (%d already on disk), scales %s, flip %s -> %s", len(mine),
                 len(mine) - len(todo), cfg["cam_infer"]["scales"], cfg["cam_infer"]["flip"], cam_dir)
@@ -58,6 +58,7 @@ def run(cfg, force=False, world=1):
         save_npy(cam_dir / f"{i}.npy", cams)
     dt = time.time() - t0
     st.log.info("%d CAMs in %.1f s (%.3f s/image)", len(todo), dt, dt / max(1, len(todo)))
+    barrier()
     st.finish(cam_dir="cams", n_images=len(ids), seconds=round(dt, 1))
     return cam_dir
 

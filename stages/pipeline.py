@@ -1,29 +1,40 @@
 """The orchestrator behind ./run_pipeline.sh: the stages in order, for each variant.
 
-No arguments: the CPU demo (demo config: builds the demo dataset, then the CAM stage).
+No arguments: the CPU demo (demo config: builds the demo dataset, then the CAM stage and the affinity
+stage: make-crf, train-aff, make-pseudo, eval-seg). `--until cam` stops after the CAM stage.
 With --config voc --voc-root DIR --device cuda: the paper's setting. Every stage is skipped when it has
 already finished with the same config, so a rerun resumes where the last one stopped.
 """
 import time
 from pathlib import Path
 
-from . import eval_cam, make_cam, train_cam
+from . import eval_cam, eval_seg, make_cam, make_crf, make_pseudo, train_aff, train_cam
 from .report import results_path
 
 CAM_STAGES = (("train-cam", train_cam), ("make-cam", make_cam), ("eval-cam", eval_cam))
+AFF_STAGES = (("make-crf", make_crf), ("train-aff", train_aff), ("make-pseudo", make_pseudo),
+              ("eval-seg", eval_seg))
+UNTIL = {"cam": CAM_STAGES, "aff": CAM_STAGES + AFF_STAGES}
 
 
 def add_arguments(p):
     p.add_argument("--eader", choices=("off", "on", "both"), default="off",
                    help="baseline PSA (off), PSA with EADER (on), or both with the same seed and data")
+    p.add_argument("--until", choices=tuple(UNTIL), default="aff",
+                   help="last stage group to run: cam (train-cam .. eval-cam) or aff (also make-crf, "
+                        "train-aff, make-pseudo, eval-seg; default)")
 
 
-def run_variants(cfg, eader="off", force=False, log=print):
+def run_variants(cfg, eader="off", force=False, log=print, until="aff"):
     from .config import merge
     variants = {"off": [False], "on": [True], "both": [False, True]}[eader]
+    stages = UNTIL[until]
+    for _, mod in stages:  # config errors of late stages show up now, not hours later
+        if hasattr(mod, "check_config"):
+            mod.check_config(cfg)
     for enabled in variants:
         vcfg = merge(cfg, {"eader": {"enabled": enabled}})
-        for name, mod in CAM_STAGES:
+        for name, mod in stages:
             log(f"== {name} [{'eader' if enabled else 'baseline'}] ==")
             mod.run(vcfg, force=force)
 
@@ -38,7 +49,7 @@ def main(args):
     if cfg["name"] == "demo":
         print("== demo-data ==", flush=True)
         demo_data.run(cfg)
-    run_variants(cfg, args.eader, force=args.force, log=lambda m: print(m, flush=True))
+    run_variants(cfg, args.eader, force=args.force, log=lambda m: print(m, flush=True), until=args.until)
     report = Path(cfg["work_dir"]) / "report.md"
     print(report.read_text())
     print(f"results: {results_path(cfg['work_dir'])}\nreport:  {report}\n"

@@ -9,12 +9,11 @@ import time
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from psa_baseline import voc
 from psa_baseline.fileio import save_torch
 from psa_baseline.resnet38 import PolyOptimizer
-from psa_baseline.training import EpochSampler, load_checkpoint, save_checkpoint, set_rng_state, unwrap
+from psa_baseline.training import EpochSampler, make_loader, resume, run_steps, save_checkpoint, unwrap
 from .builders import build_cam_net, labels_for, split_ids, voc_root
 from .common import Stage, rank, resolve_device, seed_everything
 
@@ -64,12 +63,7 @@ def run(cfg, force=False, sampler_factory=None, stop_after=None):
     aug = voc.ClsAugment(t["crop"], resize_long=tuple(t["resize_long"]), jitter=t["color_jitter"], flip=True)
     dataset = voc.ClsTrainDataset(root, ids, labels, aug, seed=cfg["seed"])
     sampler = (sampler_factory or (lambda n, s: EpochSampler(n, s)))(len(dataset), cfg["seed"])
-    loader = torch.utils.data.DataLoader(dataset, batch_size=t["batch_size"], sampler=sampler,
-                                         drop_last=True, num_workers=t["num_workers"],
-                                         pin_memory=device.type == "cuda",
-                                         # own generator: iterators must not draw from the global RNG,
-                                         # or a resumed run's dropout would differ from an unbroken one
-                                         generator=torch.Generator().manual_seed(cfg["seed"]))
+    loader = make_loader(dataset, sampler, t["batch_size"], t["num_workers"], device, cfg["seed"])
     steps_per_epoch = len(sampler) // t["batch_size"]
     if steps_per_epoch == 0:
         from psa_baseline.errors import InputError
@@ -83,22 +77,15 @@ def run(cfg, force=False, sampler_factory=None, stop_after=None):
     eader = build_eader(cfg, device)
     opt = PolyOptimizer(net.param_groups(), t["lr"], t["weight_decay"], localizer_steps(total, cfg),
                         momentum=t["momentum"], momentum_quirk=t["momentum_quirk"], power=t["poly_power"])
-    step = 0
     ckpt_path = st.dir / "checkpoint.pth"
-    if ckpt_path.exists():
-        ck = load_checkpoint(ckpt_path, device)
-        net.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        if eader is not None:
-            eader.load_state_dict(ck["eader"])
-        step = ck["step"]
-        set_rng_state(ck["rng"])
-        st.log.info("resumed from %s at step %d/%d", ckpt_path, step, total)
+    step, ck = resume(ckpt_path, device, net, opt, st.log, total)
+    if ck is not None and eader is not None:
+        eader.load_state_dict(ck["eader"])
     model = net
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         model = torch.nn.parallel.DistributedDataParallel(net)
 
-    def checkpoint():
+    def checkpoint(step):
         if rank() == 0:
             save_checkpoint(ckpt_path, model=unwrap(model).state_dict(), optimizer=opt.state_dict(),
                             eader=eader.state_dict() if eader else None, step=step)
@@ -109,36 +96,21 @@ def run(cfg, force=False, sampler_factory=None, stop_after=None):
                 "on" if eader else "off")
     model.train()
     t0 = time.time()
-    bar = tqdm(total=total, initial=step, desc=f"train-cam[{st.variant}]", disable=rank() != 0,
-               dynamic_ncols=True)
-    running = {}
-    while step < total:
-        epoch, in_epoch = divmod(step, steps_per_epoch)
-        sampler.set_epoch(epoch, in_epoch * t["batch_size"])
-        dataset.set_epoch(epoch)
-        for _, x, y in loader:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            stats = train_step(model, opt, eader, x, y, amp)
-            for k, v in stats.items():
-                running[k] = running.get(k, 0.0) * 0.9 + v * 0.1 if k in running else v
-            step += 1
-            bar.update(1)
-            if step % t["log_every"] == 0 or step == total:
-                bar.set_postfix({k: f"{v:.3g}" for k, v in running.items() if k in ("loss", "l_cls", "adv_acc")})
-                st.log.info("step %d/%d epoch %d lr %.5g %s", step, total, epoch,
-                            opt.param_groups[0]["lr"], " ".join(f"{k} {v:.4g}" for k, v in running.items()))
-            if step % t["checkpoint_every"] == 0 or step % steps_per_epoch == 0:
-                checkpoint()
-            if step >= total or (stop_after is not None and step >= stop_after):
-                break
-        if stop_after is not None and step >= stop_after and step < total:
-            checkpoint()
-            bar.close()
-            st.log.info("stopped after step %d as asked (resume by rerunning)", step)
-            return None
-    bar.close()
+
+    def step_fn(batch):
+        _, x, y = batch
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        return train_step(model, opt, eader, x, y, amp)
+
+    step = run_steps(loader, sampler, dataset, step_fn, step=step, total=total, steps_per_epoch=steps_per_epoch,
+                     batch_size=t["batch_size"], checkpoint=checkpoint, log=st.log, log_every=t["log_every"],
+                     checkpoint_every=t["checkpoint_every"], lr=lambda: opt.param_groups[0]["lr"],
+                     desc=f"train-cam[{st.variant}]", stop_after=stop_after,
+                     show=("loss", "l_cls", "adv_acc"), progress=rank() == 0)
+    if step < total:
+        return None
     if rank() == 0:
         save_torch(st.dir / "cam_net.pth", unwrap(model).state_dict())
     st.log.info("trained in %.1f s", time.time() - t0)
@@ -171,3 +143,8 @@ def train_step(model, opt, eader, x, y, amp):
     opt.step()
     stats["loss"] = loss.item()
     return stats
+
+
+if __name__ == "__main__":
+    from .cli import stage_main
+    stage_main("train-cam")

@@ -90,7 +90,7 @@ cam_train: {{batch_size: 4, epochs: 30, crop: 48, resize_long: [48, 64], checkpo
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ck = tmp_path / "b" / "baseline" / "train_cam" / "checkpoint.pth"
     t0 = time.time()
-    while time.time() - t0 < 120:
+    while time.time() - t0 < 600 and proc.poll() is None:
         if ck.exists() and torch.load(ck, weights_only=False)["step"] >= 6:
             break
         time.sleep(0.05)

@@ -1,0 +1,112 @@
+"""Stage eval-seg: score label PNGs (pseudo labels, segmentation outputs) against ground truth.
+
+Pipeline use scores <work>/<variant>/make_pseudo/pseudo on data.eval_list (the Table 2 "AffinityNet" number)
+and on every other list of data.infer_lists whose images all have ground truth (e.g. train); writes
+<work>/<variant>/eval_seg/{aff_eval.json, DONE.json} and results[variant]["aff"] in <work>/results.json
+and report.md. Standalone use scores any folder of <id>.png label maps (VOC palette or greyscale indices):
+    psa-eader eval-seg --pred-dir DIR --voc-root DIR --split val --out FILE.json
+"""
+import json
+from pathlib import Path
+
+from psa_baseline import voc
+from psa_baseline.errors import InputError
+from psa_baseline.evaluation import evaluate_label_dir, markdown_table
+from psa_baseline.fileio import write_json
+from .builders import labels_for, split_ids, voc_root
+from .common import Stage, upstream_fp
+from .eval_cam import split_list, trivial_scores
+from .report import update_results
+
+NAME = "eval_seg"
+SUMMARY = ("miou", "precision", "recall", "n_images")
+
+
+def add_arguments(p):
+    p.add_argument("--pred-dir", help="score this folder of <id>.png label maps instead of the pipeline's "
+                   "pseudo labels")
+    p.add_argument("--split", help="split name (val, train, ... looked up under the VOC root's "
+                   "ImageSets/Segmentation, then voc12/) or a list file; default data.eval_list")
+    p.add_argument("--out", help="write the metrics JSON here (standalone use)")
+
+
+def part_recall_from_labels(pred_dir, root, ids):
+    """Demo data: recall of the objects' strong and weak parts by the label maps."""
+    from psa_baseline.demo_data import PartRecall, load_png
+    acc = PartRecall()
+    for i in ids:
+        gt = load_png(Path(root) / "SegmentationClass" / f"{i}.png")
+        acc.add(load_png(Path(pred_dir) / f"{i}.png"), load_png(Path(root) / "PartMasks" / f"{i}.png"), gt)
+    return acc.result()
+
+
+def evaluate(cfg, pred_dir, list_rel, log=None):
+    root = voc.VOCRoot(voc_root(cfg).root, seg_dir=cfg["data"]["eval_seg_dir"])
+    ids = split_ids(cfg, list_rel)
+    labels = labels_for(cfg, root, ids, log)
+    voc.check_dataset(root, ids, need_seg=True, labels=labels)
+    res = evaluate_label_dir(pred_dir, root, ids)
+    res["split"] = str(list_rel)
+    res["trivial"] = trivial_scores(root, ids, labels)
+    if cfg["data"]["part_masks"]:
+        pr = part_recall_from_labels(pred_dir, root.root, ids)
+        res["part_recall"] = {"strong": pr["strong"], "weak": pr["weak"]}
+    return res
+
+
+def lists_with_gt(cfg):
+    """data.eval_list first, then each other list of data.infer_lists whose ids all have ground truth."""
+    root = voc.VOCRoot(voc_root(cfg).root, seg_dir=cfg["data"]["eval_seg_dir"])
+    out = [cfg["data"]["eval_list"]]
+    for rel in cfg["data"]["infer_lists"]:
+        if rel not in out and all(root.seg_path(i).is_file() for i in split_ids(cfg, rel)):
+            out.append(rel)
+    return out
+
+
+def run(cfg, force=False):
+    d = cfg["data"]
+    deps = [upstream_fp(cfg, "make_pseudo"), d["eval_list"], d["infer_lists"], d["eval_seg_dir"], cfg["voc_root"]]
+    st = Stage(cfg, NAME, deps, force)
+    out = st.dir / "aff_eval.json"
+    pred_dir = st.work_dir / st.variant / "make_pseudo" / "pseudo"
+    if not st.is_done():
+        lists = lists_with_gt(cfg)
+        res = evaluate(cfg, pred_dir, lists[0], st.log)
+        res["splits"] = {lists[0]: {k: res[k] for k in SUMMARY}}
+        for rel in lists[1:]:
+            other = evaluate(cfg, pred_dir, rel, st.log)
+            res["splits"][rel] = {k: other[k] for k in SUMMARY}
+        write_json(out, res)
+        st.finish(metrics="aff_eval.json", splits=lists)
+    res = json.loads(out.read_text())
+    update_results(st.work_dir, st.variant, "aff", res)
+    st.log.info("pseudo-label mIoU %.2f precision %.2f recall %.2f on %s; %s", res["miou"], res["precision"],
+                res["recall"], res["split"], ", ".join(f"{k}: {v['miou']:.2f}" for k, v in res["splits"].items()))
+    return res
+
+
+def main(args):
+    from .cli import config_from_args
+    if args.config is None and args.pred_dir:
+        args.config = "voc"
+    cfg = config_from_args(args)
+    if not args.pred_dir:
+        if args.split or args.out:
+            raise InputError("--split/--out are for scoring a folder given with --pred-dir")
+        return run(cfg, force=args.force)
+    pred_dir = Path(args.pred_dir)
+    if not pred_dir.is_dir():
+        raise InputError(f"--pred-dir {pred_dir} is not a folder of <id>.png label maps")
+    res = evaluate(cfg, pred_dir, split_list(cfg, args.split))
+    if args.out:
+        write_json(args.out, res)
+    print(markdown_table({str(pred_dir): res}, "label"))
+    print(f"mIoU {res['miou']:.2f} precision {res['precision']:.2f} recall {res['recall']:.2f} on "
+          f"{res['n_images']} images" + (f"; written to {args.out}" if args.out else ""))
+    return res
+
+
+if __name__ == "__main__":
+    from .cli import stage_main
+    stage_main("eval-seg")

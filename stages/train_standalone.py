@@ -1,0 +1,302 @@
+"""Stage standalone: EADER's standalone setting (paper section 4.2, Table 1): train a Grad-CAM localizer.
+
+A torchvision ResNet (ResNet-101 in the paper; config `standalone:`) is trained as a multi-label
+classifier, with the EADER hook when eader.enabled (alpha = eader.alpha; the sweep's alpha 0 is the plain
+classifier, hook off). Grad-CAM on layer4 is the attention. At inference the attention of each
+data.eval_list image (Grad-CAM at standalone.infer_scales, each also flipped, fused and normalised to max 1
+as PSA fuses its CAMs; present classes only) gives a segmentation by argmax over [rho, A_1..A_C], scored
+with psa_baseline.evaluation (mIoU, precision, recall).
+
+Reads: the train and eval lists, images, image-level labels (and standalone.weights / eader.adv_weights).
+Writes: <work>/<variant>/standalone_train/{checkpoint.pth, localizer.pth, DONE.json},
+        <work>/<variant>/standalone_eval/{metrics.json, DONE.json[, cams/<id>.npy]},
+        logs/<variant>.standalone_{train,eval}.log. A rerun resumes from checkpoint.pth.
+"""
+import contextlib
+import json
+import time
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from psa_baseline import voc
+from psa_baseline.cam_infer import fuse_cams, normalise_batch, resize_image, to_cam_dict
+from psa_baseline.errors import InputError
+from psa_baseline.evaluation import CamSweep
+from psa_baseline.fileio import save_npy, save_torch, write_json
+from psa_baseline.training import EpochSampler, load_checkpoint, save_checkpoint, set_rng_state
+from psa_eader.standalone import StandaloneLocalizer
+from .builders import labels_for, split_ids, voc_root
+from .common import Stage, resolve_data_path, resolve_device, seed_everything, upstream_fp
+from .config import merge
+from .train_cam import build_eader, train_step
+
+TRAIN = "standalone_train"
+EVAL = "standalone_eval"
+EVAL_KEYS = ("rho", "infer_scales", "infer_flip", "save_cams", "sweep")  # do not invalidate training
+
+
+def train_keys(cfg):
+    """standalone.* keys that decide training (phase_steps / adv_width count through the eader section)."""
+    return {k: v for k, v in cfg["standalone"].items() if k not in EVAL_KEYS + ("phase_steps", "adv_width")}
+
+
+def eader_cfg(cfg):
+    """The config with standalone.phase_steps / adv_width (where set) as eader.phase_steps / adv_width."""
+    over = {k: cfg["standalone"][k] for k in ("phase_steps", "adv_width") if cfg["standalone"][k] is not None}
+    return merge(cfg, {"eader": over}) if over else cfg
+
+
+def depends(cfg):
+    """What decides the trained localizer; the eader section only when the hook is on (so the
+    baseline is not retrained when an unused EADER setting changes)."""
+    e = eader_cfg(cfg)["eader"]
+    return [{"seed": cfg["seed"], "voc_root": cfg["voc_root"], "data": cfg["data"],
+             "standalone": train_keys(cfg), "eader": e if e["enabled"] else {"enabled": False}}]
+
+
+def build_localizer(cfg, log=None):
+    s = cfg["standalone"]
+    weights = resolve_data_path(cfg, s["weights"], "standalone.weights file") if s["weights"] else None
+    loc = StandaloneLocalizer(s["arch"], s["width"], weights)
+    if log:
+        log.info("localizer %s width %g: %s", s["arch"], s["width"],
+                 f"weights {weights} ({loc.weights_report['loaded']} tensors)" if weights
+                 else "random initialisation")
+    return loc
+
+
+class GradCamModel(nn.Module):
+    """A StandaloneLocalizer behind CAMNet's training interface, so train_cam.train_step drives it
+    (one implementation of EADER's turns for both localizers):
+      forward(x) -> logits;  forward(x, with_cam=True) -> (logits, Grad-CAM) from one forward;
+      forward_cam(x) -> Grad-CAM, detached (the adversary's turn).
+    Grad-CAM needs the batch's labels: give them with `with model.labelled(y): ...`; outside that
+    block the attention is refused (no stale labels from another batch).
+    """
+
+    def __init__(self, localizer, create_graph=False):
+        super().__init__()
+        self.loc = localizer
+        self.create_graph = create_graph
+        self._labels = None
+
+    @contextmanager
+    def labelled(self, y):
+        self._labels = y
+        try:
+            yield self
+        finally:
+            self._labels = None
+
+    def _need_labels(self):
+        if self._labels is None:
+            raise RuntimeError("Grad-CAM needs the labels: call inside `with model.labelled(y):`")
+        return self._labels
+
+    def forward(self, x, with_cam=False):
+        if not with_cam:
+            return self.loc(x)[0]
+        return self.loc.forward_with_attention(x, self._need_labels(), self.create_graph)
+
+    def forward_cam(self, x):
+        return self.loc.forward_with_attention(x, self._need_labels(), create_graph=False)[1].detach()
+
+
+def run_train(cfg, force=False, stop_after=None):
+    """Train (or resume) the localizer; returns the path of localizer.pth (None if stopped early)."""
+    cfg = eader_cfg(cfg)
+    st = Stage(cfg, TRAIN, depends(cfg), force)
+    if st.is_done():
+        return st.dir / "localizer.pth"
+    s = cfg["standalone"]
+    device = resolve_device(cfg["device"])
+    seed_everything(cfg["seed"])
+
+    root = voc_root(cfg)
+    ids = split_ids(cfg, cfg["data"]["train_list"])
+    labels = labels_for(cfg, root, ids, st.log)
+    voc.check_dataset(root, ids, need_seg=False, labels=labels)
+    aug = voc.ClsAugment(s["crop"], resize_long=tuple(s["resize_long"]), jitter=s["color_jitter"], flip=True)
+    dataset = voc.ClsTrainDataset(root, ids, labels, aug, seed=cfg["seed"])
+    sampler = EpochSampler(len(dataset), cfg["seed"])
+    loader = torch.utils.data.DataLoader(dataset, batch_size=s["batch_size"], sampler=sampler, drop_last=True,
+                                         num_workers=s["num_workers"], pin_memory=device.type == "cuda",
+                                         generator=torch.Generator().manual_seed(cfg["seed"]))
+    steps_per_epoch = len(sampler) // s["batch_size"]
+    if steps_per_epoch == 0:
+        raise InputError(f"{len(ids)} training images are fewer than one batch of {s['batch_size']}: "
+                         "lower standalone.batch_size")
+    total = steps_per_epoch * s["epochs"]
+
+    model = GradCamModel(build_localizer(cfg, st.log), s["gradcam_create_graph"]).to(device)
+    eader = build_eader(cfg, device)
+    # constant lr (the authors' standalone code); it steps only in the localizer's turns under EADER
+    opt = torch.optim.SGD(model.parameters(), lr=s["lr"], momentum=s["momentum"], weight_decay=s["weight_decay"])
+    step = 0
+    ckpt_path = st.dir / "checkpoint.pth"
+    if ckpt_path.exists():
+        ck = load_checkpoint(ckpt_path, device)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        if eader is not None:
+            eader.load_state_dict(ck["eader"])
+        step = ck["step"]
+        set_rng_state(ck["rng"])
+        st.log.info("resumed from %s at step %d/%d", ckpt_path, step, total)
+
+    def checkpoint():
+        save_checkpoint(ckpt_path, model=model.state_dict(), optimizer=opt.state_dict(),
+                        eader=eader.state_dict() if eader else None, step=step)
+
+    amp = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if s["bf16"] else contextlib.nullcontext
+    st.log.info("variant %s: %d training images; %d steps (%d epochs x %d), batch %d, crop %d, EADER %s",
+                st.variant, len(ids), total, s["epochs"], steps_per_epoch, s["batch_size"], s["crop"],
+                f"on (alpha {cfg['eader']['alpha']:g}, turns of {cfg['eader']['phase_steps']})" if eader else "off")
+    model.train()
+    t0 = time.time()
+    bar = tqdm(total=total, initial=step, desc=f"standalone[{st.variant}]", dynamic_ncols=True)
+    running = {}
+    while step < total:
+        epoch, in_epoch = divmod(step, steps_per_epoch)
+        sampler.set_epoch(epoch, in_epoch * s["batch_size"])
+        dataset.set_epoch(epoch)
+        for _, x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with model.labelled(y):
+                stats = train_step(model, opt, eader, x, y, amp)
+            for k, v in stats.items():
+                running[k] = running[k] * 0.9 + v * 0.1 if k in running else v
+            step += 1
+            bar.update(1)
+            if step % s["log_every"] == 0 or step == total:
+                bar.set_postfix({k: f"{v:.3g}" for k, v in running.items() if k in ("loss", "l_cls", "adv_acc")})
+                st.log.info("step %d/%d epoch %d %s", step, total, epoch,
+                            " ".join(f"{k} {v:.4g}" for k, v in running.items()))
+            if step % s["checkpoint_every"] == 0 or step % steps_per_epoch == 0:
+                checkpoint()
+            if step >= total or (stop_after is not None and step >= stop_after):
+                break
+        if stop_after is not None and step >= stop_after and step < total:
+            checkpoint()
+            bar.close()
+            st.log.info("stopped after step %d as asked (resume by rerunning)", step)
+            return None
+    bar.close()
+    save_torch(st.dir / "localizer.pth", model.loc.state_dict())
+    st.log.info("trained in %.1f s", time.time() - t0)
+    st.finish(model="localizer.pth", steps=total, seconds=round(time.time() - t0, 1))
+    return st.dir / "localizer.pth"
+
+
+# ------------------------------------------------------------------------------------------ inference
+
+def attention_dict(loc, img, label, scales=(1.0,), flip=True, device="cpu"):
+    """Grad-CAM attention of one image as PSA's CAM dict {class: HxW float32 in [0, 1]}.
+
+    Per scale the image (resized, bicubic) and its mirror go through the localizer as one batch; each
+    layer4 Grad-CAM map is upsampled (bilinear) to H x W, un-flipped and summed, then each class is
+    divided by its max (+1e-5): PSA's fusion (cam_infer.fuse_cams). Present classes only.
+    """
+    device = torch.device(device)
+    h, w = img.shape[:2]
+    label_t = torch.as_tensor(np.asarray(label, dtype=np.float32), device=device)
+    if not (label_t > 0.5).any():
+        return {}
+    cams, flips = [], []
+    for sc in scales:
+        im = resize_image(img, sc)
+        batch = np.stack([im, im[:, ::-1]]) if flip else im[None]
+        x = normalise_batch(batch, device)
+        _, att = loc.forward_with_attention(x, label_t.expand(len(batch), -1), create_graph=False)
+        att = F.interpolate(att.detach(), (h, w), mode="bilinear", align_corners=False)
+        for i in range(att.shape[0]):
+            cams.append(att[i])
+            flips.append(i == 1)
+    return to_cam_dict(fuse_cams(cams, label_t, flips), label)
+
+
+def sweep_values(cfg):
+    a, b, step = cfg["standalone"]["sweep"]
+    return [round(float(v), 6) for v in np.arange(a, b + step / 2, step)]
+
+
+def evaluate_localizer(cfg, loc, ids, root, labels, device, cam_dir=None, log=None):
+    """mIoU / precision / recall (%) of argmax over [rho, A_1..A_C] on `ids`, plus a rho sweep.
+
+    CamSweep's rule (class with the highest attention where it beats rho, else background; ties go to
+    background) is exactly psa_eader.standalone.segment_from_attention (tests check the two agree).
+    """
+    s = cfg["standalone"]
+    rho = float(s["rho"])
+    sweep = CamSweep(sorted(set(sweep_values(cfg)) | {rho}))
+    loc.eval()
+    for i in tqdm(ids, desc="standalone eval", dynamic_ncols=True):
+        gt = root.read_seg(i)
+        cam = attention_dict(loc, root.read_image(i), labels[i], s["infer_scales"], s["infer_flip"], device)
+        if cam_dir is not None:
+            save_npy(cam_dir / f"{i}.npy", cam)
+        sweep.add(gt, cam)
+    by_rho = sweep.results()
+    res = dict(by_rho[rho])
+    res["rho"] = rho
+    res["sweep"] = {format(t, "g"): by_rho[t]["miou"] for t in sorted(set(sweep_values(cfg)))}
+    best = max(res["sweep"].items(), key=lambda kv: kv[1])
+    res["best_rho"], res["best_miou"] = float(best[0]), best[1]
+    res["n_images"] = len(ids)
+    res["split"] = cfg["data"]["eval_list"]
+    return res
+
+
+def run_eval(cfg, force=False):
+    cfg = eader_cfg(cfg)
+    deps = [upstream_fp(cfg, TRAIN), {k: cfg["standalone"][k] for k in EVAL_KEYS}, cfg["data"]["eval_list"],
+            cfg["data"]["eval_seg_dir"]]
+    st = Stage(cfg, EVAL, deps, force)
+    out = st.dir / "metrics.json"
+    if not st.is_done():
+        device = resolve_device(cfg["device"])
+        root = voc.VOCRoot(voc_root(cfg).root, seg_dir=cfg["data"]["eval_seg_dir"])
+        ids = split_ids(cfg, cfg["data"]["eval_list"])
+        labels = labels_for(cfg, root, ids, st.log)
+        voc.check_dataset(root, ids, need_seg=True, labels=labels)
+        loc = build_localizer({**cfg, "standalone": {**cfg["standalone"], "weights": None}})
+        loc.load_state_dict(torch.load(st.work_dir / st.variant / TRAIN / "localizer.pth", map_location="cpu",
+                                       weights_only=True))
+        loc.to(device)
+        t0 = time.time()
+        res = evaluate_localizer(cfg, loc, ids, root, labels, device,
+                                 st.dir / "cams" if cfg["standalone"]["save_cams"] else None, st.log)
+        res["seconds"] = round(time.time() - t0, 1)
+        write_json(out, res)
+        st.finish(metrics="metrics.json", n_images=len(ids))
+    res = json.loads(out.read_text())
+    st.log.info("standalone [%s] on %s: mIoU %.2f precision %.2f recall %.2f at rho %.2f (best mIoU %.2f at "
+                "rho %.2f)", st.variant, res["split"], res["miou"], res["precision"], res["recall"], res["rho"],
+                res["best_miou"], res["best_rho"])
+    return res
+
+
+def run(cfg, force=False, stop_after=None):
+    """Train (resumable) then evaluate; returns the metrics dict (None if stopped early)."""
+    if run_train(cfg, force=force, stop_after=stop_after) is None:
+        return None
+    return run_eval(cfg, force=force)
+
+
+def add_arguments(p):
+    p.add_argument("--stop-after", type=int, help="end (with a checkpoint) after this many steps")
+
+
+def main(args):
+    from .cli import config_from_args
+    return run(config_from_args(args), force=args.force, stop_after=args.stop_after)
+
+
+if __name__ == "__main__":
+    from .cli import stage_main
+    stage_main("standalone")
