@@ -32,7 +32,8 @@ LA, HA = "crf_la", "crf_ha"
 
 def add_arguments(p):
     p.add_argument("--cam-dir", help="read <id>.npy CAM dicts from this folder (CAMs of PSA, SEAM, OC-CSE, ...) "
-                   "instead of this variant's make-cam output")
+                   "instead of this variant's make-cam output (the folder counts by its path: after changing "
+                   "its files, rerun with --force)")
     p.add_argument("--workers", type=int, help="CRF processes (default crf.workers)")
 
 

@@ -1,0 +1,170 @@
+"""The built-in demo dataset: layout, determinism, label consistency, and part recall."""
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from psa_baseline.constants import CLASS_NAMES, IGNORE, voc_palette
+from psa_baseline.demo_data import (PartRecall, cams_to_labels, generate, load_cls_labels, load_png,
+                                    make_groups, part_recall_from_cams, read_ids, read_meta)
+from psa_baseline.errors import InputError
+from psa_baseline.fileio import save_npy
+
+PARAMS = dict(n_train=8, n_val=4)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    r = tmp_path_factory.mktemp("demo") / "data"
+    s = generate(r, seed=3, **PARAMS)
+    assert s["generated"] and s["splits"] == {"train": 8, "val": 4, "trainval": 12}
+    return r
+
+
+def all_ids(root):
+    return read_ids(root, "trainval")
+
+
+def test_layout(root):
+    train, val, both = (read_ids(root, s) for s in ("train", "val", "trainval"))
+    assert both == train + val and len(set(both)) == 12
+    assert all(re.fullmatch(r"demo_\d{6}", i) for i in both)
+    for i in both:
+        for sub, ext in (("JPEGImages", "jpg"), ("SegmentationClass", "png"), ("PartMasks", "png")):
+            assert (root / sub / f"{i}.{ext}").is_file()
+    meta = read_meta(root)
+    assert meta["seed"] == 3 and meta["params"]["n_train"] == 8
+    assert all(2 <= len(g) <= 3 for g in meta["groups"])
+    # Built in a temporary sibling and renamed: nothing left over next to root.
+    assert [p.name for p in root.parent.iterdir()] == ["data"]
+
+
+def test_palette_png_and_values(root):
+    allowed = set(range(21)) | {IGNORE}
+    subset = {CLASS_NAMES.index(n) + 1 for n in read_meta(root)["classes"]}
+    for i in all_ids(root):
+        im = Image.open(root / "SegmentationClass" / f"{i}.png")
+        assert im.mode == "P"
+        pal = np.array(im.getpalette()[:256 * 3], np.uint8).reshape(-1, 3)
+        assert (pal[:21] == voc_palette()[:21]).all()
+        seg = np.array(im)
+        assert set(np.unique(seg)) <= allowed
+        assert set(np.unique(seg)) - {0, IGNORE} <= subset
+        rgb = np.array(Image.open(root / "JPEGImages" / f"{i}.jpg"))
+        assert rgb.shape == seg.shape + (3,) and 96 <= seg.shape[0] <= 128 and 96 <= seg.shape[1] <= 128
+
+
+def test_cls_labels_match_gt(root):
+    labels = load_cls_labels(root)
+    assert sorted(labels) == sorted(all_ids(root))
+    for i, lab in labels.items():
+        assert lab.dtype == np.float32 and lab.shape == (20,)
+        seg = load_png(root / "SegmentationClass" / f"{i}.png")
+        present = set(np.unique(seg)) - {0, IGNORE}
+        assert set(np.flatnonzero(lab) + 1) == present
+        assert present, f"{i} has no object"
+
+
+def test_part_masks_consistent(root):
+    for i in all_ids(root):
+        seg = load_png(root / "SegmentationClass" / f"{i}.png")
+        part = load_png(root / "PartMasks" / f"{i}.png")
+        assert set(np.unique(part)) <= {0, 1, 2, IGNORE}
+        obj = (seg >= 1) & (seg <= 20)
+        assert ((part == 1) | (part == 2)).tolist() == obj.tolist()
+        assert ((part == IGNORE) == (seg == IGNORE)).all() and ((part == 0) == (seg == 0)).all()
+        assert (part == 1).any() and (part == 2).sum() > (part == 1).sum()  # strong part is the small one
+        # Void border: an object pixel never touches background or another class directly.
+        for a, b in ((seg[1:], seg[:-1]), (seg[:, 1:], seg[:, :-1])):
+            touch = (a != b) & (a != IGNORE) & (b != IGNORE)
+            assert not touch.any()
+
+
+def test_determinism(root, tmp_path):
+    again = tmp_path / "again"
+    generate(again, seed=3, **PARAMS)
+    for i in all_ids(root):
+        for sub in ("SegmentationClass", "PartMasks"):
+            assert (again / sub / f"{i}.png").read_bytes() == (root / sub / f"{i}.png").read_bytes()
+        a = np.array(Image.open(again / "JPEGImages" / f"{i}.jpg"), np.int16)
+        b = np.array(Image.open(root / "JPEGImages" / f"{i}.jpg"), np.int16)
+        assert np.abs(a - b).max() <= 2
+    la, lb = load_cls_labels(again), load_cls_labels(root)
+    assert all((la[k] == lb[k]).all() for k in lb)
+
+    other = tmp_path / "other"
+    generate(other, seed=4, **PARAMS)
+    i = all_ids(root)[0]
+    assert (other / "SegmentationClass" / f"{i}.png").read_bytes() != (root / "SegmentationClass" / f"{i}.png").read_bytes()
+
+
+def test_skip_and_refuse(root, tmp_path):
+    assert generate(root, seed=3, **PARAMS)["generated"] is False
+    with pytest.raises(InputError):
+        generate(root, seed=5, **PARAMS)
+    copy = tmp_path / "copy"
+    generate(copy, seed=3, n_train=3, n_val=1)
+    s = generate(copy, seed=3, n_train=4, n_val=1, overwrite=True)
+    assert s["generated"] and len(read_ids(copy, "trainval")) == 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy"]
+
+
+def test_params_checked(tmp_path):
+    with pytest.raises(InputError):
+        generate(tmp_path / "x", classes=("cat", "unicorn"))
+    with pytest.raises(InputError):
+        generate(tmp_path / "x", size=(16, 8))
+    assert not (tmp_path / "x").exists()
+
+
+def test_groups():
+    for n in range(2, 21):
+        g = make_groups(n)
+        sizes = np.bincount(g)
+        assert len(g) == n and sizes.min() >= 2 and sizes.max() <= 3
+
+
+def test_cams_to_labels():
+    cams = {7: np.array([[0.9, 0.1], [0.5, 0.0]], np.float32), 11: np.array([[0.2, 0.15], [0.6, 0.0]], np.float32)}
+    assert cams_to_labels(cams, (2, 2), 0.2).tolist() == [[8, 0], [12, 0]]
+    assert cams_to_labels({}, (2, 3), 0.2).tolist() == [[0] * 3] * 2
+    with pytest.raises(InputError):
+        cams_to_labels({7: np.zeros((3, 3))}, (2, 2), 0.2)
+
+
+def test_part_recall_hand_made():
+    gt = np.array([[8, 8, 8, 0], [8, 8, 255, 0], [10, 10, 10, 10]], np.uint8)
+    part = np.array([[1, 2, 2, 0], [2, 2, 255, 0], [1, 1, 2, 2]], np.uint8)
+    pred = np.array([[8, 8, 0, 0], [0, 3, 8, 8], [10, 0, 0, 0]], np.uint8)
+    acc = PartRecall()
+    acc.add(pred, part, gt)
+    r = acc.result()
+    # strong: cat 1/1, cow 1/2 -> 2/3; weak: cat 1/4, cow 0/2 -> 1/6
+    assert r["strong"] == pytest.approx(66.67) and r["weak"] == pytest.approx(16.67)
+    assert r["per_class"]["cat"] == {"strong": 100.0, "weak": 25.0, "strong_pixels": 1, "weak_pixels": 4}
+    assert r["per_class"]["cow"]["strong"] == 50.0 and r["per_class"]["cow"]["weak"] == 0.0
+    assert r["strong_class_mean"] == pytest.approx(75.0) and r["weak_class_mean"] == pytest.approx(12.5)
+    acc.add(pred, part, gt)  # accumulates: percentages unchanged, counts doubled
+    assert acc.result()["per_class"]["cat"]["weak_pixels"] == 8
+    with pytest.raises(InputError):
+        acc.add(pred[:2], part, gt)
+
+
+def test_part_recall_from_cams(root, tmp_path):
+    ids = all_ids(root)
+    for name, make in (("gt", lambda seg, part, c: seg == c + 1),
+                       ("strong", lambda seg, part, c: (seg == c + 1) & (part == 1)),
+                       ("none", None)):
+        d = tmp_path / name
+        for i in ids:
+            seg = load_png(root / "SegmentationClass" / f"{i}.png")
+            part = load_png(root / "PartMasks" / f"{i}.png")
+            cams = {} if make is None else {int(c) - 1: make(seg, part, int(c) - 1).astype(np.float32)
+                                            for c in set(np.unique(seg)) - {0, IGNORE}}
+            save_npy(d / f"{i}.npy", cams)
+        r = part_recall_from_cams(d, root, ids, threshold=0.2)
+        expect = {"gt": (100, 100), "strong": (100, 0), "none": (0, 0)}[name]
+        assert (r["strong"], r["weak"]) == expect
+    with pytest.raises(InputError):
+        part_recall_from_cams(tmp_path / "missing", root, ids)
