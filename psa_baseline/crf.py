@@ -35,7 +35,7 @@ def crf_inference(img_uint8_hwc, probs_chw, t=10, scale_factor=1, labels=None, n
     d = dcrf.DenseCRF2D(w, h, n)
     d.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs)))
     d.addPairwiseGaussian(sxy=3 / scale_factor, compat=3)
-    d.addPairwiseBilateral(sxy=80 / scale_factor, srgb=13, rgbim=np.ascontiguousarray(img_uint8_hwc),
+    d.addPairwiseBilateral(sxy=80 / scale_factor, srgb=13, rgbim=np.require(img_uint8_hwc, np.uint8, ["C", "W"]),
                            compat=10)
     q = d.inference(t)
     return np.asarray(q, dtype=np.float32).reshape(n, h, w)

@@ -46,8 +46,11 @@ BODY_STYLES = (
     ((80, 80, 80), "speckle"),
     ((180, 160, 110), "banded"),
 )
+HEAD_COLOURS = ((230, 20, 20), (20, 190, 20), (30, 60, 240), (250, 225, 0), (230, 0, 220), (0, 215, 235),
+                (255, 120, 0), (120, 0, 220), (255, 110, 170), (0, 120, 90))
 HEAD_PATTERNS = ("stripes_along", "stripes_across", "checker", "rings")
 CUE = 14.0       # the subtle class cue: RGB shift between neighbouring classes of a group
+DISTRACTOR_P = 0.6  # probability that an image has 1-2 headless distractor blobs
 CUE_DIR = np.array([1.0, -0.35, -0.8]) / np.linalg.norm([1.0, -0.35, -0.8])
 
 
@@ -81,25 +84,28 @@ def make_groups(n):
 
 
 def class_designs(names):
-    """Per class: group, body style, class-cue offset, head colour pair and head pattern."""
+    """Per class: group, body style, body class cue, head colour pair and head pattern."""
     groups = make_groups(len(names))
-    n = len(names)
     designs = []
     for k, name in enumerate(names):
         g = groups[k]
         members = [i for i, gg in enumerate(groups) if gg == g]
-        j = members.index(k)
-        # Offsets -1, 0, +1 (or -0.5, +0.5) times CUE within the group: subtle but learnable.
-        offset = (j - (len(members) - 1) / 2) * CUE * CUE_DIR
+        j, m = members.index(k), len(members)
+        # Subtle body cue: a small colour shift and texture scale, -1/0/+1 (or -0.5/+0.5) steps
+        # between the classes of a group.
+        step = j - (m - 1) / 2
         base, texture = BODY_STYLES[g % len(BODY_STYLES)]
-        # Head: a saturated hue unique to the class, paired with black or white (alternating, so
-        # neighbouring hues also differ in the second colour), and one of four patterns.
-        c1 = _hsv(k / n, 1.0, 1.0)
-        c2 = (15, 15, 15) if k % 2 == 0 else (245, 245, 245)
+        # Head: a saturated colour from a hand-picked list (far apart in RGB; consecutive entries,
+        # which share a body, differ most), black or white second colour and one of four patterns.
+        # Past 10 classes the colours repeat with the other second colour and another pattern.
+        c1 = HEAD_COLOURS[k % len(HEAD_COLOURS)]
+        alt = k // len(HEAD_COLOURS)
         designs.append({"name": name, "index": CLASS_NAMES.index(name), "group": g,
-                        "body": np.array(base, float) + offset, "texture": texture,
-                        "head": (np.array(c1, float), np.array(c2, float)),
-                        "pattern": HEAD_PATTERNS[k % len(HEAD_PATTERNS)]})
+                        "body": np.array(base, float) + step * CUE * CUE_DIR,
+                        "texture": texture, "texture_scale": 1.0 + 0.2 * step,
+                        "head": (np.array(c1, float),
+                                 np.array((15, 15, 15) if (k + alt) % 2 == 0 else (245, 245, 245), float)),
+                        "pattern": HEAD_PATTERNS[(k + alt) % len(HEAD_PATTERNS)]})
     return designs
 
 
@@ -137,21 +143,22 @@ def _blob(h, w, cx, cy, radius, aspect, theta, rng, wobble):
     return rho < radius * r
 
 
-def _body_colour(design, h, w, rng, cx, cy, theta, jitter=True):
-    """Group texture around the (class-shifted) group colour."""
-    base = design["body"].copy()
-    if jitter:  # per object: smaller than the class cue, so the cue stays learnable
-        base += rng.normal(0, 4) + rng.normal(0, 2.5, 3)
-    tex = design["texture"]
+def _body_colour(design, h, w, rng, cx, cy, theta, texture=None):
+    """Group texture around the (class-shifted) group colour; `texture` overrides the kind."""
+    # Per-object jitter, smaller than the class cue so the cue stays learnable.
+    base = design["body"] + rng.normal(0, 4) + rng.normal(0, 2.5, 3)
+    tex, sc = texture or design["texture"], design["texture_scale"]
     if tex == "mottled":
-        t = 22 * _smooth_noise(rng, h, w, max(3, w // 10))
+        t = 22 * _smooth_noise(rng, h, w, max(3, round(w / 10 / sc)))
     elif tex == "speckle":
-        t = 28 * cv2.GaussianBlur(rng.standard_normal((h, w)).astype(np.float32), (0, 0), 0.8)[..., None]
+        t = 28 * cv2.GaussianBlur(rng.standard_normal((h, w)).astype(np.float32), (0, 0), 0.8 * sc)[..., None]
     elif tex == "banded":
         u, _ = _frame(h, w, cx, cy, theta)
-        t = 20 * np.sin(2 * np.pi * u / rng.uniform(5, 7) + rng.uniform(0, 6.3))[..., None]
+        t = 20 * np.sin(2 * np.pi * u / (6 * sc) + rng.uniform(0, 6.3))[..., None]
+    elif tex == "plain":
+        t = 8 * _smooth_noise(rng, h, w, 3)
     else:  # spots
-        t = -45 * (_smooth_noise(rng, h, w, max(3, w // 8)) > 0.9).astype(np.float32)
+        t = -45 * (_smooth_noise(rng, h, w, max(3, round(w / 8 / sc))) > 0.9).astype(np.float32)
     return base[None, None, :] + t
 
 
@@ -164,13 +171,14 @@ def _head_colour(design, h, w, rng, cx, cy, theta, radius):
     f = 2 * np.pi / period
     p = design["pattern"]
     if p == "stripes_along":
-        m = np.sin(f * v) > 0
+        wave = np.sin(f * v)
     elif p == "stripes_across":
-        m = np.sin(f * u) > 0
+        wave = np.sin(f * u)
     elif p == "checker":
-        m = np.sin(f * u) * np.sin(f * v) > 0
+        wave = np.sin(f * u) * np.sin(f * v)
     else:
-        m = np.sin(f * np.hypot(u, v)) > 0
+        wave = np.sin(f * np.hypot(u, v))
+    m = wave > -0.3  # the saturated colour covers about 60%: the easiest cue there is
     return np.where(m[..., None], c1[None, None], c2[None, None])
 
 
@@ -183,8 +191,8 @@ def _background(h, w, rng):
 
 
 def _random_dull_colour(rng):
-    """Clutter colours: saturation <= 0.6, so clutter never looks like a head pattern."""
-    return np.array(_hsv(rng.uniform(), rng.uniform(0, 0.6), rng.uniform(0.2, 0.95)), float)
+    """Clutter colours: saturation <= 0.45, so clutter never looks like a head (all saturation >= 0.6)."""
+    return np.array(_hsv(rng.uniform(), rng.uniform(0, 0.45), rng.uniform(0.2, 0.95)), float)
 
 
 def _clutter_mask(h, w, rng):
@@ -208,11 +216,11 @@ def _object_geometry(h, w, rng, n_obj):
     """Body and head masks of one object at a random position, scale and orientation."""
     side = min(h, w)
     # Bodies several CAM cells (stride 8) long, so a head-sized CAM blob cannot cover them.
-    s = rng.uniform(0.14, 0.26) if n_obj == 1 else rng.uniform(0.11, 0.2)
+    s = rng.uniform(0.17, 0.28) if n_obj == 1 else rng.uniform(0.12, 0.21)
     r = s * side
-    aspect = rng.uniform(1.2, 1.8)
+    aspect = rng.uniform(1.4, 2.0)
     theta = rng.uniform(0, 2 * np.pi)
-    rh = r * rng.uniform(0.45, 0.55)
+    rh = r * rng.uniform(0.5, 0.6)
     # The head sits at the front end of the body's long axis; keep it inside the image,
     # the body may be cut by the border (as VOC objects are).
     reach = r * aspect * 0.95
@@ -248,13 +256,17 @@ def render_image(seed, index, designs, size=DEFAULT_SIZE):
     for _ in range(rng.integers(2, 7)):     # clutter under everything
         m = _clutter_mask(h, w, rng)
         img[m] = _random_dull_colour(rng) + rng.normal(0, 6, (int(m.sum()), 3))
-    # Distractors: headless bodies in a group's colours; background in the GT.
-    if rng.uniform() < 0.45:
+    # Distractors: headless blobs in a group's body colour but with another texture; background in
+    # the GT. They make body colour alone a poor cue, so the body's evidence lies in colour + texture:
+    # real, but harder to learn than the head's unique colours.
+    if rng.uniform() < DISTRACTOR_P:
         for _ in range(rng.integers(1, 3)):
             d = designs[rng.integers(len(designs))]
+            others = sorted({e["texture"] for e in designs} - {d["texture"]}) + ["plain"]
             g = _object_geometry(h, w, rng, 2)
             m = g["body"] | g["head"]
-            img[m] = _body_colour(d, h, w, rng, g["cx"], g["cy"], g["theta"])[m]
+            tex = others[rng.integers(len(others))]
+            img[m] = _body_colour(d, h, w, rng, g["cx"], g["cy"], g["theta"], texture=tex)[m]
 
     n_cls = int(rng.choice([1, 2, 3], p=[0.5, 0.33, 0.17]))
     n_obj = n_cls + int(rng.choice(np.arange(3 - n_cls + 1), p=_extra_p(3 - n_cls)))

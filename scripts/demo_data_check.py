@@ -99,12 +99,23 @@ def train(imgs, labels, epochs, args, seed, tag):
 
 
 @torch.no_grad()
-def predict(net, img):
-    """Logits (20,) and CAMs (20, H, W) upsampled to the image, single scale."""
+def predict(net, img, scales=(1.0,)):
+    """Logits (20,) at scale 1 and CAMs (20, H, W) upsampled to the image; with several scales, PSA's
+    inference: each scale and its flip, upsampled and summed."""
     x = torch.from_numpy(norm(img)).permute(2, 0, 1)[None]
     logits, cams = net.forward_with_cam(x)
     cams = F.interpolate(cams, size=img.shape[:2], mode="bilinear", align_corners=False)[0]
-    return logits[0].numpy(), cams.numpy()
+    if tuple(scales) == (1.0,):
+        return logits[0].numpy(), cams.numpy()
+    h, w = img.shape[:2]
+    total = 0
+    for s in scales:
+        xs = F.interpolate(x, size=(max(8, round(h * s)), max(8, round(w * s))), mode="bilinear",
+                           align_corners=False)
+        c = net.forward_cam(torch.cat([xs, xs.flip(-1)]))
+        c = F.interpolate(c, size=(h, w), mode="bilinear", align_corners=False)
+        total = total + c[0] + c[1].flip(-1)
+    return logits[0].numpy(), total.numpy()
 
 
 def average_precision(scores, targets):
@@ -168,7 +179,11 @@ def main():
     ap.add_argument("--crop", type=int, default=96)
     ap.add_argument("--resize-long", type=float, nargs=2, default=(88, 128))
     ap.add_argument("--threshold", type=float, default=0.2)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--scales", type=float, nargs="+", default=[1.0],
+                    help="CAM inference scales; more than one adds flips, as PSA (1.0 0.5 1.5 2.0)")
+    ap.add_argument("--load-model", help="evaluate this localizer state dict instead of training")
+    ap.add_argument("--threads", type=int, default=2,
+                    help="torch threads; 1 is much faster when other jobs load the 2 cores")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.time()
@@ -182,14 +197,21 @@ def main():
 
     _, tr_imgs, tr_labels, tr_gts, tr_parts = load_split(args.root, "train")
     va_ids, va_imgs, va_labels, va_gts, va_parts = load_split(args.root, "val")
-    net = train(tr_imgs, tr_labels, args.epochs, args, args.seed, "localizer")
+    if args.load_model:
+        net = make_net()
+        net.load_state_dict(torch.load(args.load_model))
+        net.eval()
+    else:
+        net = train(tr_imgs, tr_labels, args.epochs, args, args.seed, "localizer")
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        torch.save(net.state_dict(), Path(args.out).parent / "localizer.pth")
     report = {"dataset": summary, "args": vars(args)}
 
     # 1. classification and CAMs on clean val images.
     cam_dir = Path(args.out).parent / "cams"
     logits = []
     for id_, img, lab in zip(va_ids, va_imgs, va_labels):
-        lg, cams = predict(net, img)
+        lg, cams = predict(net, img, args.scales)
         logits.append(lg)
         d = {}
         for c in np.flatnonzero(lab):

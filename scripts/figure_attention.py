@@ -93,9 +93,11 @@ def compose(rows, titles, cell_w, cell_h, row_names=None):
         for c, cell in enumerate(cells):
             y, x = corner(r, c)
             canvas[y:y + cell_h, x:x + cell_w] = letterbox(cell, cell_w, cell_h)
-        if row_names:
+        if row_names:  # white on a dark box, readable on any image or margin
             y, x = corner(r, 0)
-            put_text(canvas, row_names[r], x + 3, y + 13, 0.4, (255, 255, 255))
+            (tw, th), _ = cv2.getTextSize(row_names[r], cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1)
+            canvas[y:y + th + 6, x:x + min(tw + 6, cell_w)] = (40, 40, 40)
+            put_text(canvas, row_names[r], x + 3, y + th + 2, 0.4, (255, 255, 255))
     return canvas
 
 

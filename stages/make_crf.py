@@ -71,8 +71,7 @@ def crf_one(task):
     Module level so that worker processes can run it; returns the id.
     """
     img_id, image_path, cam_path, labels, alphas, outs = task
-    # writable copy: pydensecrf's bilateral term refuses read-only buffers (PIL-backed arrays are)
-    img = np.array(voc.read_jpeg(image_path, img_id))
+    img = voc.read_jpeg(image_path, img_id)
     cams = load_cam_dict(cam_path, img.shape[:2], labels)
     name = f"id {img_id} ({cam_path})"
     if not cams:

@@ -1,4 +1,4 @@
-"""Stage standalone: EADER's standalone setting (paper section 4.2, Table 1): train a Grad-CAM localizer.
+r"""Stage standalone: EADER's standalone setting (paper section 4.2, Table 1): train a Grad-CAM localizer.
 
 A torchvision ResNet (ResNet-101 in the paper; config `standalone:`) is trained as a multi-label
 classifier, with the EADER hook when eader.enabled (alpha = eader.alpha; the sweep's alpha 0 is the plain
@@ -6,6 +6,15 @@ classifier, hook off). Grad-CAM on layer4 is the attention. At inference the att
 data.eval_list image (Grad-CAM at standalone.infer_scales, each also flipped, fused and normalised to max 1
 as PSA fuses its CAMs; present classes only) gives a segmentation by argmax over [rho, A_1..A_C], scored
 with psa_baseline.evaluation (mIoU, precision, recall).
+
+The hook's settings come from the eader section; standalone.phase_steps / standalone.adv_width, when set,
+replace eader.phase_steps / eader.adv_width for this stage only (the demo uses short turns and a narrow
+adversary without changing the PSA demo). The training step is train_cam.train_step itself (the same
+EADER turns as PSA's CAM stage), driven through GradCamModel.
+
+    psa-eader standalone --config demo eader.enabled=true          # CPU demo (after psa-eader demo-data)
+    psa-eader standalone --voc-root DIR --device cuda eader.enabled=true \
+        standalone.weights=resnet101.pth eader.adv_weights=resnet18.pth  # the paper's setting
 
 Reads: the train and eval lists, images, image-level labels (and standalone.weights / eader.adv_weights).
 Writes: <work>/<variant>/standalone_train/{checkpoint.pth, localizer.pth, DONE.json},
@@ -225,7 +234,7 @@ def sweep_values(cfg):
     return [round(float(v), 6) for v in np.arange(a, b + step / 2, step)]
 
 
-def evaluate_localizer(cfg, loc, ids, root, labels, device, cam_dir=None, log=None):
+def evaluate_localizer(cfg, loc, ids, root, labels, device, cam_dir=None):
     """mIoU / precision / recall (%) of argmax over [rho, A_1..A_C] on `ids`, plus a rho sweep.
 
     CamSweep's rule (class with the highest attention where it beats rho, else background; ties go to
@@ -270,7 +279,7 @@ def run_eval(cfg, force=False):
         loc.to(device)
         t0 = time.time()
         res = evaluate_localizer(cfg, loc, ids, root, labels, device,
-                                 st.dir / "cams" if cfg["standalone"]["save_cams"] else None, st.log)
+                                 st.dir / "cams" if cfg["standalone"]["save_cams"] else None)
         res["seconds"] = round(time.time() - t0, 1)
         write_json(out, res)
         st.finish(metrics="metrics.json", n_images=len(ids))
