@@ -47,7 +47,7 @@ BODY_STYLES = (
     ((180, 160, 110), "banded"),
 )
 HEAD_COLOURS = ((230, 20, 20), (20, 190, 20), (30, 60, 240), (250, 225, 0), (230, 0, 220), (0, 215, 235),
-                (255, 120, 0), (120, 0, 220), (255, 110, 170), (0, 120, 90))
+                (255, 120, 0), (120, 0, 220), (255, 60, 150), (0, 120, 90))
 HEAD_PATTERNS = ("stripes_along", "stripes_across", "checker", "rings")
 CUE = 14.0       # the subtle class cue: RGB shift between neighbouring classes of a group
 DISTRACTOR_P = 0.6  # probability that an image has 1-2 headless distractor blobs
@@ -102,7 +102,7 @@ def class_designs(names):
         alt = k // len(HEAD_COLOURS)
         designs.append({"name": name, "index": CLASS_NAMES.index(name), "group": g,
                         "body": np.array(base, float) + step * CUE * CUE_DIR,
-                        "texture": texture, "texture_scale": 1.0 + 0.2 * step,
+                        "texture": texture, "texture_scale": 1.0 + 0.25 * step,
                         "head": (np.array(c1, float),
                                  np.array((15, 15, 15) if (k + alt) % 2 == 0 else (245, 245, 245), float)),
                         "pattern": HEAD_PATTERNS[(k + alt) % len(HEAD_PATTERNS)]})
@@ -145,8 +145,9 @@ def _blob(h, w, cx, cy, radius, aspect, theta, rng, wobble):
 
 def _body_colour(design, h, w, rng, cx, cy, theta, texture=None):
     """Group texture around the (class-shifted) group colour; `texture` overrides the kind."""
-    # Per-object jitter, smaller than the class cue so the cue stays learnable.
-    base = design["body"] + rng.normal(0, 4) + rng.normal(0, 2.5, 3)
+    # Per-object colour jitter, about the size of the class cue: body colour is a loose cue, the
+    # group's texture (and its class-specific scale) is what identifies a body.
+    base = design["body"] + rng.normal(0, 10) + rng.normal(0, 6, 3)
     tex, sc = texture or design["texture"], design["texture_scale"]
     if tex == "mottled":
         t = 22 * _smooth_noise(rng, h, w, max(3, round(w / 10 / sc)))
@@ -218,9 +219,9 @@ def _object_geometry(h, w, rng, n_obj):
     # Bodies several CAM cells (stride 8) long, so a head-sized CAM blob cannot cover them.
     s = rng.uniform(0.17, 0.28) if n_obj == 1 else rng.uniform(0.12, 0.21)
     r = s * side
-    aspect = rng.uniform(1.4, 2.0)
+    aspect = rng.uniform(1.5, 2.2)
     theta = rng.uniform(0, 2 * np.pi)
-    rh = r * rng.uniform(0.5, 0.6)
+    rh = r * rng.uniform(0.45, 0.55)
     # The head sits at the front end of the body's long axis; keep it inside the image,
     # the body may be cut by the border (as VOC objects are).
     reach = r * aspect * 0.95

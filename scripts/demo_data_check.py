@@ -179,7 +179,7 @@ def main():
     ap.add_argument("--crop", type=int, default=96)
     ap.add_argument("--resize-long", type=float, nargs=2, default=(88, 128))
     ap.add_argument("--threshold", type=float, default=0.2)
-    ap.add_argument("--scales", type=float, nargs="+", default=[1.0],
+    ap.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.5, 1.5, 2.0],
                     help="CAM inference scales; more than one adds flips, as PSA (1.0 0.5 1.5 2.0)")
     ap.add_argument("--load-model", help="evaluate this localizer state dict instead of training")
     ap.add_argument("--threads", type=int, default=2,
