@@ -222,13 +222,15 @@ def _object_geometry(h, w, rng, n_obj):
     aspect = rng.uniform(1.5, 2.2)
     theta = rng.uniform(0, 2 * np.pi)
     rh = r * rng.uniform(0.45, 0.55)
-    # The head sits at the front end of the body's long axis; keep it inside the image,
-    # the body may be cut by the border (as VOC objects are).
+    # The head sits at the front end of the body's long axis; the body may be cut by the border
+    # (as VOC objects are).
     reach = r * aspect * 0.95
+    # Keep the head away from the border (as a face usually is), so training crops rarely cut it off.
+    mx, my = rh + 0.08 * w, rh + 0.08 * h
     for _ in range(50):
         cx, cy = rng.uniform(0.1 * w, 0.9 * w), rng.uniform(0.1 * h, 0.9 * h)
         hx, hy = cx + reach * np.cos(theta), cy + reach * np.sin(theta)
-        if rh <= hx <= w - 1 - rh and rh <= hy <= h - 1 - rh:
+        if mx <= hx <= w - 1 - mx and my <= hy <= h - 1 - my:
             break
     else:
         cx, cy = w / 2 - reach / 2 * np.cos(theta), h / 2 - reach / 2 * np.sin(theta)

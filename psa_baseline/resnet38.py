@@ -166,8 +166,9 @@ class PolyOptimizer(torch.optim.SGD):
     """
 
     def __init__(self, groups, lr, weight_decay, max_step, momentum=0.9, momentum_quirk=True,
-                 power=0.9):
-        mults = (1, 2, 10, 20)
+                 power=0.9, new_mult=10.0):
+        # PSA: new layers get 10x (weights) and 20x (biases) the base learning rate
+        mults = (1, 2, new_mult, 2 * new_mult)
         wds = (weight_decay, 0.0, weight_decay, 0.0)
         params = [{"params": g, "lr": lr * m, "weight_decay": wd, "initial_lr": lr * m}
                   for g, m, wd in zip(groups, mults, wds) if g]

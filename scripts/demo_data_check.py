@@ -72,7 +72,11 @@ def train(imgs, labels, epochs, args, seed, tag):
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     net = make_net()
-    opt = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
+    # The new classifier layer gets a larger lr, as PSA's param groups give it (10x).
+    fc = list(net.fc8.parameters())
+    rest = [p for p in net.parameters() if all(p is not q for q in fc)]
+    opt = torch.optim.SGD([{"params": rest}, {"params": fc, "lr": args.lr * args.fc_mult}],
+                          lr=args.lr, momentum=0.9, weight_decay=5e-4)
     steps_per_epoch = len(imgs) // args.batch
     total = steps_per_epoch * epochs
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (1 - s / total) ** 0.9)
@@ -176,8 +180,9 @@ def main():
     ap.add_argument("--adv-epochs", type=int, default=0, help="train a classifier on head-erased images too")
     ap.add_argument("--lr", type=float, default=0.1)
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--crop", type=int, default=96)
-    ap.add_argument("--resize-long", type=float, nargs=2, default=(88, 128))
+    ap.add_argument("--fc-mult", type=float, default=1.0, help="lr multiplier of fc8")
+    ap.add_argument("--crop", type=int, default=112)
+    ap.add_argument("--resize-long", type=float, nargs=2, default=(80, 128))
     ap.add_argument("--threshold", type=float, default=0.2)
     ap.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.5, 1.5, 2.0],
                     help="CAM inference scales; more than one adds flips, as PSA (1.0 0.5 1.5 2.0)")

@@ -76,7 +76,8 @@ def run(cfg, force=False, sampler_factory=None, stop_after=None):
         net = net.to(memory_format=torch.channels_last)
     eader = build_eader(cfg, device)
     opt = PolyOptimizer(net.param_groups(), t["lr"], t["weight_decay"], localizer_steps(total, cfg),
-                        momentum=t["momentum"], momentum_quirk=t["momentum_quirk"], power=t["poly_power"])
+                        momentum=t["momentum"], momentum_quirk=t["momentum_quirk"], power=t["poly_power"],
+                        new_mult=t["new_lr_mult"])
     ckpt_path = st.dir / "checkpoint.pth"
     step, ck = resume(ckpt_path, device, net, opt, st.log, total)
     if ck is not None and eader is not None:
