@@ -30,7 +30,7 @@ from PIL import Image
 from .constants import CLASS_NAMES, IGNORE, NUM_CLASSES, voc_palette
 from .errors import InputError
 
-VERSION = 1  # bump when the rendering changes, so an old dataset is not mistaken for a new one
+VERSION = 2  # bump when the rendering changes, so an old dataset is not mistaken for a new one
 # Three groups of three; consecutive classes (in this order) share a body style.
 DEFAULT_CLASSES = ("cat", "dog", "bird", "horse", "cow", "sheep", "car", "bus", "motorbike")
 DEFAULT_SIZE = (96, 128)
