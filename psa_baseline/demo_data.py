@@ -30,7 +30,7 @@ from PIL import Image
 from .constants import CLASS_NAMES, IGNORE, NUM_CLASSES, voc_palette
 from .errors import InputError
 
-VERSION = 2  # bump when the rendering changes, so an old dataset is not mistaken for a new one
+VERSION = 3  # bump when the rendering changes, so an old dataset is not mistaken for a new one
 # Three groups of three; consecutive classes (in this order) share a body style.
 DEFAULT_CLASSES = ("cat", "dog", "bird", "horse", "cow", "sheep", "car", "bus", "motorbike")
 DEFAULT_SIZE = (96, 128)
@@ -96,15 +96,16 @@ def class_designs(names):
         step = j - (m - 1) / 2
         base, texture = BODY_STYLES[g % len(BODY_STYLES)]
         # Head: a saturated colour from a hand-picked list (far apart in RGB; consecutive entries,
-        # which share a body, differ most), black or white second colour and one of four patterns.
-        # Past 10 classes the colours repeat with the other second colour and another pattern.
+        # which share a body, differ most) striped with black in one of four patterns. Not white:
+        # after chroma subsampling and rescaling a colour/white pattern turns pastel, like the clutter.
+        # Past 10 classes the colours repeat with white stripes and another pattern.
         c1 = HEAD_COLOURS[k % len(HEAD_COLOURS)]
         alt = k // len(HEAD_COLOURS)
         designs.append({"name": name, "index": CLASS_NAMES.index(name), "group": g,
                         "body": np.array(base, float) + step * CUE * CUE_DIR,
                         "texture": texture, "texture_scale": 1.0 + 0.25 * step,
                         "head": (np.array(c1, float),
-                                 np.array((15, 15, 15) if (k + alt) % 2 == 0 else (245, 245, 245), float)),
+                                 np.array((15, 15, 15) if alt == 0 else (245, 245, 245), float)),
                         "pattern": HEAD_PATTERNS[(k + alt) % len(HEAD_PATTERNS)]})
     return designs
 

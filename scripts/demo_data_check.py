@@ -25,7 +25,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from psa_baseline.cam_net import CAMNet  # noqa: E402
 from psa_baseline.constants import CLASS_NAMES, IGNORE, IMAGENET_MEAN, IMAGENET_STD, NUM_CLASSES  # noqa: E402
-from psa_baseline.demo_data import (STRONG, generate, load_cls_labels, load_png, part_recall_from_cams,  # noqa: E402
+from psa_baseline.demo_data import (DEFAULT_SIZE, STRONG, generate, load_cls_labels, load_png, part_recall_from_cams,  # noqa: E402
                                     read_ids, read_meta)
 from psa_baseline.fileio import save_npy, write_json  # noqa: E402
 from psa_baseline.resnet38 import Res38Spec  # noqa: E402
@@ -176,6 +176,7 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-train", type=int, default=500)
     ap.add_argument("--n-val", type=int, default=150)
+    ap.add_argument("--size", type=int, nargs=2, default=DEFAULT_SIZE, help="image side range (lo hi)")
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--adv-epochs", type=int, default=0, help="train a classifier on head-erased images too")
     ap.add_argument("--lr", type=float, default=0.1)
@@ -193,7 +194,7 @@ def main():
     torch.set_num_threads(args.threads)
     t0 = time.time()
 
-    summary = generate(args.root, seed=args.seed, n_train=args.n_train, n_val=args.n_val)
+    summary = generate(args.root, seed=args.seed, n_train=args.n_train, n_val=args.n_val, size=args.size)
     print(f"dataset {args.root}: {summary['splits']}, generated={summary['generated']} "
           f"({time.time() - t0:.1f}s)", flush=True)
     meta = read_meta(args.root)
