@@ -12,14 +12,20 @@ def res38_spec(cfg):
                      frozen_stem=n["frozen_stem"])
 
 
+def load_net_weights(cfg, net, log=None):
+    """Load net.weights (if set) into `net`; returns whether anything was loaded."""
+    if not cfg["net"]["weights"]:
+        return False
+    from psa_baseline.weights import load_weights
+    report = load_weights(net, resolve_data_path(cfg, cfg["net"]["weights"], "net.weights file"))
+    if log:
+        log.info("initial weights: %s", report.summary())
+    return True
+
+
 def build_cam_net(cfg, log=None):
     net = CAMNet(res38_spec(cfg))
-    if cfg["net"]["weights"]:
-        from psa_baseline.weights import load_weights
-        report = load_weights(net, resolve_data_path(cfg, cfg["net"]["weights"], "net.weights file"))
-        if log:
-            log.info("initial weights: %s", report.summary())
-    elif log:
+    if not load_net_weights(cfg, net, log) and log:
         log.info("no net.weights given: random initialisation")
     return net
 

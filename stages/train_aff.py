@@ -21,8 +21,8 @@ from psa_baseline.errors import InputError
 from psa_baseline.fileio import save_torch
 from psa_baseline.resnet38 import PolyOptimizer
 from psa_baseline.training import EpochSampler, make_loader, resume, run_steps, save_checkpoint, unwrap
-from .builders import res38_spec, split_ids, voc_root
-from .common import Stage, rank, resolve_data_path, resolve_device, seed_everything, upstream_fp
+from .builders import load_net_weights, res38_spec, split_ids, voc_root
+from .common import Stage, rank, resolve_device, seed_everything, upstream_fp
 from .config import variant_name
 from .make_crf import HA, LA
 
@@ -147,12 +147,7 @@ def build_aff_net(cfg, log=None):
                              f"for train-cam): {e}") from e
         if log:
             log.info("backbone from the CAM network %s (%d tensors); affinity head random", path, len(bb))
-    elif cfg["net"]["weights"]:
-        from psa_baseline.weights import load_weights
-        report = load_weights(net, resolve_data_path(cfg, cfg["net"]["weights"], "net.weights file"))
-        if log:
-            log.info("initial weights: %s", report.summary())
-    elif log:
+    elif not load_net_weights(cfg, net, log) and log:
         log.warning("aff_train.init is imagenet but net.weights is null: random initialisation")
     return net
 
