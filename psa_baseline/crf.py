@@ -41,7 +41,7 @@ def crf_inference(img_uint8_hwc, probs_chw, t=10, scale_factor=1, labels=None, n
     return np.asarray(q, dtype=np.float32).reshape(n, h, w)
 
 
-def cam_dict_to_crf(img, cam_dict, alpha, name="image"):
+def cam_dict_to_crf(img, cam_dict, alpha, name="image", scale_factor=1):
     """PSA's `_crf_with_alpha`: CAM dict {class c: HxW in [0,1]} -> CRF dict {0: bg, c+1: map}.
 
     Background score (1 - max_c cam) ** alpha: a low alpha (4) amplifies the background, so the
@@ -68,7 +68,7 @@ def cam_dict_to_crf(img, cam_dict, alpha, name="image"):
         cams.append(v)
     cams = np.stack(cams)
     bg = np.power(1 - np.clip(cams.max(0, keepdims=True), 0, 1), alpha)
-    q = crf_inference(img, np.concatenate([bg, cams]), name=name)
+    q = crf_inference(img, np.concatenate([bg, cams]), scale_factor=scale_factor, name=name)
     out = {0: q[0]}
     for i, k in enumerate(keys):
         out[int(k) + 1] = q[i + 1]

@@ -1,13 +1,16 @@
 """Built-in demo dataset in Pascal VOC layout that shows the problem EADER solves.
 
-Every object is a "body" blob with a smaller "head" blob at one end:
-- the head (strong part) carries a class-unique pattern: its own colour pair and pattern type
-  (stripes along / across the object axis, checker, rings), like a cat's face;
-- the body (weak part, ~80% of the object) has a colour and texture shared by a group of 2-3 classes,
-  plus only a subtle class cue (a small colour shift), like fur.
-Background clutter includes headless bodies ("distractors"), so a body alone is weaker evidence.
-A plain CAM classifier therefore fires on heads and misses much of the bodies, while a classifier that
-never sees heads can still recognise the class from its body: what adversarial erasing exploits.
+Every object is a "body" blob with a smaller "head" blob at its front end (head ~15% of the object):
+- the head (strong part) is class-unique: its own saturated colour, striped with black in one of four
+  patterns (stripes along / across the object axis, checker, rings), like a cat's face;
+- the body (weak part) has a colour and texture shared by a group of 2-3 classes, plus only a subtle
+  class cue (a small colour shift and texture scale), like fur.
+Background: textured noise, dull clutter shapes (saturation <= 0.45, so nothing looks like a head) and,
+in 60% of images, headless "distractor" blobs in a group's body colour with another group's texture, so
+the body's evidence is the colour + texture conjunction: real, but slower to learn than a head.
+A plain CAM classifier therefore fires on heads and misses much of the bodies, while the bodies still
+carry the class (group) for a classifier that never sees heads: what adversarial erasing exploits.
+scripts/demo_data_check.py measures both.
 
 Layout under root (as VOC, plus PartMasks and the metadata):
     JPEGImages/<id>.jpg, SegmentationClass/<id>.png (palette PNG: 0 bg, c+1 class c, 255 void border),
@@ -30,10 +33,10 @@ from PIL import Image
 from .constants import CLASS_NAMES, IGNORE, NUM_CLASSES, voc_palette
 from .errors import InputError
 
-VERSION = 3  # bump when the rendering changes, so an old dataset is not mistaken for a new one
+VERSION = 4  # bump when the rendering changes, so an old dataset is not mistaken for a new one
 # Three groups of three; consecutive classes (in this order) share a body style.
 DEFAULT_CLASSES = ("cat", "dog", "bird", "horse", "cow", "sheep", "car", "bus", "motorbike")
-DEFAULT_SIZE = (96, 128)
+DEFAULT_SIZE = (128, 160)
 STRONG, WEAK = 1, 2
 
 # Body styles, one per group: base RGB and texture kind. Desaturated, so no body looks like a head.
@@ -217,12 +220,13 @@ def _clutter_mask(h, w, rng):
 def _object_geometry(h, w, rng, n_obj):
     """Body and head masks of one object at a random position, scale and orientation."""
     side = min(h, w)
-    # Bodies several CAM cells (stride 8) long, so a head-sized CAM blob cannot cover them.
-    s = rng.uniform(0.17, 0.28) if n_obj == 1 else rng.uniform(0.12, 0.21)
+    # Long bodies (many CAM cells of stride 8 from head to tail), so a CAM that spreads a few cells
+    # around the head still misses most of the body, as a cat's CAM around the face misses the tail.
+    s = rng.uniform(0.11, 0.15) if n_obj == 1 else rng.uniform(0.08, 0.12)
     r = s * side
-    aspect = rng.uniform(1.5, 2.2)
+    aspect = rng.uniform(2.4, 3.2)
     theta = rng.uniform(0, 2 * np.pi)
-    rh = r * rng.uniform(0.45, 0.55)
+    rh = r * rng.uniform(0.7, 0.85)
     # The head sits at the front end of the body's long axis; the body may be cut by the border
     # (as VOC objects are).
     reach = r * aspect * 0.95
@@ -375,11 +379,13 @@ def generate(root, seed=0, n_train=500, n_val=150, classes=DEFAULT_CLASSES, size
         raise InputError(f"demo image size {size} must be (lo, hi) with 32 <= lo <= hi")
     if n_train < 1 or n_val < 0:
         raise InputError(f"demo split sizes n_train={n_train}, n_val={n_val}: need n_train >= 1, n_val >= 0")
-    root = Path(root)
+    root, seed = Path(root), int(seed)
     params = _params(n_train, n_val, names, (lo, hi))
     meta = read_meta(root)
     if meta is not None and meta["seed"] == seed and meta["params"] == params:
         return dict(meta["summary"], generated=False)
+    if root.exists() and not root.is_dir():
+        raise InputError(f"{root} is a file, not a directory: choose another demo data root")
     if root.exists() and any(root.iterdir()) and not overwrite:
         what = "a different demo dataset" if meta else "files that are not a demo dataset"
         raise InputError(f"{root} already holds {what}: delete it or pass overwrite=True")
@@ -388,6 +394,7 @@ def generate(root, seed=0, n_train=500, n_val=150, classes=DEFAULT_CLASSES, size
     ids = [f"demo_{i:06d}" for i in range(n_train + n_val)]
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the dataset should read like any directory
     try:
         for sub in ("JPEGImages", "SegmentationClass", "PartMasks", "ImageSets/Segmentation"):
             (tmp / sub).mkdir(parents=True)
@@ -433,10 +440,15 @@ def generate(root, seed=0, n_train=500, n_val=150, classes=DEFAULT_CLASSES, size
 
 
 def _install(tmp, root, seed, params):
-    """Rename the finished temp dir to root; a concurrent identical run that won is fine."""
+    """Rename the finished temp dir to root. If a concurrent run with the same params got there first,
+    keep its copy (identical by determinism); a different dataset at root is moved aside, then deleted."""
+    meta = read_meta(root)
+    if meta is not None and meta["seed"] == seed and meta["params"] == params:
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
     old = None
     if root.exists():
-        if root.is_dir() and not any(root.iterdir()):
+        if not any(root.iterdir()):
             root.rmdir()
         else:
             old = root.with_name(f".{root.name}.old.{os.getpid()}")

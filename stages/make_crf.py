@@ -42,6 +42,8 @@ def check_config(cfg):
     for k in ("alpha_la", "alpha_ha"):
         if not c[k] > 0:
             raise InputError(f"config key 'crf.{k}': must be positive, got {c[k]!r}")
+    if not c["scale_factor"] > 0:
+        raise InputError(f"config key 'crf.scale_factor': must be positive, got {c['scale_factor']!r}")
     if c["workers"] < 1:
         raise InputError(f"config key 'crf.workers': must be at least 1, got {c['workers']!r}")
 
@@ -70,7 +72,7 @@ def crf_one(task):
 
     Module level so that worker processes can run it; returns the id.
     """
-    img_id, image_path, cam_path, labels, alphas, outs = task
+    img_id, image_path, cam_path, labels, alphas, outs, scale_factor = task
     img = voc.read_jpeg(image_path, img_id)
     cams = load_cam_dict(cam_path, img.shape[:2], labels)
     name = f"id {img_id} ({cam_path})"
@@ -78,7 +80,7 @@ def crf_one(task):
         raise InputError(f"{name}: the CAM dict is empty, but the image has classes "
                          f"{[int(c) for c in labels.nonzero()[0]]}; regenerate it")
     for alpha, out in zip(alphas, outs):
-        save_npy(out, cam_dict_to_crf(img, cams, alpha, name=name))
+        save_npy(out, cam_dict_to_crf(img, cams, alpha, name=name, scale_factor=scale_factor))
     return img_id
 
 
@@ -98,14 +100,14 @@ def crf_many(tasks, workers, desc="make-crf", progress=True):
     return len(tasks)
 
 
-def make_tasks(root, ids, labels, cam_dir, out_dir, alphas):
+def make_tasks(root, ids, labels, cam_dir, out_dir, alphas, scale_factor=1.0):
     """Tasks for the ids whose la or ha file is missing (a crash between the two redoes the image)."""
     tasks = []
     for i in ids:
         outs = (Path(out_dir) / LA / f"{i}.npy", Path(out_dir) / HA / f"{i}.npy")
         if all(o.exists() for o in outs):
             continue
-        tasks.append((i, root.image_path(i), Path(cam_dir) / f"{i}.npy", labels[i], alphas, outs))
+        tasks.append((i, root.image_path(i), Path(cam_dir) / f"{i}.npy", labels[i], alphas, outs, scale_factor))
     return tasks
 
 
@@ -113,7 +115,7 @@ def run(cfg, force=False, cam_dir=None):
     check_config(cfg)
     c = cfg["crf"]
     src, src_fp = cam_source(cfg, cam_dir)
-    deps = [src_fp, {k: c[k] for k in ("alpha_la", "alpha_ha", "list")}, cfg["voc_root"],
+    deps = [src_fp, {k: c[k] for k in ("alpha_la", "alpha_ha", "scale_factor", "list")}, cfg["voc_root"],
             cfg["data"]["cls_labels"]]  # not workers: they do not change the output
     st = Stage(cfg, NAME, deps, force)
     if st.is_done():
@@ -126,7 +128,7 @@ def run(cfg, force=False, cam_dir=None):
     require_cams(src, ids, c["list"], default=cam_dir is None)
 
     mine = ids[rank()::world_size()]
-    tasks = make_tasks(root, mine, labels, src, st.dir, (c["alpha_la"], c["alpha_ha"]))
+    tasks = make_tasks(root, mine, labels, src, st.dir, (c["alpha_la"], c["alpha_ha"]), c["scale_factor"])
     st.log.info("la/ha CRF (alphas %s/%s) for %d images (%d already on disk) from %s, %d workers",
                 c["alpha_la"], c["alpha_ha"], len(mine), len(mine) - len(tasks), src, c["workers"])
     t0 = time.time()

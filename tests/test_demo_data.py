@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from psa_baseline.constants import CLASS_NAMES, IGNORE, voc_palette
-from psa_baseline.demo_data import (PartRecall, cams_to_labels, generate, load_cls_labels, load_png,
+from psa_baseline.demo_data import (DEFAULT_SIZE, PartRecall, cams_to_labels, generate, load_cls_labels, load_png,
                                     make_groups, part_recall_from_cams, read_ids, read_meta)
 from psa_baseline.errors import InputError
 from psa_baseline.fileio import save_npy
@@ -52,7 +52,8 @@ def test_palette_png_and_values(root):
         assert set(np.unique(seg)) <= allowed
         assert set(np.unique(seg)) - {0, IGNORE} <= subset
         rgb = np.array(Image.open(root / "JPEGImages" / f"{i}.jpg"))
-        assert rgb.shape == seg.shape + (3,) and 96 <= seg.shape[0] <= 128 and 96 <= seg.shape[1] <= 128
+        lo, hi = DEFAULT_SIZE
+        assert rgb.shape == seg.shape + (3,) and lo <= seg.shape[0] <= hi and lo <= seg.shape[1] <= hi
 
 
 def test_cls_labels_match_gt(root):
