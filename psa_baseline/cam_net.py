@@ -1,5 +1,4 @@
 """PSA's classification network: WideResNet-38 + Dropout2d(0.5) + GAP + 1x1 conv fc8 (no bias)."""
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 

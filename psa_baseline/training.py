@@ -78,6 +78,25 @@ def make_loader(dataset, sampler, batch_size, num_workers, device, seed):
                                        generator=torch.Generator().manual_seed(seed))
 
 
+def epoch_loader(dataset, batch_size, num_workers, device, seed, sampler_factory=None, key="cam_train"):
+    """(sampler, loader, steps per epoch) for a training stage. sampler_factory(n, seed) -> an
+    EpochSampler-like sampler (DDP passes a sharded one). `key` names the config section in the error."""
+    from .errors import InputError
+    sampler = (sampler_factory or EpochSampler)(len(dataset), seed)
+    steps_per_epoch = len(sampler) // batch_size
+    if steps_per_epoch == 0:
+        raise InputError(f"{len(dataset)} training images are fewer than one batch of {batch_size}: "
+                         f"lower {key}.batch_size")
+    return sampler, make_loader(dataset, sampler, batch_size, num_workers, device, seed), steps_per_epoch
+
+
+def ddp_wrap(net):
+    """The model to train: net itself, or DDP around it when torch.distributed is initialised."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.nn.parallel.DistributedDataParallel(net)
+    return net
+
+
 def resume(ckpt_path, device, model, optimizer, log=None, total=None):
     """Restore model, optimiser and RNG states from `ckpt_path` if it exists.
 

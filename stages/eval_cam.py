@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from psa_baseline import voc
 from psa_baseline.errors import InputError

@@ -14,7 +14,6 @@ import multiprocessing as mp
 import time
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
 from psa_baseline import voc

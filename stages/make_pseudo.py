@@ -10,7 +10,6 @@ within radius 5), bilinear upsampling, argmax. Files are written atomically; a r
 """
 import contextlib
 import time
-from pathlib import Path
 
 import numpy as np
 import torch

@@ -20,7 +20,7 @@ from psa_baseline.constants import NUM_CLASSES
 from psa_baseline.errors import InputError
 from psa_baseline.fileio import save_torch
 from psa_baseline.resnet38 import PolyOptimizer
-from psa_baseline.training import EpochSampler, make_loader, resume, run_steps, save_checkpoint, unwrap
+from psa_baseline.training import ddp_wrap, epoch_loader, resume, run_steps, save_checkpoint, unwrap
 from .builders import load_net_weights, res38_spec, split_ids, voc_root
 from .common import Stage, rank, resolve_device, seed_everything, upstream_fp
 from .config import variant_name
@@ -176,12 +176,8 @@ def run(cfg, force=False, sampler_factory=None, stop_after=None):
                 root.root, crf_dir)
 
     dataset = AffTrainDataset(root, ids, crf_dir, t["crop"], jitter=t["color_jitter"], seed=cfg["seed"])
-    sampler = (sampler_factory or (lambda n, s: EpochSampler(n, s)))(len(dataset), cfg["seed"])
-    loader = make_loader(dataset, sampler, t["batch_size"], t["num_workers"], device, cfg["seed"])
-    steps_per_epoch = len(sampler) // t["batch_size"]
-    if steps_per_epoch == 0:
-        raise InputError(f"{len(ids)} training images are fewer than one batch of {t['batch_size']}: "
-                         "lower aff_train.batch_size")
+    sampler, loader, steps_per_epoch = epoch_loader(dataset, t["batch_size"], t["num_workers"], device,
+                                                    cfg["seed"], sampler_factory, "aff_train")
     total = steps_per_epoch * t["epochs"]
 
     net = build_aff_net(cfg, st.log).to(device)
@@ -191,9 +187,7 @@ def run(cfg, force=False, sampler_factory=None, stop_after=None):
                         momentum_quirk=t["momentum_quirk"], power=t["poly_power"])
     ckpt_path = st.dir / "checkpoint.pth"
     step, _ = resume(ckpt_path, device, net, opt, st.log, total)
-    model = net
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        model = torch.nn.parallel.DistributedDataParallel(net)
+    model = ddp_wrap(net)
 
     def checkpoint(step):
         if rank() == 0:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from psa_baseline import voc
 from psa_baseline.fileio import save_torch
 from psa_baseline.resnet38 import PolyOptimizer
-from psa_baseline.training import EpochSampler, make_loader, resume, run_steps, save_checkpoint, unwrap
+from psa_baseline.training import ddp_wrap, epoch_loader, resume, run_steps, save_checkpoint, unwrap
 from .builders import build_cam_net, labels_for, split_ids, voc_root
 from .common import Stage, rank, resolve_device, seed_everything
 
@@ -62,13 +62,8 @@ def run(cfg, force=False, sampler_factory=None, stop_after=None):
 
     aug = voc.ClsAugment(t["crop"], resize_long=tuple(t["resize_long"]), jitter=t["color_jitter"], flip=True)
     dataset = voc.ClsTrainDataset(root, ids, labels, aug, seed=cfg["seed"])
-    sampler = (sampler_factory or (lambda n, s: EpochSampler(n, s)))(len(dataset), cfg["seed"])
-    loader = make_loader(dataset, sampler, t["batch_size"], t["num_workers"], device, cfg["seed"])
-    steps_per_epoch = len(sampler) // t["batch_size"]
-    if steps_per_epoch == 0:
-        from psa_baseline.errors import InputError
-        raise InputError(f"{len(ids)} training images are fewer than one batch of {t['batch_size']}: "
-                         "lower cam_train.batch_size")
+    sampler, loader, steps_per_epoch = epoch_loader(dataset, t["batch_size"], t["num_workers"], device,
+                                                    cfg["seed"], sampler_factory, "cam_train")
     total = steps_per_epoch * t["epochs"]
 
     net = build_cam_net(cfg, st.log).to(device)
@@ -82,9 +77,7 @@ def run(cfg, force=False, sampler_factory=None, stop_after=None):
     step, ck = resume(ckpt_path, device, net, opt, st.log, total)
     if ck is not None and eader is not None:
         eader.load_state_dict(ck["eader"])
-    model = net
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        model = torch.nn.parallel.DistributedDataParallel(net)
+    model = ddp_wrap(net)
 
     def checkpoint(step):
         if rank() == 0:

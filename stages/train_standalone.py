@@ -34,10 +34,9 @@ from tqdm import tqdm
 
 from psa_baseline import voc
 from psa_baseline.cam_infer import fuse_cams, normalise_batch, resize_image, to_cam_dict
-from psa_baseline.errors import InputError
 from psa_baseline.evaluation import CamSweep
 from psa_baseline.fileio import save_npy, save_torch, write_json
-from psa_baseline.training import EpochSampler, load_checkpoint, save_checkpoint, set_rng_state
+from psa_baseline.training import epoch_loader, resume, run_steps, save_checkpoint
 from psa_eader.standalone import StandaloneLocalizer
 from .builders import labels_for, split_ids, voc_root
 from .common import Stage, resolve_data_path, resolve_device, seed_everything, upstream_fp
@@ -132,33 +131,20 @@ def run_train(cfg, force=False, stop_after=None):
     voc.check_dataset(root, ids, need_seg=False, labels=labels)
     aug = voc.ClsAugment(s["crop"], resize_long=tuple(s["resize_long"]), jitter=s["color_jitter"], flip=True)
     dataset = voc.ClsTrainDataset(root, ids, labels, aug, seed=cfg["seed"])
-    sampler = EpochSampler(len(dataset), cfg["seed"])
-    loader = torch.utils.data.DataLoader(dataset, batch_size=s["batch_size"], sampler=sampler, drop_last=True,
-                                         num_workers=s["num_workers"], pin_memory=device.type == "cuda",
-                                         generator=torch.Generator().manual_seed(cfg["seed"]))
-    steps_per_epoch = len(sampler) // s["batch_size"]
-    if steps_per_epoch == 0:
-        raise InputError(f"{len(ids)} training images are fewer than one batch of {s['batch_size']}: "
-                         "lower standalone.batch_size")
+    sampler, loader, steps_per_epoch = epoch_loader(dataset, s["batch_size"], s["num_workers"], device,
+                                                    cfg["seed"], key="standalone")
     total = steps_per_epoch * s["epochs"]
 
     model = GradCamModel(build_localizer(cfg, st.log), s["gradcam_create_graph"]).to(device)
     eader = build_eader(cfg, device)
     # constant lr (the authors' standalone code); it steps only in the localizer's turns under EADER
     opt = torch.optim.SGD(model.parameters(), lr=s["lr"], momentum=s["momentum"], weight_decay=s["weight_decay"])
-    step = 0
     ckpt_path = st.dir / "checkpoint.pth"
-    if ckpt_path.exists():
-        ck = load_checkpoint(ckpt_path, device)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        if eader is not None:
-            eader.load_state_dict(ck["eader"])
-        step = ck["step"]
-        set_rng_state(ck["rng"])
-        st.log.info("resumed from %s at step %d/%d", ckpt_path, step, total)
+    step, ck = resume(ckpt_path, device, model, opt, st.log, total)
+    if ck is not None and eader is not None:
+        eader.load_state_dict(ck["eader"])
 
-    def checkpoint():
+    def checkpoint(step):
         save_checkpoint(ckpt_path, model=model.state_dict(), optimizer=opt.state_dict(),
                         eader=eader.state_dict() if eader else None, step=step)
 
@@ -168,34 +154,19 @@ def run_train(cfg, force=False, stop_after=None):
                 f"on (alpha {cfg['eader']['alpha']:g}, turns of {cfg['eader']['phase_steps']})" if eader else "off")
     model.train()
     t0 = time.time()
-    bar = tqdm(total=total, initial=step, desc=f"standalone[{st.variant}]", dynamic_ncols=True)
-    running = {}
-    while step < total:
-        epoch, in_epoch = divmod(step, steps_per_epoch)
-        sampler.set_epoch(epoch, in_epoch * s["batch_size"])
-        dataset.set_epoch(epoch)
-        for _, x, y in loader:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with model.labelled(y):
-                stats = train_step(model, opt, eader, x, y, amp)
-            for k, v in stats.items():
-                running[k] = running[k] * 0.9 + v * 0.1 if k in running else v
-            step += 1
-            bar.update(1)
-            if step % s["log_every"] == 0 or step == total:
-                bar.set_postfix({k: f"{v:.3g}" for k, v in running.items() if k in ("loss", "l_cls", "adv_acc")})
-                st.log.info("step %d/%d epoch %d %s", step, total, epoch,
-                            " ".join(f"{k} {v:.4g}" for k, v in running.items()))
-            if step % s["checkpoint_every"] == 0 or step % steps_per_epoch == 0:
-                checkpoint()
-            if step >= total or (stop_after is not None and step >= stop_after):
-                break
-        if stop_after is not None and step >= stop_after and step < total:
-            checkpoint()
-            bar.close()
-            st.log.info("stopped after step %d as asked (resume by rerunning)", step)
-            return None
-    bar.close()
+
+    def step_fn(batch):
+        _, x, y = batch
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with model.labelled(y):
+            return train_step(model, opt, eader, x, y, amp)
+
+    step = run_steps(loader, sampler, dataset, step_fn, step=step, total=total, steps_per_epoch=steps_per_epoch,
+                     batch_size=s["batch_size"], checkpoint=checkpoint, log=st.log, log_every=s["log_every"],
+                     checkpoint_every=s["checkpoint_every"], lr=lambda: opt.param_groups[0]["lr"],
+                     desc=f"standalone[{st.variant}]", stop_after=stop_after, show=("loss", "l_cls", "adv_acc"))
+    if step < total:
+        return None
     save_torch(st.dir / "localizer.pth", model.loc.state_dict())
     st.log.info("trained in %.1f s", time.time() - t0)
     st.finish(model="localizer.pth", steps=total, seconds=round(time.time() - t0, 1))

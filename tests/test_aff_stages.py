@@ -16,11 +16,11 @@ from conftest import VOCMINI, tiny_cfg
 from psa_baseline import voc
 from psa_baseline.affinity import feature_affinities, make_seg_label, pair_indices
 from psa_baseline.crf import cam_dict_to_crf
-from psa_baseline.errors import InputError
 from psa_baseline.evaluation import confusion, scores
 from psa_baseline.random_walk import propagate_cams
 from stages import eval_cam, eval_seg, make_cam, make_crf, make_pseudo, pipeline, train_aff, train_cam
 from stages.cli import main as cli_main
+from stages.config import load_config
 
 AFF = {"aff_train.batch_size": 4, "aff_train.epochs": 2, "aff_train.crop": 80, "aff_train.checkpoint_every": 2,
        "aff_train.log_every": 2, "crf.workers": 1}
@@ -162,7 +162,9 @@ def test_make_crf_reads_cam_dicts_of_another_program(demo_root, foreign_cams, tm
     img = voc.VOCRoot(demo_root).read_image(ids[1])
     cams = _load(foreign_cams / f"{ids[1]}.npy")
     assert all(isinstance(k, np.integer) for k in cams) and next(iter(cams.values())).dtype == np.float64
-    ref = cam_dict_to_crf(np.array(img), {int(k): v.astype(np.float32) for k, v in cams.items()}, 4)
+    scale = load_config("demo")["crf"]["scale_factor"]
+    ref = cam_dict_to_crf(np.array(img), {int(k): v.astype(np.float32) for k, v in cams.items()}, 4,
+                          scale_factor=scale)
     la = _load(out / "crf_la" / f"{ids[1]}.npy")
     assert sorted(la) == sorted(ref) and all(np.allclose(la[k], ref[k], atol=1e-6) for k in ref)
     fg = [sum((_label_of(_load(out / d / f"{i}.npy")) > 0).sum() for i in ids) for d in ("crf_la", "crf_ha")]
@@ -254,7 +256,6 @@ needs_voc = pytest.mark.skipif(not VOCMINI.is_dir(), reason="VOCmini not availab
 
 
 def _voc_cfg(root, work, list_file, **over):
-    from stages.config import load_config
     o = [("voc_root", str(root)), ("work_dir", str(work)), ("device", "cpu"), ("data.seg_dir", "SegmentationClass"),
          ("data.train_list", str(list_file)), ("data.infer_lists", [str(list_file)]),
          ("data.eval_list", str(list_file)), ("crf.list", str(list_file)), "crf.workers=2",
