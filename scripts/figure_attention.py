@@ -1,4 +1,5 @@
-"""A figure like EADER's Figures 1 and 4: per image a row of (image, baseline CAM, EADER CAM[, ground truth]).
+"""A figure like EADER's Figures 1 and 4: per image a row of (image, baseline CAM, EADER CAM[, baseline
+pseudo label, EADER pseudo label][, ground truth]).
 
 Reads two folders of PSA-format CAM dicts (`<id>.npy` = {class 0..19: HxW in [0,1]}, as written by
 make-cam, by `standalone` with standalone.save_cams=true, or by PSA/SEAM/OC-CSE) and a VOC root. Each CAM
@@ -9,6 +10,8 @@ Cells are letterboxed into a fixed size; a header row names the columns. cv2/num
     .venv/bin/python scripts/figure_attention.py --voc-root work/demo-data \\
         --baseline work/demo/baseline/make_cam/cams --eader work/demo/eader/make_cam/cams \\
         --split val --n 8 --out work/demo/figure_attention.png
+With --pseudo BASE_DIR EADER_DIR (folders of label PNGs, e.g. <work>/<variant>/make_pseudo/pseudo) the two
+pseudo-label columns are added, drawn like the ground truth.
 """
 import argparse
 import sys
@@ -102,8 +105,9 @@ def compose(rows, titles, cell_w, cell_h, row_names=None):
 
 
 def figure(voc_root, cam_dirs, ids, titles=("image", "baseline CAM", "EADER CAM", "ground truth"),
-           gt=True, cell_w=200, cell_h=150, seg_dir="SegmentationClass"):
-    """The figure as an RGB array: one row per id, columns image, one CAM overlay per folder[, gt]."""
+           gt=True, cell_w=200, cell_h=150, seg_dir="SegmentationClass", label_dirs=(), label_titles=()):
+    """The figure as an RGB array: one row per id, columns image, one CAM overlay per folder, one label
+    map per label folder (PNGs), [ground truth]."""
     root = voc.VOCRoot(voc_root, seg_dir=seg_dir)
     if not ids:
         raise InputError("no image ids to draw")
@@ -113,11 +117,16 @@ def figure(voc_root, cam_dirs, ids, titles=("image", "baseline CAM", "EADER CAM"
         row = [img]
         for d in cam_dirs:
             row.append(heat_overlay(img, cam_max(load_cam_dict(Path(d) / f"{i}.npy"), img.shape[:2])))
+        for d in label_dirs:
+            path = Path(d) / f"{i}.png"
+            if not path.is_file():
+                raise InputError(f"no label PNG for id {i}: {path} is missing")
+            row.append(colour_labels(voc.read_label_png(path, i)))
         if gt:
             row.append(colour_labels(root.read_seg(i)))
         rows.append(row)
-    n_cols = 1 + len(cam_dirs) + int(gt)
-    titles = list(titles)[:1 + len(cam_dirs)] + (["ground truth"] if gt else [])
+    n_cols = 1 + len(cam_dirs) + len(label_dirs) + int(gt)
+    titles = list(titles)[:1 + len(cam_dirs)] + list(label_titles) + (["ground truth"] if gt else [])
     if len(titles) != n_cols:
         raise InputError(f"{n_cols} columns need {n_cols} titles, got {titles}")
     return compose(rows, titles, cell_w, cell_h, row_names=list(ids))
@@ -145,13 +154,16 @@ def main(argv=None):
     p.add_argument("--seg-dir", default="SegmentationClass", help="label folder (default %(default)s)")
     p.add_argument("--titles", nargs=2, default=["baseline CAM", "EADER CAM"], metavar=("BASE", "EADER"),
                    help="titles of the two CAM columns")
+    p.add_argument("--pseudo", nargs=2, metavar=("BASE", "EADER"),
+                   help="also draw these two folders of <id>.png pseudo labels (make_pseudo/pseudo)")
     p.add_argument("--cell", type=int, nargs=2, default=[200, 150], metavar=("W", "H"), help="cell size")
     p.add_argument("--out", required=True, help="PNG to write")
     args = p.parse_args(argv)
     try:
         ids = pick_ids(args)
         fig = figure(args.voc_root, [args.baseline, args.eader], ids, ["image", *args.titles],
-                     gt=not args.no_gt, cell_w=args.cell[0], cell_h=args.cell[1], seg_dir=args.seg_dir)
+                     gt=not args.no_gt, cell_w=args.cell[0], cell_h=args.cell[1], seg_dir=args.seg_dir,
+                     label_dirs=args.pseudo or (), label_titles=["baseline pseudo", "EADER pseudo"] if args.pseudo else ())
         ok, png = cv2.imencode(".png", fig[..., ::-1])
         if not ok:
             raise InputError("PNG encoding failed")

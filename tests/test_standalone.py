@@ -207,3 +207,33 @@ def test_figure_script_layout(demo_root, tmp_path):
     # a missing CAM file is an error naming it, not a traceback
     assert fig.main(["--voc-root", str(demo_root), "--baseline", str(base), "--eader", str(ead), "--ids", "nope",
                      "--out", str(tmp_path / "x.png")]) == 2
+
+
+def test_figure_script_pseudo_label_columns(demo_root, tmp_path):
+    """--pseudo adds two label columns (image, CAM, CAM, pseudo, pseudo, gt): issue 4's figure."""
+    from psa_baseline import voc
+    fig = _load_script("figure_attention")
+    ids = (demo_root / "ImageSets/Segmentation/val.txt").read_text().split()[:2]
+    labels = np.load(demo_root / "cls_labels.npy", allow_pickle=True).item()
+    cams, pb, pe = tmp_path / "cams", tmp_path / "pb", tmp_path / "pe"
+    cams.mkdir()
+    for i in ids:
+        np.save(cams / f"{i}.npy", {int(c): np.ones((8, 8), np.float32) for c in np.nonzero(labels[i])[0]})
+        gt = voc.VOCRoot(demo_root).read_seg(i)
+        voc.save_label_png(pb / f"{i}.png", np.zeros(gt.shape, np.uint8))              # all background
+        voc.save_label_png(pe / f"{i}.png", np.where(gt == 255, 0, gt).astype(np.uint8))  # the truth
+    out = tmp_path / "fig.png"
+    assert fig.main(["--voc-root", str(demo_root), "--baseline", str(cams), "--eader", str(cams), "--ids", *ids,
+                     "--pseudo", str(pb), str(pe), "--cell", "100", "80", "--out", str(out)]) == 0
+    img = cv2.imread(str(out))
+    (h, w), corner = fig.layout(2, 6, 100, 80)
+    assert img.shape == (h, w, 3)
+    y, xb = corner(0, 3)
+    _, xe = corner(0, 4)
+    _, xg = corner(0, 5)
+    cell = lambda x: img[y + 12:y + 80, x:x + 100]  # noqa: E731  (below the row name)
+    assert len(np.unique(cell(xb).reshape(-1, 3), axis=0)) <= 2  # background (and letterbox margin) only
+    drawn = (cell(xg) != 255).any(-1)  # gt pixels that are not void (white) nor margin
+    assert drawn.mean() > 0.3 and np.array_equal(cell(xe)[drawn], cell(xg)[drawn])  # the truth draws as the gt
+    assert fig.main(["--voc-root", str(demo_root), "--baseline", str(cams), "--eader", str(cams), "--ids", ids[0],
+                     "--pseudo", str(pb), str(tmp_path / "none"), "--out", str(tmp_path / "x.png")]) == 2
