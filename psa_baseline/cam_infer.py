@@ -16,8 +16,12 @@ from .constants import IMAGENET_MEAN, IMAGENET_STD
 
 
 def normalise_batch(imgs_uint8, device):
-    """(B,H,W,3) uint8 -> (B,3,H,W) float, ImageNet mean/std on pixels / 255."""
-    x = torch.as_tensor(np.ascontiguousarray(imgs_uint8), device=device).permute(0, 3, 1, 2).float() / 255
+    """(B,H,W,3) uint8 -> (B,3,H,W) float, ImageNet mean/std on pixels / 255.
+
+    Returned contiguous (NCHW): the permuted view would be channels_last, and on this torch build
+    (2.14.1, CPU) a backward through the WideResNet-38 from a channels_last input segfaults."""
+    x = torch.as_tensor(np.ascontiguousarray(imgs_uint8), device=device).permute(0, 3, 1, 2).contiguous()
+    x = x.float() / 255
     mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
     return (x - mean) / std
