@@ -33,7 +33,14 @@ PAPER_TABLE1 = {
     0.05: {"miou": (43.89, 0.40), "precision": (54.78, 1.03), "recall": (68.13, 1.51)},
     0.1: {"miou": (42.88, 0.99), "precision": (52.68, 2.30), "recall": (69.31, 1.84)},
 }
-METRICS = ("miou", "precision", "recall", "best_miou")
+METRICS = ("miou", "precision", "recall", "best_miou", "strong_recall", "weak_recall")
+
+
+def metric(r, m):
+    """Metric m of one run's metrics dict; the part recalls (demo data only) sit in r['part_recall']."""
+    if m in ("strong_recall", "weak_recall"):
+        return (r.get("part_recall") or {}).get(m.split("_")[0])
+    return r.get(m)
 MODELS = ("standalone", "psa")
 
 
@@ -112,7 +119,7 @@ def aggregate(runs):
         seeds = sorted(by_seed)
         entry = {"n": len(seeds), "seeds": seeds}
         for m in METRICS:
-            vals = [by_seed[s].get(m) for s in seeds]
+            vals = [metric(by_seed[s], m) for s in seeds]
             mean, std = mean_std(vals)
             entry[m] = {"mean": mean, "std": std, "values": vals}
         out[row] = entry
@@ -124,8 +131,9 @@ def table1_markdown(agg, alphas, model, note=""):
              "Ours: mean +- sample std over the seeds (n runs); percentages on the config's data.eval_list. "
              "Paper: Pascal VOC 2012 val, ResNet-101 standalone, 6 runs (for reference only when our data "
              "is not VOC val). best mIoU: over the background-threshold sweep.\n" + note, "",
-             "| alpha | runs | mIoU | precision | recall | best mIoU | paper mIoU | paper precision | paper recall |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| alpha | runs | mIoU | precision | recall | best mIoU | recall strong part | recall weak part "
+             "| paper mIoU | paper precision | paper recall |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for a in alphas:
         e = agg.get(alpha_key(a), {})
         p = PAPER_TABLE1.get(float(a), {})
@@ -139,21 +147,22 @@ def table2_markdown(agg, variants, rows, model, note=""):
     lines = [f"# EADER Table 2, CAM columns ({model})\n",
              "Ours: mean +- sample std over the seeds (n runs), percentages on the config's data.eval_list; "
              "paper rows: Pascal VOC 2012 val, single numbers.\n" + note, "",
-             "| model | runs | CAM mIoU | CAM precision | CAM recall | best mIoU |", "|---|---|---|---|---|---|"]
+             "| model | runs | CAM mIoU | CAM precision | CAM recall | best mIoU | recall strong part | recall weak part |",
+             "|---|---|---|---|---|---|---|---|"]
     for v in variants:
         e = agg.get(rows[v], {})
         cells = [fmt_pm(e[m]["mean"], e[m]["std"]) if e else "-" for m in METRICS]
         lines.append(f"| {v} ({rows[v]}) | {e.get('n', 0)} | " + " | ".join(cells) + " |")
     for name, r in PAPER_TABLE2.items():
         lines.append(f"| {name} | - | " + " | ".join(fmt_pm(r["cam"][m], None, 1) for m in
-                                                      ("miou", "precision", "recall")) + " | - |")
+                                                      ("miou", "precision", "recall")) + " | - | - | - |")
     return "\n".join(lines) + "\n"
 
 
 def write_tables(out_dir, kind, model, runs, agg, markdown, extra):
     out_dir = Path(out_dir)
-    slim = {row: {str(s): {m: r.get(m) for m in METRICS + ("rho", "threshold", "best_rho", "best_threshold",
-                                                           "n_images", "split") if m in r}
+    slim = {row: {str(s): {m: metric(r, m) for m in METRICS + ("rho", "threshold", "best_rho", "best_threshold",
+                                                               "n_images", "split") if metric(r, m) is not None}
                   for s, r in by_seed.items()} for row, by_seed in runs.items()}
     write_json(out_dir / f"{kind}.json", {"kind": kind, "model": model, "rows": agg, "runs": slim, **extra})
     write_text(out_dir / f"{kind}.md", markdown)

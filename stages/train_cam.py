@@ -21,8 +21,8 @@ NAME = "train_cam"
 
 
 def depends(cfg):
-    keys = ("seed", "voc_root", "data", "net", "cam_train", "eader")
-    return [{k: cfg[k] for k in keys}]
+    keys = ("seed", "voc_root", "data", "net", "cam_train") + (("eader",) if cfg["eader"]["enabled"] else ())
+    return [{k: cfg[k] for k in keys}]  # EADER's settings cannot change a run with the hook off
 
 
 def build_eader(cfg, device):

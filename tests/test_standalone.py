@@ -97,7 +97,8 @@ def test_sweep_aggregation_and_formatting():
     runs = {"alpha0": {0: {"miou": 41.0, "precision": 58.0, "recall": 58.0, "best_miou": 42.0},
                        1: {"miou": 41.5, "precision": 58.5, "recall": 59.0, "best_miou": 42.0},
                        2: {"miou": 41.6, "precision": 58.3, "recall": 57.5, "best_miou": 42.0}},
-            "alpha0.05": {0: {"miou": 44.0, "precision": 55.0, "recall": 68.0, "best_miou": 45.0}}}
+            "alpha0.05": {0: {"miou": 44.0, "precision": 55.0, "recall": 68.0, "best_miou": 45.0,
+                              "part_recall": {"strong": 90.0, "weak": 61.5}}}}
     agg = alpha_sweep.aggregate(runs)
     a0 = agg["alpha0"]
     assert a0["n"] == 3 and a0["seeds"] == [0, 1, 2]
@@ -108,9 +109,9 @@ def test_sweep_aggregation_and_formatting():
     assert alpha_sweep.fmt_pm(44.0, None) == "44.00" and alpha_sweep.fmt_pm(None, None) == "-"
     assert alpha_sweep.mean_std([1.0, float("nan"), 3.0]) == (2.0, pytest.approx(2 ** 0.5))
     md = alpha_sweep.table1_markdown(agg, [0.0, 0.01, 0.05], "standalone")
-    assert "| 0 | 3 | 41.37 +- 0.32 | 58.27 +- 0.25 | 58.17 +- 0.76 | 42.00 +- 0.00 | 41.37 +- 0.26 |" in md
-    assert "| 0.01 | 0 | - | - | - | - | 42.51 +- 0.41 |" in md
-    assert "| 0.05 | 1 | 44.00 | 55.00 | 68.00 | 45.00 | 43.89 +- 0.40 |" in md
+    assert "| 0 | 3 | 41.37 +- 0.32 | 58.27 +- 0.25 | 58.17 +- 0.76 | 42.00 +- 0.00 | - | - | 41.37 +- 0.26 |" in md
+    assert "| 0.05 | 1 | 44.00 | 55.00 | 68.00 | 45.00 | 90.00 | 61.50 | 43.89 +- 0.40 |" in md  # demo part recall
+    assert "| 0.01 | 0 | - | - | - | - | - | - | 42.51 +- 0.41 |" in md
 
 
 def test_sweep_orchestration(tmp_path, monkeypatch):
