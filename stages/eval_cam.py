@@ -92,29 +92,35 @@ def run(cfg, force=False):
     return res
 
 
-def main(args):
+def folder_main(args, folder, flag, what, run_stage, evaluate_folder, kind, summary):
+    """Shared main of eval-cam / eval-seg: without `folder`, the stage of the run; with it, score that
+    folder (config voc unless given) on --split, print the table and write --out."""
     from .cli import config_from_args
-    over = list(args.set)
-    if args.threshold is not None:
-        over.append(("cam_eval.threshold", args.threshold))
-    args.set = over
-    if args.config is None and args.cam_dir:
+    if args.config is None and folder:
         args.config = "voc"
     cfg = config_from_args(args)
-    if not args.cam_dir:
+    if not folder:
         if args.split or args.out:
-            raise InputError("--split/--out are for scoring a folder given with --cam-dir")
-        return run(cfg, force=args.force)
-    cam_dir = Path(args.cam_dir)
-    if not cam_dir.is_dir():
-        raise InputError(f"--cam-dir {cam_dir} is not a folder of <id>.npy CAM dicts")
-    res = evaluate(cfg, cam_dir, split_list(cfg, args.split), cfg["cam_eval"]["threshold"])
+            raise InputError(f"--split/--out are for scoring a folder given with {flag}")
+        return run_stage(cfg, force=args.force)
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{flag} {folder} is not a folder of {what}")
+    res = evaluate_folder(cfg, folder, split_list(cfg, args.split))
     if args.out:
         write_json(args.out, res)
-    print(markdown_table({str(cam_dir): res}, "cam"))
-    print(f"mIoU {res['miou']:.2f} at threshold {res['threshold']}; best {res['best_miou']:.2f} at "
-          f"{res['best_threshold']}" + (f"; written to {args.out}" if args.out else ""))
+    print(markdown_table({str(folder): res}, kind))
+    print(summary(res) + (f"; written to {args.out}" if args.out else ""))
     return res
+
+
+def main(args):
+    if args.threshold is not None:
+        args.set = list(args.set) + [("cam_eval.threshold", args.threshold)]
+    return folder_main(args, args.cam_dir, "--cam-dir", "<id>.npy CAM dicts", run,
+                       lambda cfg, d, ids: evaluate(cfg, d, ids, cfg["cam_eval"]["threshold"]), "cam",
+                       lambda r: f"mIoU {r['miou']:.2f} at threshold {r['threshold']}; best {r['best_miou']:.2f} "
+                                 f"at {r['best_threshold']}")
 
 
 if __name__ == "__main__":

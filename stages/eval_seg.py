@@ -10,12 +10,11 @@ import json
 from pathlib import Path
 
 from psa_baseline import voc
-from psa_baseline.errors import InputError
-from psa_baseline.evaluation import evaluate_label_dir, markdown_table
+from psa_baseline.evaluation import evaluate_label_dir
 from psa_baseline.fileio import write_json
 from .builders import labels_for, split_ids, voc_root
 from .common import Stage, upstream_fp
-from .eval_cam import split_list, trivial_scores
+from .eval_cam import folder_main, trivial_scores
 from .report import update_results
 
 NAME = "eval_seg"
@@ -87,24 +86,9 @@ def run(cfg, force=False):
 
 
 def main(args):
-    from .cli import config_from_args
-    if args.config is None and args.pred_dir:
-        args.config = "voc"
-    cfg = config_from_args(args)
-    if not args.pred_dir:
-        if args.split or args.out:
-            raise InputError("--split/--out are for scoring a folder given with --pred-dir")
-        return run(cfg, force=args.force)
-    pred_dir = Path(args.pred_dir)
-    if not pred_dir.is_dir():
-        raise InputError(f"--pred-dir {pred_dir} is not a folder of <id>.png label maps")
-    res = evaluate(cfg, pred_dir, split_list(cfg, args.split))
-    if args.out:
-        write_json(args.out, res)
-    print(markdown_table({str(pred_dir): res}, "label"))
-    print(f"mIoU {res['miou']:.2f} precision {res['precision']:.2f} recall {res['recall']:.2f} on "
-          f"{res['n_images']} images" + (f"; written to {args.out}" if args.out else ""))
-    return res
+    return folder_main(args, args.pred_dir, "--pred-dir", "<id>.png label maps", run, evaluate, "label",
+                       lambda r: f"mIoU {r['miou']:.2f} precision {r['precision']:.2f} recall {r['recall']:.2f} "
+                                 f"on {r['n_images']} images")
 
 
 if __name__ == "__main__":
