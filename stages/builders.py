@@ -48,3 +48,15 @@ def labels_for(cfg, root, ids, log=None):
     if derived and log:
         log.warning("image-level labels derived from the segmentation PNGs (data.cls_labels is null)")
     return labels
+
+
+def cls_train_dataset(cfg, section, log=None):
+    """(root, ids, dataset) of the image-level training set (data.train_list), checked, with PSA's
+    stage-1 augmentation from cfg[section] (crop, resize_long, color_jitter) and a horizontal flip."""
+    t = cfg[section]
+    root = voc_root(cfg)
+    ids = split_ids(cfg, cfg["data"]["train_list"])
+    labels = labels_for(cfg, root, ids, log)
+    voc.check_dataset(root, ids, need_seg=False, labels=labels)
+    aug = voc.ClsAugment(t["crop"], resize_long=tuple(t["resize_long"]), jitter=t["color_jitter"], flip=True)
+    return root, ids, voc.ClsTrainDataset(root, ids, labels, aug, seed=cfg["seed"])

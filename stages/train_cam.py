@@ -10,11 +10,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from psa_baseline import voc
 from psa_baseline.fileio import save_torch
 from psa_baseline.resnet38 import PolyOptimizer
 from psa_baseline.training import ddp_wrap, epoch_loader, resume, run_steps, save_checkpoint, unwrap
-from .builders import build_cam_net, labels_for, split_ids, voc_root
+from .builders import build_cam_net, cls_train_dataset
 from .common import Stage, rank, resolve_device, seed_everything
 
 NAME = "train_cam"
@@ -54,14 +53,9 @@ def run(cfg, force=False, sampler_factory=None, stop_after=None):
     device = resolve_device(cfg["device"])
     seed_everything(cfg["seed"])
 
-    root = voc_root(cfg)
-    ids = split_ids(cfg, cfg["data"]["train_list"])
-    labels = labels_for(cfg, root, ids, st.log)
-    voc.check_dataset(root, ids, need_seg=False, labels=labels)
+    root, ids, dataset = cls_train_dataset(cfg, "cam_train", st.log)
     st.log.info("variant %s: %d training images from %s", st.variant, len(ids), root.root)
 
-    aug = voc.ClsAugment(t["crop"], resize_long=tuple(t["resize_long"]), jitter=t["color_jitter"], flip=True)
-    dataset = voc.ClsTrainDataset(root, ids, labels, aug, seed=cfg["seed"])
     sampler, loader, steps_per_epoch = epoch_loader(dataset, t["batch_size"], t["num_workers"], device,
                                                     cfg["seed"], sampler_factory, "cam_train")
     total = steps_per_epoch * t["epochs"]

@@ -38,7 +38,7 @@ from psa_baseline.evaluation import CamSweep
 from psa_baseline.fileio import save_npy, save_torch, write_json
 from psa_baseline.training import epoch_loader, resume, run_steps, save_checkpoint
 from psa_eader.standalone import StandaloneLocalizer
-from .builders import labels_for, split_ids, voc_root
+from .builders import cls_train_dataset, labels_for, split_ids, voc_root
 from .common import Stage, resolve_data_path, resolve_device, seed_everything, upstream_fp
 from .config import merge
 from .train_cam import build_eader, train_step
@@ -125,12 +125,7 @@ def run_train(cfg, force=False, stop_after=None):
     device = resolve_device(cfg["device"])
     seed_everything(cfg["seed"])
 
-    root = voc_root(cfg)
-    ids = split_ids(cfg, cfg["data"]["train_list"])
-    labels = labels_for(cfg, root, ids, st.log)
-    voc.check_dataset(root, ids, need_seg=False, labels=labels)
-    aug = voc.ClsAugment(s["crop"], resize_long=tuple(s["resize_long"]), jitter=s["color_jitter"], flip=True)
-    dataset = voc.ClsTrainDataset(root, ids, labels, aug, seed=cfg["seed"])
+    root, ids, dataset = cls_train_dataset(cfg, "standalone", st.log)
     sampler, loader, steps_per_epoch = epoch_loader(dataset, s["batch_size"], s["num_workers"], device,
                                                     cfg["seed"], key="standalone")
     total = steps_per_epoch * s["epochs"]
