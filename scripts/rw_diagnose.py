@@ -1,0 +1,153 @@
+"""Why do the pseudo labels beat (or not) the CAMs? Issue 4's "labels, affinity quality, beta/t" check.
+
+For one finished pipeline run (make-cam and train-aff done) it walks the val CAMs in several ways and
+scores each against the ground truth (mIoU, precision, recall, the demo's part recall when present):
+  - no walk: argmax over [(1 - max CAM)^alpha, CAMs] (t = 0), for each rw alpha given;
+  - the trained AffinityNet's affinities, for each t given (beta from --beta);
+  - oracle affinities from the ground truth (1 within a segment, 0 across; void pixels take the label
+    of the nearest non-void pixel), same t values: how far the walk could go with perfect affinities;
+  - the AffinityNet again with PSA's border crop of the pair origins off (--no-psa-crop compares it).
+Also scores the la/ha CRF labels' confident regions against the ground truth (what AffinityNet learns).
+
+    .venv/bin/python scripts/rw_diagnose.py --config demo --work-dir work/d4/sweep/psa/alpha0.05/seed0 \\
+        --voc-root work/d4/data --variant eader --out work/d4/rw_diagnose.json
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from psa_baseline.affinity import feature_affinities, pair_indices  # noqa: E402
+from psa_baseline.demo_data import PartRecall, load_png  # noqa: E402
+from psa_baseline.evaluation import confusion, load_cam_dict, scores  # noqa: E402
+from psa_baseline.fileio import write_json  # noqa: E402
+from psa_baseline.random_walk import propagate_cams  # noqa: E402
+from stages.builders import labels_for, split_ids, voc_root  # noqa: E402
+from stages.config import load_config  # noqa: E402
+from stages.make_pseudo import load_aff_net, padded_input  # noqa: E402
+
+
+def oracle_affinities(gt, psa_crop=True, radius=5):
+    """(P, N) affinities on the stride-8 grid of gt: 1 where both ends have the same (majority) label."""
+    lab = gt.copy()
+    void = lab == 255
+    if void.any() and (~void).any():  # void takes the nearest labelled pixel's label
+        _, idx = cv2.distanceTransformWithLabels(void.astype(np.uint8), cv2.DIST_L2, 5,
+                                                 labelType=cv2.DIST_LABEL_PIXEL)
+        ys, xs = np.nonzero(~void)
+        src = np.zeros(idx.max() + 1, np.uint8)
+        src[idx[~void]] = lab[ys, xs]
+        lab = src[idx]
+    H, W = lab.shape
+    h, w = -(-H // 8), -(-W // 8)
+    pad = np.full((h * 8, w * 8), 254, np.uint8)
+    pad[:H, :W] = lab
+    cells = pad.reshape(h, 8, w, 8).transpose(0, 2, 1, 3).reshape(h, w, 64)
+    grid = np.array([np.bincount(c, minlength=256).argmax() for c in cells.reshape(-1, 64)], np.int64)
+    to_idx, valid = pair_indices(h, w, radius, psa_crop)
+    g = torch.from_numpy(grid)
+    return ((g[to_idx] == g[None, :]) & valid).float()
+
+
+class Scorer:
+    def __init__(self, root_dir):
+        self.conf, self.parts, self.root_dir = 0, PartRecall(), Path(root_dir)
+
+    def add(self, i, pred, gt):
+        self.conf = self.conf + confusion(gt, pred)
+        pm = self.root_dir / "PartMasks" / f"{i}.png"
+        if pm.is_file():
+            self.parts.add(pred, load_png(pm), gt)
+
+    def result(self):
+        s = scores(self.conf)
+        out = {k: round(s[k], 2) for k in ("miou", "precision", "recall")}
+        pr = self.parts.result()
+        if pr.get("strong") is not None:
+            out.update(strong=pr["strong"], weak=pr["weak"])
+        return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="demo")
+    p.add_argument("--work-dir", required=True)
+    p.add_argument("--voc-root", required=True)
+    p.add_argument("--variant", default="baseline")
+    p.add_argument("--split", default="ImageSets/Segmentation/val.txt")
+    p.add_argument("--n", type=int, default=150)
+    p.add_argument("--ts", type=int, nargs="+", default=[8, 32, 64, 256])
+    p.add_argument("--alphas", type=float, nargs="+", default=[4, 8, 16])
+    p.add_argument("--beta", type=float, default=8)
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    cfg = load_config(args.config, [("voc_root", args.voc_root), ("work_dir", args.work_dir), ("device", "cpu")])
+    root = voc_root(cfg)
+    ids = split_ids(cfg, args.split)[:args.n]
+    labels = labels_for(cfg, root, ids)
+    run = Path(args.work_dir) / args.variant
+    net = load_aff_net(cfg, run / "train_aff" / "aff_net.pth", "cpu")
+    rw_alpha = cfg["rw"]["alpha"]
+    rows = {}
+
+    def score(name, pred, i, gt):
+        rows.setdefault(name, Scorer(root.root)).add(i, pred, gt)
+
+    for i in ids:
+        img, gt = root.read_image(i), root.read_seg(i)
+        cams = load_cam_dict(run / "make_cam" / "cams" / f"{i}.npy", img.shape[:2], labels[i])
+        keys = sorted(cams)
+        ident = np.asarray([0] + [k + 1 for k in keys], np.uint8)
+        stack = np.stack([cams[k] for k in keys])
+        for a in args.alphas:
+            score(f"no walk, alpha {a:g}", ident[np.concatenate([(1 - stack.max(0))[None] ** a, stack]).argmax(0)],
+                  i, gt)
+        with torch.no_grad():
+            feats = net(padded_input(img))
+        affs = {"affinitynet": feature_affinities(feats, 5, True)[0],
+                "affinitynet, no border crop": feature_affinities(feats, 5, False)[0],
+                "oracle (ground truth)": oracle_affinities(gt)}
+        for name, aff in affs.items():
+            crop = "no border crop" not in name
+            for t in args.ts:
+                if name != "affinitynet" and t not in (32, 256):
+                    continue
+                pred = propagate_cams(cams, aff, img.shape[:2], alpha_bg=rw_alpha, beta=args.beta, t=t,
+                                      psa_crop=crop, name=i)
+                score(f"{name}, t {t}", pred, i, gt)
+    report = {"run": str(run), "n_images": len(ids), "rw_alpha": rw_alpha, "beta": args.beta,
+              "rows": {k: v.result() for k, v in rows.items()}}
+    crf = run / "make_crf"
+    if crf.is_dir():  # confident regions of the CRF labels on train images (AffinityNet's training labels)
+        tr = split_ids(cfg, cfg["crf"]["list"])[:args.n]
+        fg_ok = fg_n = bg_ok = bg_n = 0
+        for i in tr:
+            gt = root.read_seg(i)
+            la = np.load(crf / "crf_la" / f"{i}.npy", allow_pickle=True).item()
+            ha = np.load(crf / "crf_ha" / f"{i}.npy", allow_pickle=True).item()
+            k = sorted(la)
+            la_l = np.asarray(k)[np.stack([la[c] for c in k]).argmax(0)]
+            ha_l = np.asarray(k)[np.stack([ha[c] for c in k]).argmax(0)]
+            ok = gt != 255
+            fg = (la_l > 0) & ok
+            fg_ok += int((la_l[fg] == gt[fg]).sum())
+            fg_n += int(fg.sum())
+            bg = (ha_l == 0) & ok
+            bg_ok += int((gt[bg] == 0).sum())
+            bg_n += int(bg.sum())
+        report["crf_labels"] = {"la_foreground_precision": round(100 * fg_ok / max(fg_n, 1), 2),
+                                "ha_background_precision": round(100 * bg_ok / max(bg_n, 1), 2),
+                                "images": len(tr)}
+    write_json(args.out, report)
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
