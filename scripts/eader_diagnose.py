@@ -4,8 +4,8 @@ Loads a finished (or interrupted) EADER train-cam checkpoint (localizer + advers
 resized to the training crop (both networks in eval mode), reports:
   - the soft masks: mean fraction of the erased class's head (strong part), body (weak part) and of the
     background that the mask sigmoid(omega * (A - psi)) removes;
-  - the adversary: sigmoid score of the erased class on its erased image, on the clean image, and of
-    the absent classes; how often it still finds the erased class (logit > 0); ROC AUC erased vs absent;
+  - the adversary: sigmoid score of the erased class on its erased image, on the clean image, with its
+    whole ground-truth object erased and with only its body erased, and of the absent classes; how often it still finds the erased class (logit > 0); ROC AUC erased vs absent;
   - the loss scales: L_cls, L_am, L_reg and the gradient norms of L_cls and alpha * L_am on the
     localizer's parameters (and their ratio), with the share of the L_am gradient that reaches the
     backbone (not only the classifier head);
@@ -78,6 +78,17 @@ def measure(net, eader, x, y, segs, parts, acc, with_grads, data_classes):
                           ("background", segs[b] == 0)):
             if sel.any():
                 acc["erased_" + name].append(float(m[k][sel].mean()))
+    # Controls: the erased class's whole object (head and body) removed by its ground truth, and only
+    # its body removed (head kept). If the first scores above absent classes, the hole itself is a cue.
+    obj = torch.zeros_like(mask)
+    body = torch.zeros_like(mask)
+    for k, (b, c) in enumerate(zip(img_idx.tolist(), cls_idx.tolist())):
+        obj[k] = torch.from_numpy((segs[b] == c + 1).astype(np.float32))
+        body[k] = torch.from_numpy(((segs[b] == c + 1) & (parts[b] == WEAK)).astype(np.float32))
+    with torch.no_grad():
+        for name, m_ in (("score_object_erased", obj), ("score_body_erased", body)):
+            sc = torch.sigmoid(eader.adversary(x[img_idx] * (1 - m_[:, None])))
+            acc[name] += sc.gather(1, cls_idx[:, None]).squeeze(1).tolist()
     s = torch.sigmoid(adv_erased.detach())
     acc["score_erased_class"] += s.gather(1, cls_idx[:, None]).squeeze(1).tolist()
     acc["score_clean_class"] += adv_clean[img_idx, cls_idx].tolist()
@@ -104,6 +115,8 @@ def summarise(acc):
     e, a = np.asarray(acc["score_erased_class"]), np.asarray(acc["score_absent"])
     out.update({"score_erased_class": round(float(e.mean()), 4),
                 "score_clean_class": round(float(np.mean(acc["score_clean_class"])), 4),
+                "score_object_erased": round(float(np.mean(acc["score_object_erased"])), 4),
+                "score_body_erased": round(float(np.mean(acc["score_body_erased"])), 4),
                 "score_absent_class": round(float(a.mean()), 4),
                 "finds_erased_class": round(float((e > 0.5).mean()), 4),
                 "auc_erased_vs_absent": round(auc(e, a), 4), "pairs": int(e.size)})
@@ -155,7 +168,7 @@ def main(argv=None):
         runs.append(("other_localizer", other.eval(), False))
     for name, loc, grads in runs:
         acc = {k: [] for k in ("erased_head", "erased_body", "erased_background", "score_erased_class",
-                               "score_clean_class", "score_absent", "l_cls", "l_am", "l_reg", "grad_cls",
+                               "score_clean_class", "score_object_erased", "score_body_erased", "score_absent", "l_cls", "l_am", "l_reg", "grad_cls",
                                "grad_alpha_am", "grad_alpha_am_backbone_share")}
         for s in range(0, len(ids), args.batch):
             imgs, y, segs, parts = load_batch(root, ids[s:s + args.batch], labels, size)
