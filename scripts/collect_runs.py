@@ -2,7 +2,8 @@
 
 Each work dir holds results.json as written by the pipeline ({variant: {"cam": {...}, "aff": {...}}}).
 Rows are the variants; columns CAM and pseudo-label (AffinityNet + random walk) mIoU, precision, recall,
-and on the demo data the recall of the strong and weak parts.
+and on the demo data the recall of the strong and weak parts. Then Table 3's layout (report.table3) with each
+class's pseudo-label IoU averaged over the seeds.
 
     .venv/bin/python scripts/collect_runs.py work/d4/sweep/psa/alpha0/seed* work/d4/sweep/psa/alpha0.05/seed* \\
         --out work/d4/table2_aff.md
@@ -16,6 +17,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from psa_baseline.fileio import write_text  # noqa: E402
+from stages.report import table3  # noqa: E402
 
 COLS = [("cam", "miou", "CAM mIoU"), ("cam", "precision", "CAM precision"), ("cam", "recall", "CAM recall"),
         ("cam", "strong", "CAM recall strong part"), ("cam", "weak", "CAM recall weak part"),
@@ -58,7 +60,17 @@ def main(argv=None):
     per_run = ["", "Per run (CAM mIoU / pseudo mIoU):"] + [
         f"- {variant} {d}: {fmt([value(r.get('cam'), 'miou')])} / {fmt([value(r.get('aff'), 'miou')])}"
         for variant, runs in by_variant.items() for d, r in runs]
-    text = "\n".join(lines + per_run) + "\n"
+    mean_aff = {}
+    for variant, runs in by_variant.items():
+        affs = [r["aff"] for _, r in runs if r.get("aff")]
+        if affs:
+            classes = {c for a in affs for c, v in (a.get("per_class") or {}).items() if v is not None}
+            mean_aff[variant] = {"aff": {
+                "per_class": {c: float(np.mean([a["per_class"][c] for a in affs if a["per_class"].get(c) is not None]))
+                              for c in classes},
+                "miou": float(np.mean([a["miou"] for a in affs])),
+                "split": f"{affs[0].get('split')}, mean of {len(affs)} seeds"}}
+    text = "\n".join(lines + per_run) + "\n" + (table3(mean_aff) if mean_aff else "")
     print(text)
     if args.out:
         write_text(args.out, text)
