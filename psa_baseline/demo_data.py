@@ -364,6 +364,14 @@ def read_meta(root):
         return json.load(f)
 
 
+def dataset_identity(root):
+    """What identifies a demo dataset's content (seed and params, incl. the generator version), or None
+    for other datasets: training stages put it in their fingerprint, so regenerated data is not mistaken
+    for the data an earlier run used."""
+    meta = read_meta(root) if root else None
+    return None if meta is None else {"seed": meta["seed"], "params": meta["params"]}
+
+
 def generate(root, seed=0, n_train=500, n_val=150, classes=DEFAULT_CLASSES, size=DEFAULT_SIZE,
              overwrite=False):
     """Write the demo dataset under `root`; returns a summary dict (also stored in demo_meta.json).
@@ -386,9 +394,13 @@ def generate(root, seed=0, n_train=500, n_val=150, classes=DEFAULT_CLASSES, size
         return dict(meta["summary"], generated=False)
     if root.exists() and not root.is_dir():
         raise InputError(f"{root} is a file, not a directory: choose another demo data root")
-    if root.exists() and any(root.iterdir()) and not overwrite:
+    # The same dataset made by an older generator version is replaced: it is ours and cheap to remake
+    # (stages that used it see the new version in their fingerprint, see dataset_identity).
+    older = meta is not None and meta["seed"] == seed and \
+        {k: v for k, v in meta["params"].items() if k != "version"} == {k: v for k, v in params.items() if k != "version"}
+    if root.exists() and any(root.iterdir()) and not (overwrite or older):
         what = "a different demo dataset" if meta else "files that are not a demo dataset"
-        raise InputError(f"{root} already holds {what}: delete it or pass overwrite=True")
+        raise InputError(f"{root} already holds {what}: delete it, or rerun demo-data with --force to replace it")
 
     designs = class_designs(names)
     ids = [f"demo_{i:06d}" for i in range(n_train + n_val)]

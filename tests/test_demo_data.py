@@ -169,3 +169,22 @@ def test_part_recall_from_cams(root, tmp_path):
         assert (r["strong"], r["weak"]) == expect
     with pytest.raises(InputError):
         part_recall_from_cams(tmp_path / "missing", root, ids)
+
+
+def test_older_generator_version_is_replaced_and_changes_the_fingerprint(tmp_path, monkeypatch):
+    """A dataset made by an older generator version (same seed and params) is regenerated, not refused,
+    and training stages see the change in their fingerprint; a different dataset is still refused."""
+    import psa_baseline.demo_data as dd
+    from stages import train_cam
+    from stages.config import fingerprint, load_config
+    root = tmp_path / "data"
+    monkeypatch.setattr(dd, "VERSION", dd.VERSION - 1)
+    generate(root, seed=1, n_train=4, n_val=2, size=(64, 72))
+    cfg = load_config("demo", [("voc_root", str(root))])
+    fp_old = fingerprint("train_cam", *train_cam.depends(cfg))
+    monkeypatch.setattr(dd, "VERSION", dd.VERSION + 1)
+    assert generate(root, seed=1, n_train=4, n_val=2, size=(64, 72))["generated"]
+    assert read_meta(root)["params"]["version"] == dd.VERSION
+    assert fingerprint("train_cam", *train_cam.depends(cfg)) != fp_old
+    with pytest.raises(InputError, match="--force"):
+        generate(root, seed=2, n_train=4, n_val=2, size=(64, 72))
