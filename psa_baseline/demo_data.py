@@ -366,8 +366,8 @@ def read_meta(root):
 
 def dataset_identity(root):
     """What identifies a demo dataset's content (seed and params, incl. the generator version), or None
-    for other datasets: training stages put it in their fingerprint, so regenerated data is not mistaken
-    for the data an earlier run used."""
+    for other datasets: every stage's fingerprint carries it (stages.common.Stage), so regenerated data
+    is not mistaken for the data an earlier run used."""
     meta = read_meta(root) if root else None
     return None if meta is None else {"seed": meta["seed"], "params": meta["params"]}
 

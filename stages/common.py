@@ -21,6 +21,7 @@ import torch
 
 from psa_baseline.errors import InputError
 from psa_baseline.fileio import write_json
+from psa_baseline.demo_data import dataset_identity
 from .config import PROJECT_DIR, fingerprint, variant_name
 
 
@@ -75,7 +76,10 @@ class Stage:
         self.variant = variant_name(cfg)
         self.work_dir = Path(cfg["work_dir"])
         self.dir = self.work_dir / self.variant / name
-        self.fp = fingerprint(name, *depends)
+        # demo data: its identity (seed, params, generator version), so regenerated data is not taken
+        # for the data a finished stage used; None (left out) for other datasets
+        ident = dataset_identity(cfg["voc_root"])
+        self.fp = fingerprint(name, *depends, *([ident] if ident else []))
         self.log = self._logger()
 
     def _logger(self):

@@ -10,7 +10,6 @@ import time
 import torch
 import torch.nn.functional as F
 
-from psa_baseline.demo_data import dataset_identity
 from psa_baseline.fileio import save_torch
 from psa_baseline.resnet38 import PolyOptimizer
 from psa_baseline.training import ddp_wrap, epoch_loader, resume, run_steps, save_checkpoint, unwrap
@@ -22,9 +21,7 @@ NAME = "train_cam"
 
 def depends(cfg):
     keys = ("seed", "voc_root", "data", "net", "cam_train") + (("eader",) if cfg["eader"]["enabled"] else ())
-    deps = [{k: cfg[k] for k in keys}]  # EADER's settings cannot change a run with the hook off
-    ident = dataset_identity(cfg["voc_root"])
-    return deps + [ident] if ident else deps  # demo data: its generator version and params
+    return [{k: cfg[k] for k in keys}]  # EADER's settings cannot change a run with the hook off
 
 
 def build_eader(cfg, device):

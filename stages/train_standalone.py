@@ -34,7 +34,6 @@ from tqdm import tqdm
 
 from psa_baseline import voc
 from psa_baseline.cam_infer import fuse_cams, normalise_batch, resize_image, to_cam_dict
-from psa_baseline.demo_data import dataset_identity
 from psa_baseline.evaluation import CamSweep
 from psa_baseline.fileio import save_npy, save_torch, write_json
 from psa_baseline.training import epoch_loader, resume, run_steps, save_checkpoint
@@ -64,10 +63,8 @@ def depends(cfg):
     """What decides the trained localizer; the eader section only when the hook is on (so the
     baseline is not retrained when an unused EADER setting changes)."""
     e = eader_cfg(cfg)["eader"]
-    deps = [{"seed": cfg["seed"], "voc_root": cfg["voc_root"], "data": cfg["data"],
+    return [{"seed": cfg["seed"], "voc_root": cfg["voc_root"], "data": cfg["data"],
              "standalone": train_keys(cfg), "eader": e if e["enabled"] else {"enabled": False}}]
-    ident = dataset_identity(cfg["voc_root"])
-    return deps + [ident] if ident else deps
 
 
 def build_localizer(cfg, log=None):

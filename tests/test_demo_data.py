@@ -173,18 +173,19 @@ def test_part_recall_from_cams(root, tmp_path):
 
 def test_older_generator_version_is_replaced_and_changes_the_fingerprint(tmp_path, monkeypatch):
     """A dataset made by an older generator version (same seed and params) is regenerated, not refused,
-    and training stages see the change in their fingerprint; a different dataset is still refused."""
+    and stages see the change in their fingerprint; a different dataset is still refused."""
     import psa_baseline.demo_data as dd
     from stages import train_cam
-    from stages.config import fingerprint, load_config
+    from stages.common import Stage
+    from stages.config import load_config
     root = tmp_path / "data"
     monkeypatch.setattr(dd, "VERSION", dd.VERSION - 1)
     generate(root, seed=1, n_train=4, n_val=2, size=(64, 72))
-    cfg = load_config("demo", [("voc_root", str(root))])
-    fp_old = fingerprint("train_cam", *train_cam.depends(cfg))
+    cfg = load_config("demo", [("voc_root", str(root)), ("work_dir", str(tmp_path / "w"))])
+    fp_old = Stage(cfg, "train_cam", train_cam.depends(cfg)).fp
     monkeypatch.setattr(dd, "VERSION", dd.VERSION + 1)
     assert generate(root, seed=1, n_train=4, n_val=2, size=(64, 72))["generated"]
     assert read_meta(root)["params"]["version"] == dd.VERSION
-    assert fingerprint("train_cam", *train_cam.depends(cfg)) != fp_old
+    assert Stage(cfg, "train_cam", train_cam.depends(cfg)).fp != fp_old
     with pytest.raises(InputError, match="--force"):
         generate(root, seed=2, n_train=4, n_val=2, size=(64, 72))
