@@ -364,6 +364,16 @@ def read_meta(root):
         return json.load(f)
 
 
+def _same_dataset(meta, seed, params, any_version=False):
+    """Whether demo_meta `meta` describes the dataset (seed, params); any_version: by any generator version."""
+    if meta is None or meta["seed"] != seed:
+        return False
+    if any_version:
+        return {k: v for k, v in meta["params"].items() if k != "version"} == \
+            {k: v for k, v in params.items() if k != "version"}
+    return meta["params"] == params
+
+
 def dataset_identity(root):
     """What identifies a demo dataset's content (seed and params, incl. the generator version), or None
     for other datasets: every stage's fingerprint carries it (stages.common.Stage), so regenerated data
@@ -390,14 +400,13 @@ def generate(root, seed=0, n_train=500, n_val=150, classes=DEFAULT_CLASSES, size
     root, seed = Path(root), int(seed)
     params = _params(n_train, n_val, names, (lo, hi))
     meta = read_meta(root)
-    if meta is not None and meta["seed"] == seed and meta["params"] == params:
+    if _same_dataset(meta, seed, params):
         return dict(meta["summary"], generated=False)
     if root.exists() and not root.is_dir():
         raise InputError(f"{root} is a file, not a directory: choose another demo data root")
     # The same dataset made by an older generator version is replaced: it is ours and cheap to remake
     # (stages that used it see the new version in their fingerprint, see dataset_identity).
-    older = meta is not None and meta["seed"] == seed and \
-        {k: v for k, v in meta["params"].items() if k != "version"} == {k: v for k, v in params.items() if k != "version"}
+    older = _same_dataset(meta, seed, params, any_version=True)
     if root.exists() and any(root.iterdir()) and not (overwrite or older):
         what = "a different demo dataset" if meta else "files that are not a demo dataset"
         raise InputError(f"{root} already holds {what}: delete it, or rerun demo-data with --force to replace it")
@@ -454,8 +463,7 @@ def generate(root, seed=0, n_train=500, n_val=150, classes=DEFAULT_CLASSES, size
 def _install(tmp, root, seed, params):
     """Rename the finished temp dir to root. If a concurrent run with the same params got there first,
     keep its copy (identical by determinism); a different dataset at root is moved aside, then deleted."""
-    meta = read_meta(root)
-    if meta is not None and meta["seed"] == seed and meta["params"] == params:
+    if _same_dataset(read_meta(root), seed, params):
         shutil.rmtree(tmp, ignore_errors=True)
         return
     old = None
