@@ -39,6 +39,17 @@ def soft_mask(att, size, omega=100.0, psi=0.5):
     return torch.sigmoid(omega * (resize(att, size) - psi))
 
 
+def pair_masks(labels, att, size, omega=100.0, psi=0.5):
+    """Soft masks (K,H,W) of the K (image, present class) pairs, with img_idx (K,) and cls_idx (K,).
+
+    Each selected map is resized to `size` (H, W), normalised to max 1 (as PSA's inference and the
+    authors' code do, at full resolution), then sigmoid(omega * (A - psi)).
+    """
+    img_idx, cls_idx = (labels > 0.5).nonzero(as_tuple=True)
+    maps = normalise_attention(resize(att[img_idx, cls_idx], size))
+    return soft_mask(maps, size, omega, psi), img_idx, cls_idx
+
+
 def erase_pairs(images, labels, att, omega=100.0, psi=0.5):
     """One erased image per (image, present class).
 
@@ -48,7 +59,5 @@ def erase_pairs(images, labels, att, omega=100.0, psi=0.5):
     Returns erased (K,3,H,W), img_idx (K,), cls_idx (K,), K = number of positive labels (dynamic
     batch), pairs in (image, class) order. Gradient flows from `erased` into `att`.
     """
-    img_idx, cls_idx = (labels > 0.5).nonzero(as_tuple=True)
-    maps = normalise_attention(resize(att[img_idx, cls_idx].to(images.dtype), images.shape[-2:]))
-    mask = soft_mask(maps, images.shape[-2:], omega, psi)
+    mask, img_idx, cls_idx = pair_masks(labels, att.to(images.dtype), images.shape[-2:], omega, psi)
     return images[img_idx] * (1 - mask[:, None]), img_idx, cls_idx

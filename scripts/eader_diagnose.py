@@ -33,7 +33,7 @@ from psa_baseline.errors import InputError  # noqa: E402
 from psa_baseline.fileio import write_json  # noqa: E402
 from psa_baseline.training import load_checkpoint  # noqa: E402
 from psa_eader.losses import attention_mining_loss, regularisation_loss  # noqa: E402
-from psa_eader.masks import normalise_attention, resize, soft_mask  # noqa: E402
+from psa_eader.masks import normalise_attention, pair_masks  # noqa: E402
 from stages.builders import build_cam_net, labels_for, split_ids, voc_root  # noqa: E402
 from stages.config import load_config  # noqa: E402
 from stages.train_cam import build_eader  # noqa: E402
@@ -64,9 +64,7 @@ def grad_norm(loss, params):
 def measure(net, eader, x, y, segs, parts, acc, with_grads, data_classes):
     cfg = eader.cfg
     logits, cams = net(x, with_cam=True)
-    img_idx, cls_idx = (y > 0.5).nonzero(as_tuple=True)
-    maps = normalise_attention(resize(cams[img_idx, cls_idx], x.shape[-2:]))
-    mask = soft_mask(maps, x.shape[-2:], cfg.omega, cfg.psi)
+    mask, img_idx, cls_idx = pair_masks(y, cams, x.shape[-2:], cfg.omega, cfg.psi)  # erase_pairs' masks
     erased = x[img_idx] * (1 - mask[:, None])
     adv_erased = eader.adversary(erased)
     with torch.no_grad():
