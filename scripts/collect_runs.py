@@ -17,27 +17,24 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from psa_baseline.fileio import write_text  # noqa: E402
+from stages.alpha_sweep import mean_std, metric  # noqa: E402
 from stages.report import table3  # noqa: E402
 
 COLS = [("cam", "miou", "CAM mIoU"), ("cam", "precision", "CAM precision"), ("cam", "recall", "CAM recall"),
-        ("cam", "strong", "CAM recall strong part"), ("cam", "weak", "CAM recall weak part"),
+        ("cam", "strong_recall", "CAM recall strong part"), ("cam", "weak_recall", "CAM recall weak part"),
         ("aff", "miou", "pseudo mIoU"), ("aff", "precision", "pseudo precision"), ("aff", "recall", "pseudo recall"),
-        ("aff", "strong", "pseudo recall strong part"), ("aff", "weak", "pseudo recall weak part")]
+        ("aff", "strong_recall", "pseudo recall strong part"), ("aff", "weak_recall", "pseudo recall weak part")]
 
 
 def value(entry, key):
-    if entry is None:
-        return None
-    if key in ("strong", "weak"):
-        return (entry.get("part_recall") or {}).get(key)
-    return entry.get(key)
+    return None if entry is None else metric(entry, key)
 
 
 def fmt(vals):
-    v = [x for x in vals if x is not None]
-    if not v:
+    mean, std = mean_std(vals)
+    if mean is None:
         return "-"
-    return f"{np.mean(v):.1f}" + (f" ± {np.std(v, ddof=1):.1f}" if len(v) > 1 else "")
+    return f"{mean:.1f}" + (f" ± {std:.1f}" if std is not None else "")
 
 
 def main(argv=None):

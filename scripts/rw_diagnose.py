@@ -29,7 +29,9 @@ from psa_baseline.fileio import write_json  # noqa: E402
 from psa_baseline.random_walk import propagate_cams  # noqa: E402
 from stages.builders import labels_for, split_ids, voc_root  # noqa: E402
 from stages.config import load_config  # noqa: E402
+from stages.make_crf import HA, LA  # noqa: E402
 from stages.make_pseudo import load_aff_net, padded_input  # noqa: E402
+from stages.train_aff import load_crf_dict  # noqa: E402
 
 
 def oracle_affinities(gt, psa_crop=True, radius=5):
@@ -129,8 +131,8 @@ def main(argv=None):
         fg_ok = fg_n = bg_ok = bg_n = 0
         for i in tr:
             gt = root.read_seg(i)
-            la = np.load(crf / "crf_la" / f"{i}.npy", allow_pickle=True).item()
-            ha = np.load(crf / "crf_ha" / f"{i}.npy", allow_pickle=True).item()
+            la = load_crf_dict(crf / LA / f"{i}.npy", gt.shape, i)
+            ha = load_crf_dict(crf / HA / f"{i}.npy", gt.shape, i)
             k = sorted(la)
             la_l = np.asarray(k)[np.stack([la[c] for c in k]).argmax(0)]
             ha_l = np.asarray(k)[np.stack([ha[c] for c in k]).argmax(0)]
