@@ -224,6 +224,7 @@ def test_aff_stages_before_their_inputs_say_what_to_run(demo_root, tmp_path, cap
     _refused(capsys, ["train-aff"] + base, ["make-crf"], work)
     _refused(capsys, ["eval-seg"] + base, ["make-pseudo"], work)
     _refused(capsys, ["train-aff"] + base + ["aff_train.crop=60"], ["aff_train.crop"], work)
+    _refused(capsys, ["make-crf"] + base + ["crf.scale_factor=0.0"], ["crf.scale_factor"], work)
 
 
 # ---------------------------------------------------------------------------- resume
