@@ -33,7 +33,7 @@ from PIL import Image
 from .constants import CLASS_NAMES, IGNORE, NUM_CLASSES, voc_palette
 from .errors import InputError
 
-VERSION = 4  # bump when the rendering changes, so an old dataset is not mistaken for a new one
+VERSION = 5  # bump when the rendering changes, so an old dataset is not mistaken for a new one
 # Three groups of three; consecutive classes (in this order) share a body style.
 DEFAULT_CLASSES = ("cat", "dog", "bird", "horse", "cow", "sheep", "car", "bus", "motorbike")
 DEFAULT_SIZE = (128, 160)
@@ -52,7 +52,9 @@ BODY_STYLES = (
 HEAD_COLOURS = ((230, 20, 20), (20, 190, 20), (30, 60, 240), (250, 225, 0), (230, 0, 220), (0, 215, 235),
                 (255, 120, 0), (120, 0, 220), (255, 60, 150), (0, 120, 90))
 HEAD_PATTERNS = ("stripes_along", "stripes_across", "checker", "rings")
-CUE = 14.0       # the subtle class cue: RGB shift between neighbouring classes of a group
+CUE = 20.0       # the body's class cue: RGB shift between neighbouring classes of a group (hue) ...
+LIGHT_CUE = 26.0  # ... plus a lightness step, so no body gets more saturated than 0.61
+TEXTURE_STEP = 0.4  # texture scale change between neighbouring classes of a group
 DISTRACTOR_P = 0.6  # probability that an image has 1-2 headless distractor blobs
 CUE_DIR = np.array([1.0, -0.35, -0.8]) / np.linalg.norm([1.0, -0.35, -0.8])
 
@@ -105,8 +107,8 @@ def class_designs(names):
         c1 = HEAD_COLOURS[k % len(HEAD_COLOURS)]
         alt = k // len(HEAD_COLOURS)
         designs.append({"name": name, "index": CLASS_NAMES.index(name), "group": g,
-                        "body": np.array(base, float) + step * CUE * CUE_DIR,
-                        "texture": texture, "texture_scale": 1.0 + 0.25 * step,
+                        "body": np.array(base, float) + step * (CUE * CUE_DIR + LIGHT_CUE),
+                        "texture": texture, "texture_scale": 1.0 + TEXTURE_STEP * step,
                         "head": (np.array(c1, float),
                                  np.array((15, 15, 15) if alt == 0 else (245, 245, 245), float)),
                         "pattern": HEAD_PATTERNS[(k + alt) % len(HEAD_PATTERNS)]})
@@ -151,7 +153,7 @@ def _body_colour(design, h, w, rng, cx, cy, theta, texture=None):
     """Group texture around the (class-shifted) group colour; `texture` overrides the kind."""
     # Per-object colour jitter, about the size of the class cue: body colour is a loose cue, the
     # group's texture (and its class-specific scale) is what identifies a body.
-    base = design["body"] + rng.normal(0, 10) + rng.normal(0, 6, 3)
+    base = design["body"] + rng.normal(0, 6) + rng.normal(0, 4, 3)
     tex, sc = texture or design["texture"], design["texture_scale"]
     if tex == "mottled":
         t = 22 * _smooth_noise(rng, h, w, max(3, round(w / 10 / sc)))

@@ -112,13 +112,15 @@ def load_backbone_weights(model, path, skip_prefixes=("fc.",)):
     return report
 
 
-def build_adversary(num_classes=20, width=1.0, weights=None):
-    """ResNet-18 with a `num_classes`-way head; optional ImageNet weights from a local state dict.
+def build_adversary(num_classes=20, width=1.0, weights=None, keep_head=False):
+    """ResNet-18 with a `num_classes`-way head; optional ImageNet weights from a local state dict
+    (the classifier `fc` dropped unless keep_head, for weights trained on these same classes).
 
     The load report (loaded / missing / unexpected / mismatched keys) is kept as `model.weights_report`.
     """
     model = build_resnet("resnet18", width, num_classes)
-    model.weights_report = load_backbone_weights(model, weights) if weights else None
+    skip = () if keep_head else ("fc.",)
+    model.weights_report = load_backbone_weights(model, weights, skip) if weights else None
     return model
 
 

@@ -8,6 +8,7 @@ from psa_baseline.errors import InputError
 # subcommand -> module in stages/
 STAGES = {
     "demo-data": "demo_data",
+    "train-adv": "train_adv",
     "train-cam": "train_cam",
     "make-cam": "make_cam",
     "eval-cam": "eval_cam",

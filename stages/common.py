@@ -75,12 +75,17 @@ class Stage:
         self.cfg, self.name, self.force = cfg, name, force
         self.variant = variant_name(cfg)
         self.work_dir = Path(cfg["work_dir"])
-        self.dir = self.work_dir / self.variant / name
+        self.dir = self.folder(cfg, name)
         # demo data: its identity (seed, params, generator version), so regenerated data is not taken
         # for the data a finished stage used; None (left out) for other datasets
         ident = dataset_identity(cfg["voc_root"])
         self.fp = fingerprint(name, *depends, *([ident] if ident else []))
         self.log = self._logger()
+
+    @staticmethod
+    def folder(cfg, name):
+        """<work>/<variant>/<stage>: where stage `name` of this config's variant writes."""
+        return Path(cfg["work_dir"]) / variant_name(cfg) / name
 
     def _logger(self):
         log = logging.getLogger(f"psa.{self.variant}.{self.name}")
@@ -142,7 +147,7 @@ class Stage:
 
 def upstream_fp(cfg, name):
     """Fingerprint recorded by a finished upstream stage, or an error saying to run it first."""
-    done = Path(cfg["work_dir"]) / variant_name(cfg) / name / "DONE.json"
+    done = Stage.folder(cfg, name) / "DONE.json"
     if not done.exists():
         raise InputError(f"stage '{name}' has not finished for variant '{variant_name(cfg)}' "
                          f"(no {done}); run `psa-eader {name.replace('_', '-')}` first")

@@ -8,10 +8,10 @@ already finished with the same config, so a rerun resumes where the last one sto
 import time
 from pathlib import Path
 
-from . import eval_cam, eval_seg, make_cam, make_crf, make_pseudo, train_aff, train_cam
+from . import eval_cam, eval_seg, make_cam, make_crf, make_pseudo, train_adv, train_aff, train_cam
 from .report import results_path
 
-CAM_STAGES = (("train-cam", train_cam), ("make-cam", make_cam), ("eval-cam", eval_cam))
+CAM_STAGES = (("train-adv", train_adv), ("train-cam", train_cam), ("make-cam", make_cam), ("eval-cam", eval_cam))
 AFF_STAGES = (("make-crf", make_crf), ("train-aff", train_aff), ("make-pseudo", make_pseudo),
               ("eval-seg", eval_seg))
 UNTIL = {"cam": CAM_STAGES, "aff": CAM_STAGES + AFF_STAGES}

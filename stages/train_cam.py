@@ -1,6 +1,7 @@
 """Stage train-cam: train PSA's WideResNet-38 classifier (optionally with the EADER hook).
 
-Reads: the train list, images and image-level labels under the VOC root (net.weights if given).
+Reads: the train list, images and image-level labels under the VOC root (net.weights if given; with
+EADER on and adv_pretrain.epochs > 0, train-adv's adversary.pth).
 Writes: <work>/<variant>/train_cam/{checkpoint.pth, cam_net.pth, DONE.json}, logs/<variant>.train_cam.log.
 A rerun resumes from checkpoint.pth (model, optimisers, schedule step, EADER turn, RNG states).
 """
@@ -13,24 +14,34 @@ import torch.nn.functional as F
 from psa_baseline.fileio import save_torch
 from psa_baseline.resnet38 import PolyOptimizer
 from psa_baseline.training import ddp_wrap, epoch_loader, resume, run_steps, save_checkpoint, unwrap
+from . import train_adv
 from .builders import build_cam_net, cls_train_dataset
-from .common import Stage, rank, resolve_device, seed_everything
+from .common import Stage, rank, resolve_device, seed_everything, upstream_fp
 
 NAME = "train_cam"
 
 
 def depends(cfg):
     keys = ("seed", "voc_root", "data", "net", "cam_train") + (("eader",) if cfg["eader"]["enabled"] else ())
-    return [{k: cfg[k] for k in keys}]  # EADER's settings cannot change a run with the hook off
+    deps = [{k: cfg[k] for k in keys}]  # EADER's settings cannot change a run with the hook off
+    if train_adv.enabled(cfg):
+        deps.append(upstream_fp(cfg, "train_adv"))
+    return deps
 
 
-def build_eader(cfg, device):
+def build_eader(cfg, device, pretrained=None):
+    """The EADER hook (None when off). Its adversary starts from `pretrained` (train-adv's output, head
+    included: same classes) if given, else from eader.adv_weights (ImageNet; head dropped) or random init."""
     if not cfg["eader"]["enabled"]:
         return None
     from psa_eader.hook import EADER, EaderConfig
     from psa_eader.adversary import adversary_optimizer, build_adversary
     e = EaderConfig(**cfg["eader"])
-    adv = build_adversary(width=e.adv_width, weights=e.adv_weights).to(device)
+    if pretrained:
+        adv = build_adversary(width=e.adv_width, weights=pretrained, keep_head=True)
+    else:
+        adv = build_adversary(width=e.adv_width, weights=e.adv_weights)
+    adv = adv.to(device)
     opt = adversary_optimizer(adv, lr=e.adv_lr, momentum=e.adv_momentum, weight_decay=e.adv_weight_decay)
     return EADER(e, adv, opt)
 
@@ -63,7 +74,7 @@ def run(cfg, force=False, sampler_factory=None, stop_after=None):
     net = build_cam_net(cfg, st.log).to(device)
     if device.type == "cuda":
         net = net.to(memory_format=torch.channels_last)
-    eader = build_eader(cfg, device)
+    eader = build_eader(cfg, device, train_adv.output_path(cfg) if train_adv.enabled(cfg) else None)
     opt = PolyOptimizer(net.param_groups(), t["lr"], t["weight_decay"], localizer_steps(total, cfg),
                         momentum=t["momentum"], momentum_quirk=t["momentum_quirk"], power=t["poly_power"],
                         new_mult=t["new_lr_mult"])

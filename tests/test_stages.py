@@ -227,6 +227,35 @@ def test_eader_variant_end_to_end_and_both_variants_in_results(demo_root, tmp_pa
     assert "resumed from" in log and "adv_acc" in log and "l_am" in log
 
 
+def test_adversary_pretraining_resumes_and_starts_train_cams_adversary(demo_root, tmp_path):
+    from psa_baseline.errors import InputError
+    from stages import train_adv
+    over = {"eader.enabled": True, "eader.phase_steps": 2, "eader.adv_width": 0.25, "adv_pretrain.epochs": 2,
+            "adv_pretrain.batch_size": 4}
+    cfg = tiny_cfg(demo_root, tmp_path / "work", **over)
+    with pytest.raises(InputError, match="train-adv"):  # train-cam first says what to run
+        train_cam.run(cfg)
+    assert train_adv.run(cfg, stop_after=1) is None
+    path = train_adv.run(cfg)
+    log = (tmp_path / "work" / "logs" / "eader.train_adv.log").read_text()
+    assert "resumed from" in log and "step 8/8" in log
+    sd = torch.load(path, weights_only=True)
+    adv = train_cam.build_eader(cfg, torch.device("cpu"), path).adversary.state_dict()
+    assert sd.keys() == adv.keys() and all(torch.equal(sd[k], adv[k]) for k in sd)  # head included
+    fresh = train_cam.build_eader(cfg, torch.device("cpu")).adversary.state_dict()
+    assert not torch.equal(fresh["fc.weight"], adv["fc.weight"])
+    train_cam.run(cfg, stop_after=1)
+    ck = torch.load(tmp_path / "work" / "eader" / "train_cam" / "checkpoint.pth", weights_only=False)
+    assert ck["step"] == 1 and torch.equal(ck["eader"]["adversary"]["layer1.0.conv1.weight"],
+                                           sd["layer1.0.conv1.weight"])  # localizer turn: not moved
+    # the stage is off for the baseline and with epochs 0; train-cam's fingerprint follows train-adv's
+    assert train_adv.run(tiny_cfg(demo_root, tmp_path / "work", **{"adv_pretrain.epochs": 2})) is None
+    assert train_adv.run(tiny_cfg(demo_root, tmp_path / "work", **{**over, "adv_pretrain.epochs": 0})) is None
+    fp = train_cam.depends(cfg)
+    train_adv.run(tiny_cfg(demo_root, tmp_path / "work", **{**over, "adv_pretrain.lr": 0.01}))
+    assert train_cam.depends(cfg) != fp
+
+
 def test_eader_with_zero_weights_is_the_baseline_step():
     from conftest import tiny_spec
     from psa_baseline.cam_net import CAMNet

@@ -1,0 +1,105 @@
+"""Stage train-adv: pre-train EADER's adversary on the clean training images (not in the paper).
+
+The paper's adversary starts from ImageNet weights (eader.adv_weights): it already recognises objects
+from any of their parts when EADER begins. A run without such weights (the CPU demo trains from random
+init) can give the adversary the same head start here: a plain multi-label classifier (ResNet-18 at
+eader.adv_width, SGD momentum 0.9, weight decay 1e-4, poly lr) on the CAM classifier's training images,
+labels and augmentation (cam_train crop / resize_long / color_jitter). train-cam then starts its
+adversary from it, head included (same classes). Runs only when eader.enabled and adv_pretrain.epochs > 0.
+
+Reads: the train list, images and image-level labels under the VOC root.
+Writes: <work>/eader/train_adv/{checkpoint.pth, adversary.pth, DONE.json}, logs/eader.train_adv.log.
+A rerun resumes from checkpoint.pth.
+"""
+import contextlib
+import time
+
+import torch
+import torch.nn.functional as F
+
+from psa_baseline.fileio import save_torch
+from psa_baseline.training import ddp_wrap, epoch_loader, resume, run_steps, save_checkpoint, unwrap
+from .builders import cls_train_dataset
+from .common import Stage, rank, resolve_device, seed_everything
+
+NAME = "train_adv"
+
+
+def enabled(cfg):
+    return bool(cfg["eader"]["enabled"]) and cfg["adv_pretrain"]["epochs"] > 0
+
+
+def depends(cfg):
+    return [{k: cfg[k] for k in ("seed", "voc_root", "data", "cam_train", "adv_pretrain")},
+            {"adv_width": cfg["eader"]["adv_width"]}]
+
+
+def output_path(cfg):
+    return Stage.folder(cfg, NAME) / "adversary.pth"
+
+
+def run(cfg, force=False, sampler_factory=None, stop_after=None):
+    """Returns adversary.pth, or None when the stage is off (or stopped early)."""
+    if not enabled(cfg):
+        return None
+    from psa_eader.adversary import adversary_optimizer, build_adversary
+    st = Stage(cfg, NAME, depends(cfg), force)
+    if st.is_done():
+        return st.dir / "adversary.pth"
+    p = cfg["adv_pretrain"]
+    device = resolve_device(cfg["device"])
+    seed_everything(cfg["seed"])
+    root, ids, dataset = cls_train_dataset(cfg, "cam_train", st.log)
+    sampler, loader, steps_per_epoch = epoch_loader(dataset, p["batch_size"], cfg["cam_train"]["num_workers"],
+                                                    device, cfg["seed"], sampler_factory, "adv_pretrain")
+    total = steps_per_epoch * p["epochs"]
+    net = build_adversary(width=cfg["eader"]["adv_width"]).to(device)
+    opt = adversary_optimizer(net, lr=p["lr"], momentum=cfg["eader"]["adv_momentum"],
+                              weight_decay=cfg["eader"]["adv_weight_decay"])
+    ckpt_path = st.dir / "checkpoint.pth"
+    step, _ = resume(ckpt_path, device, net, opt, st.log, total)
+    model = ddp_wrap(net)
+
+    def checkpoint(step):
+        if rank() == 0:
+            save_checkpoint(ckpt_path, model=unwrap(model).state_dict(), optimizer=opt.state_dict(), step=step)
+
+    amp = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if p["bf16"] else contextlib.nullcontext
+    st.log.info("pre-training the adversary (ResNet-18 width %g) on %d clean images from %s: %d steps "
+                "(%d epochs x %d), batch %d", cfg["eader"]["adv_width"], len(ids), root.root, total,
+                p["epochs"], steps_per_epoch, p["batch_size"])
+    model.train()
+    t0 = time.time()
+    state = {"step": step}
+
+    def step_fn(batch):
+        _, x, y = batch
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        for g in opt.param_groups:  # poly schedule, recomputed from the step so a resume continues it
+            g["lr"] = p["lr"] * (1 - state["step"] / total) ** p["poly_power"]
+        with amp():
+            logits = model(x)
+        loss = F.multilabel_soft_margin_loss(logits.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        state["step"] += 1
+        return {"loss": loss.item()}
+
+    step = run_steps(loader, sampler, dataset, step_fn, step=step, total=total, steps_per_epoch=steps_per_epoch,
+                     batch_size=p["batch_size"], checkpoint=checkpoint, log=st.log,
+                     log_every=cfg["cam_train"]["log_every"], checkpoint_every=cfg["cam_train"]["checkpoint_every"],
+                     lr=lambda: opt.param_groups[0]["lr"], desc="train-adv", stop_after=stop_after,
+                     progress=rank() == 0)
+    if step < total:
+        return None
+    if rank() == 0:
+        save_torch(st.dir / "adversary.pth", unwrap(model).state_dict())
+    st.log.info("trained in %.1f s", time.time() - t0)
+    st.finish(model="adversary.pth", steps=total, seconds=round(time.time() - t0, 1))
+    return st.dir / "adversary.pth"
+
+
+if __name__ == "__main__":
+    from .cli import stage_main
+    stage_main("train-adv")
