@@ -1,15 +1,15 @@
 """Built-in demo dataset in Pascal VOC layout that shows the problem EADER solves.
 
-Every object is a "body" blob with a smaller "head" blob at its front end (head ~15% of the object):
+Every object is a "body" blob with a smaller "head" blob at its front end (head ~22% of the object pixels):
 - the head (strong part) is class-unique: its own saturated colour, striped with black in one of four
   patterns (stripes along / across the object axis, checker, rings), like a cat's face;
-- the body (weak part) has a colour and texture shared by a group of 2-3 classes, plus only a subtle
-  class cue (a small colour shift and texture scale), like fur.
+- the body (weak part) has a colour and texture shared by a group of 2-3 classes, plus a class cue
+  (a colour and lightness shift and a texture scale) that is plainer than the head's, like fur.
 Background: textured noise, dull clutter shapes (saturation <= 0.45, so nothing looks like a head) and,
 in 60% of images, headless "distractor" blobs in a group's body colour with another group's texture, so
 the body's evidence is the colour + texture conjunction: real, but slower to learn than a head.
 A plain CAM classifier therefore fires on heads and misses much of the bodies, while the bodies still
-carry the class (group) for a classifier that never sees heads: what adversarial erasing exploits.
+carry the class for a classifier that never sees heads: what adversarial erasing exploits.
 scripts/demo_data_check.py measures both.
 
 Layout under root (as VOC, plus PartMasks and the metadata):
@@ -151,8 +151,8 @@ def _blob(h, w, cx, cy, radius, aspect, theta, rng, wobble):
 
 def _body_colour(design, h, w, rng, cx, cy, theta, texture=None):
     """Group texture around the (class-shifted) group colour; `texture` overrides the kind."""
-    # Per-object colour jitter, about the size of the class cue: body colour is a loose cue, the
-    # group's texture (and its class-specific scale) is what identifies a body.
+    # Per-object colour jitter, smaller than the class cue (v5; v4 had it as large as the cue, which
+    # left bodies with the group only, so an adversary could not name the class once a head was erased).
     base = design["body"] + rng.normal(0, 6) + rng.normal(0, 4, 3)
     tex, sc = texture or design["texture"], design["texture_scale"]
     if tex == "mottled":

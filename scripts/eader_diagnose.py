@@ -5,7 +5,8 @@ resized to the training crop (both networks in eval mode), reports:
   - the soft masks: mean fraction of the erased class's head (strong part), body (weak part) and of the
     background that the mask sigmoid(omega * (A - psi)) removes;
   - the adversary: sigmoid score of the erased class on its erased image, on the clean image, with its
-    whole ground-truth object erased and with only its body erased, and of the absent classes; how often it still finds the erased class (logit > 0); ROC AUC erased vs absent;
+    whole ground-truth object erased, with only its body erased and with only its head erased, and of
+    the absent classes; how often it still finds the erased class (score > 0.5); ROC AUC erased vs absent;
   - the loss scales: L_cls, L_am, L_reg and the gradient norms of L_cls and alpha * L_am on the
     localizer's parameters (and their ratio), with the share of the L_am gradient that reaches the
     backbone (not only the classifier head);
@@ -76,15 +77,18 @@ def measure(net, eader, x, y, segs, parts, acc, with_grads, data_classes):
                           ("background", segs[b] == 0)):
             if sel.any():
                 acc["erased_" + name].append(float(m[k][sel].mean()))
-    # Controls: the erased class's whole object (head and body) removed by its ground truth, and only
-    # its body removed (head kept). If the first scores above absent classes, the hole itself is a cue.
-    obj = torch.zeros_like(mask)
-    body = torch.zeros_like(mask)
+    # Controls: the erased class's whole object (head and body) removed by its ground truth, only its
+    # body removed (head kept) and only its head removed (body kept: can the adversary use bodies?).
+    # If the first scores above absent classes, the hole itself is a cue.
+    obj, body, head = (torch.zeros_like(mask) for _ in range(3))
     for k, (b, c) in enumerate(zip(img_idx.tolist(), cls_idx.tolist())):
-        obj[k] = torch.from_numpy((segs[b] == c + 1).astype(np.float32))
-        body[k] = torch.from_numpy(((segs[b] == c + 1) & (parts[b] == WEAK)).astype(np.float32))
+        cls_px = segs[b] == c + 1
+        obj[k] = torch.from_numpy(cls_px.astype(np.float32))
+        body[k] = torch.from_numpy((cls_px & (parts[b] == WEAK)).astype(np.float32))
+        head[k] = torch.from_numpy((cls_px & (parts[b] == STRONG)).astype(np.float32))
     with torch.no_grad():
-        for name, m_ in (("score_object_erased", obj), ("score_body_erased", body)):
+        for name, m_ in (("score_object_erased", obj), ("score_body_erased", body),
+                         ("score_head_erased", head)):
             sc = torch.sigmoid(eader.adversary(x[img_idx] * (1 - m_[:, None])))
             acc[name] += sc.gather(1, cls_idx[:, None]).squeeze(1).tolist()
     s = torch.sigmoid(adv_erased.detach())
@@ -115,6 +119,7 @@ def summarise(acc):
                 "score_clean_class": round(float(np.mean(acc["score_clean_class"])), 4),
                 "score_object_erased": round(float(np.mean(acc["score_object_erased"])), 4),
                 "score_body_erased": round(float(np.mean(acc["score_body_erased"])), 4),
+                "score_head_erased": round(float(np.mean(acc["score_head_erased"])), 4),
                 "score_absent_class": round(float(a.mean()), 4),
                 "finds_erased_class": round(float((e > 0.5).mean()), 4),
                 "auc_erased_vs_absent": round(auc(e, a), 4), "pairs": int(e.size)})
@@ -166,7 +171,8 @@ def main(argv=None):
         runs.append(("other_localizer", other.eval(), False))
     for name, loc, grads in runs:
         acc = {k: [] for k in ("erased_head", "erased_body", "erased_background", "score_erased_class",
-                               "score_clean_class", "score_object_erased", "score_body_erased", "score_absent", "l_cls", "l_am", "l_reg", "grad_cls",
+                               "score_clean_class", "score_object_erased", "score_body_erased",
+                               "score_head_erased", "score_absent", "l_cls", "l_am", "l_reg", "grad_cls",
                                "grad_alpha_am", "grad_alpha_am_backbone_share")}
         for s in range(0, len(ids), args.batch):
             imgs, y, segs, parts = load_batch(root, ids[s:s + args.batch], labels, size)

@@ -80,10 +80,10 @@ def run_one(rcfg, model, force=False):
     if model == "standalone":
         from . import train_standalone
         return train_standalone.run(rcfg, force=force)
-    from . import eval_cam, make_cam, train_cam
-    train_cam.run(rcfg, force=force)
-    make_cam.run(rcfg, force=force)
-    return eval_cam.run(rcfg, force=force)
+    from .pipeline import CAM_STAGES
+    for _, mod in CAM_STAGES:
+        out = mod.run(rcfg, force=force)
+    return out
 
 
 def finished_metrics(rcfg, model):
