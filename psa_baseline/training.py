@@ -1,4 +1,5 @@
 """Training-loop pieces shared by the CAM and affinity stages: a resumable sampler and checkpoints."""
+import contextlib
 import random
 
 import numpy as np
@@ -88,6 +89,11 @@ def epoch_loader(dataset, batch_size, num_workers, device, seed, sampler_factory
         raise InputError(f"{len(dataset)} training images are fewer than one batch of {batch_size}: "
                          f"lower {key}.batch_size")
     return sampler, make_loader(dataset, sampler, batch_size, num_workers, device, seed), steps_per_epoch
+
+
+def autocast(device, bf16):
+    """Context factory for a training step: bfloat16 autocast on `device` when bf16, else a no-op."""
+    return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
 
 
 def ddp_wrap(net):

@@ -136,6 +136,15 @@ class Stage:
         self.dir.mkdir(parents=True, exist_ok=True)
         return False
 
+    def finish_training(self, filename, state_dict, steps, t0):
+        """Save the trained weights (rank 0), log the time and write DONE.json; returns the weights' path."""
+        if rank() == 0:
+            from psa_baseline.fileio import save_torch
+            save_torch(self.dir / filename, state_dict)
+        self.log.info("trained in %.1f s", time.time() - t0)
+        self.finish(model=filename, steps=steps, seconds=round(time.time() - t0, 1))
+        return self.dir / filename
+
     def finish(self, **outputs):
         if rank() != 0:
             return

@@ -11,14 +11,11 @@ Reads: the train list, images and image-level labels under the VOC root.
 Writes: <work>/eader/train_adv/{checkpoint.pth, adversary.pth, DONE.json}, logs/eader.train_adv.log.
 A rerun resumes from checkpoint.pth.
 """
-import contextlib
 import time
 
-import torch
 import torch.nn.functional as F
 
-from psa_baseline.fileio import save_torch
-from psa_baseline.training import ddp_wrap, epoch_loader, resume, run_steps, save_checkpoint, unwrap
+from psa_baseline.training import autocast, ddp_wrap, epoch_loader, resume, run_steps, save_checkpoint, unwrap
 from .builders import cls_train_dataset
 from .common import Stage, rank, resolve_device, seed_everything
 
@@ -64,7 +61,7 @@ def run(cfg, force=False, sampler_factory=None, stop_after=None):
         if rank() == 0:
             save_checkpoint(ckpt_path, model=unwrap(model).state_dict(), optimizer=opt.state_dict(), step=step)
 
-    amp = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if p["bf16"] else contextlib.nullcontext
+    amp = autocast(device, p["bf16"])
     st.log.info("pre-training the adversary (ResNet-18 width %g) on %d clean images from %s: %d steps "
                 "(%d epochs x %d), batch %d", cfg["eader"]["adv_width"], len(ids), root.root, total,
                 p["epochs"], steps_per_epoch, p["batch_size"])
@@ -93,11 +90,7 @@ def run(cfg, force=False, sampler_factory=None, stop_after=None):
                      progress=rank() == 0)
     if step < total:
         return None
-    if rank() == 0:
-        save_torch(st.dir / "adversary.pth", unwrap(model).state_dict())
-    st.log.info("trained in %.1f s", time.time() - t0)
-    st.finish(model="adversary.pth", steps=total, seconds=round(time.time() - t0, 1))
-    return st.dir / "adversary.pth"
+    return st.finish_training("adversary.pth", unwrap(model).state_dict(), total, t0)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ PSA's recipe: colour jitter, joint random crop (zero padded) and flip of image a
 label = make_seg_label(la, ha) on the crop at feature resolution (stride 8); affinity loss on the pairs
 within radius 5; four lr groups with the poly schedule. A rerun resumes from checkpoint.pth.
 """
-import contextlib
 import time
 from pathlib import Path
 
@@ -18,9 +17,8 @@ from psa_baseline import voc
 from psa_baseline.affinity import AffinityLabels, AffinityNet, affinity_loss, make_seg_label
 from psa_baseline.constants import NUM_CLASSES
 from psa_baseline.errors import InputError
-from psa_baseline.fileio import save_torch
 from psa_baseline.resnet38 import PolyOptimizer
-from psa_baseline.training import ddp_wrap, epoch_loader, resume, run_steps, save_checkpoint, unwrap
+from psa_baseline.training import autocast, ddp_wrap, epoch_loader, resume, run_steps, save_checkpoint, unwrap
 from .builders import load_net_weights, res38_spec, split_ids, voc_root
 from .common import Stage, rank, resolve_device, seed_everything, upstream_fp
 from .config import variant_name
@@ -193,7 +191,7 @@ def run(cfg, force=False, sampler_factory=None, stop_after=None):
         if rank() == 0:
             save_checkpoint(ckpt_path, model=unwrap(model).state_dict(), optimizer=opt.state_dict(), step=step)
 
-    amp = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if t["bf16"] else contextlib.nullcontext
+    amp = autocast(device, t["bf16"])
     labeler = AffinityLabels(net.radius, net.psa_crop)
     st.log.info("training %d steps (%d epochs x %d), batch %d, crop %d, init %s", total, t["epochs"],
                 steps_per_epoch, t["batch_size"], t["crop"], t["init"])
@@ -214,11 +212,7 @@ def run(cfg, force=False, sampler_factory=None, stop_after=None):
                      progress=rank() == 0)
     if step < total:
         return None
-    if rank() == 0:
-        save_torch(st.dir / "aff_net.pth", unwrap(model).state_dict())
-    st.log.info("trained in %.1f s", time.time() - t0)
-    st.finish(model="aff_net.pth", steps=total, seconds=round(time.time() - t0, 1))
-    return st.dir / "aff_net.pth"
+    return st.finish_training("aff_net.pth", unwrap(model).state_dict(), total, t0)
 
 
 def train_step(model, opt, x, label, labeler, amp):

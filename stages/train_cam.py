@@ -5,15 +5,13 @@ EADER on and adv_pretrain.epochs > 0, train-adv's adversary.pth).
 Writes: <work>/<variant>/train_cam/{checkpoint.pth, cam_net.pth, DONE.json}, logs/<variant>.train_cam.log.
 A rerun resumes from checkpoint.pth (model, optimisers, schedule step, EADER turn, RNG states).
 """
-import contextlib
 import time
 
 import torch
 import torch.nn.functional as F
 
-from psa_baseline.fileio import save_torch
 from psa_baseline.resnet38 import PolyOptimizer
-from psa_baseline.training import ddp_wrap, epoch_loader, resume, run_steps, save_checkpoint, unwrap
+from psa_baseline.training import autocast, ddp_wrap, epoch_loader, resume, run_steps, save_checkpoint, unwrap
 from . import train_adv
 from .builders import build_cam_net, cls_train_dataset
 from .common import Stage, rank, resolve_device, seed_everything, upstream_fp
@@ -89,7 +87,7 @@ def run(cfg, force=False, sampler_factory=None, stop_after=None):
             save_checkpoint(ckpt_path, model=unwrap(model).state_dict(), optimizer=opt.state_dict(),
                             eader=eader.state_dict() if eader else None, step=step)
 
-    amp = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if t["bf16"] else contextlib.nullcontext
+    amp = autocast(device, t["bf16"])
     st.log.info("training %d steps (%d epochs x %d), batch %d, crop %d, EADER %s",
                 total, t["epochs"], steps_per_epoch, t["batch_size"], t["crop"],
                 "on" if eader else "off")
@@ -110,11 +108,7 @@ def run(cfg, force=False, sampler_factory=None, stop_after=None):
                      show=("loss", "l_cls", "adv_acc"), progress=rank() == 0)
     if step < total:
         return None
-    if rank() == 0:
-        save_torch(st.dir / "cam_net.pth", unwrap(model).state_dict())
-    st.log.info("trained in %.1f s", time.time() - t0)
-    st.finish(model="cam_net.pth", steps=total, seconds=round(time.time() - t0, 1))
-    return st.dir / "cam_net.pth"
+    return st.finish_training("cam_net.pth", unwrap(model).state_dict(), total, t0)
 
 
 def train_step(model, opt, eader, x, y, amp):

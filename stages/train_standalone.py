@@ -21,7 +21,6 @@ Writes: <work>/<variant>/standalone_train/{checkpoint.pth, localizer.pth, DONE.j
         <work>/<variant>/standalone_eval/{metrics.json, DONE.json[, cams/<id>.npy]},
         logs/<variant>.standalone_{train,eval}.log. A rerun resumes from checkpoint.pth.
 """
-import contextlib
 import json
 import time
 from contextlib import contextmanager
@@ -35,8 +34,8 @@ from tqdm import tqdm
 from psa_baseline import voc
 from psa_baseline.cam_infer import fuse_cams, normalise_batch, resize_image, to_cam_dict
 from psa_baseline.evaluation import CamSweep
-from psa_baseline.fileio import save_npy, save_torch, write_json
-from psa_baseline.training import epoch_loader, resume, run_steps, save_checkpoint
+from psa_baseline.fileio import save_npy, write_json
+from psa_baseline.training import autocast, epoch_loader, resume, run_steps, save_checkpoint
 from psa_eader.standalone import StandaloneLocalizer
 from .builders import cls_train_dataset, labels_for, split_ids, voc_root
 from .common import Stage, resolve_data_path, resolve_device, seed_everything, upstream_fp
@@ -143,7 +142,7 @@ def run_train(cfg, force=False, stop_after=None):
         save_checkpoint(ckpt_path, model=model.state_dict(), optimizer=opt.state_dict(),
                         eader=eader.state_dict() if eader else None, step=step)
 
-    amp = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if s["bf16"] else contextlib.nullcontext
+    amp = autocast(device, s["bf16"])
     st.log.info("variant %s: %d training images; %d steps (%d epochs x %d), batch %d, crop %d, EADER %s",
                 st.variant, len(ids), total, s["epochs"], steps_per_epoch, s["batch_size"], s["crop"],
                 f"on (alpha {cfg['eader']['alpha']:g}, turns of {cfg['eader']['phase_steps']})" if eader else "off")
@@ -162,10 +161,7 @@ def run_train(cfg, force=False, stop_after=None):
                      desc=f"standalone[{st.variant}]", stop_after=stop_after, show=("loss", "l_cls", "adv_acc"))
     if step < total:
         return None
-    save_torch(st.dir / "localizer.pth", model.loc.state_dict())
-    st.log.info("trained in %.1f s", time.time() - t0)
-    st.finish(model="localizer.pth", steps=total, seconds=round(time.time() - t0, 1))
-    return st.dir / "localizer.pth"
+    return st.finish_training("localizer.pth", model.loc.state_dict(), total, t0)
 
 
 # ------------------------------------------------------------------------------------------ inference

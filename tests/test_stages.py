@@ -29,6 +29,7 @@ def test_tiny_cam_stage_end_to_end_and_skip_on_rerun(demo_root, tmp_path):
     res = run_cam_stage(cfg)
     results = json.loads((tmp_path / "work" / "results.json").read_text())
     cam = results["baseline"]["cam"]
+    assert res["miou"] == pytest.approx(cam["miou"])  # the stage returns what results.json records
     for k in ("miou", "precision", "recall", "threshold", "per_class", "sweep", "part_recall", "trivial"):
         assert k in cam
     assert set(cam["per_class"]) >= {"background", "cat", "aeroplane"}
