@@ -56,12 +56,7 @@ def write_report(work_dir, res):
         for v, c in cam.items():
             parts.append(f"| {v} | {c.get('threshold')} | {c.get('best_threshold')} | "
                          f"{c.get('best_miou', float('nan')):.1f} | {c.get('n_images')} |\n")
-        pr = {v: c["part_recall"] for v, c in cam.items() if c.get("part_recall")}
-        if pr:
-            parts.append("\n## CAM recall on the demo objects' parts\n\n| model | strong part | weak part |\n"
-                         "|---|---|---|\n")
-            for v, p in pr.items():
-                parts.append(f"| {v} | {p['strong']:.1f} | {p['weak']:.1f} |\n")
+        parts.append(part_recall_table(cam, "CAM recall"))
         parts.append("\n## CAM per-class IoU\n\n")
         parts.append(markdown_table(cam, "per_class"))
     aff = {v: r["aff"] for v, r in variants.items() if "aff" in r}
@@ -82,13 +77,17 @@ def pseudo_details(aff):
         for split, m in (a.get("splits") or {a.get("split"): a}).items():
             out.append(f"| {v} | {split} | {_f(m.get('miou'))} | {_f(m.get('precision'))} | "
                        f"{_f(m.get('recall'))} | {m.get('n_images')} |\n")
-    pr = {v: a["part_recall"] for v, a in aff.items() if a.get("part_recall")}
-    if pr:
-        out.append("\n## Pseudo-label recall on the demo objects' parts\n\n| model | strong part | weak part |\n"
-                   "|---|---|---|\n")
-        for v, p in pr.items():
-            out.append(f"| {v} | {_f(p['strong'])} | {_f(p['weak'])} |\n")
+    out.append(part_recall_table(aff, "Pseudo-label recall"))
     return "".join(out)
+
+
+def part_recall_table(metrics, title):
+    """Demo data only: recall on the objects' strong and weak parts per variant ('' when absent)."""
+    pr = {v: m["part_recall"] for v, m in metrics.items() if m.get("part_recall")}
+    if not pr:
+        return ""
+    rows = "".join(f"| {v} | {_f(p['strong'])} | {_f(p['weak'])} |\n" for v, p in pr.items())
+    return f"\n## {title} on the demo objects' parts\n\n| model | strong part | weak part |\n|---|---|---|\n{rows}"
 
 
 def table3(variants):
