@@ -86,9 +86,10 @@ def build(setting, mode, batch, device):
     return cfg, model, opt, eader, x, y, body, labelled
 
 
-def adversary_alone(eader, x, y, mode, amp):
+def adversary_alone(eader, x, y, mode):
     """The adversary's own work of one turn, without the localizer: loc turn = forward + backward to the
-    erased images with its parameters frozen; adv turn = forward + backward + SGD step."""
+    erased images with its parameters frozen; adv turn = forward + backward + SGD step. In float32, as in
+    train_cam.train_step, where the hook runs outside the localizer's bf16 autocast."""
     import torch
     from psa_eader.hook import frozen
     adv, k = eader.adversary, int((y > 0.5).sum())
@@ -96,13 +97,12 @@ def adversary_alone(eader, x, y, mode, amp):
     erased = torch.randn(k, 3, *x.shape[-2:], device=x.device)
     if mode == "eader_loc":
         e = erased.requires_grad_()
-        with frozen(adv), amp():
+        with frozen(adv):
             out = adv(e)
         out.float().sigmoid().mean().backward()
     else:
         eader.adv_optimizer.zero_grad(set_to_none=True)
-        with amp():
-            out = adv(erased)
+        out = adv(erased)
         torch.nn.functional.binary_cross_entropy_with_logits(out.float(), y[img_idx]).backward()
         eader.adv_optimizer.step()
 
@@ -138,7 +138,7 @@ def child(spec):
         sync()
         t0 = time.perf_counter()
         if isinstance(task, tuple):
-            adversary_alone(eader, x, y, task[1], amp)
+            adversary_alone(eader, x, y, task[1])
         else:
             if task != "baseline":
                 eader.step = turn_start[task]  # stay in the measured turn
