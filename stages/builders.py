@@ -50,6 +50,14 @@ def labels_for(cfg, root, ids, log=None):
     return labels
 
 
+def cls_train_inputs(cfg):
+    """What cls_train_dataset reads from the config, for training stages' fingerprints: not the infer
+    and eval lists, so changing which images later stages infer or score does not retrain."""
+    d = cfg["data"]
+    return {"voc_root": cfg["voc_root"], "train_list": d["train_list"], "cls_labels": d["cls_labels"],
+            "seg_dir": d["seg_dir"]}
+
+
 def cls_train_dataset(cfg, section, log=None):
     """(root, ids, dataset) of the image-level training set (data.train_list), checked, with PSA's
     stage-1 augmentation from cfg[section] (crop, resize_long, color_jitter) and a horizontal flip."""

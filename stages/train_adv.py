@@ -16,7 +16,7 @@ import time
 import torch.nn.functional as F
 
 from psa_baseline.training import autocast, ddp_wrap, epoch_loader, resume, run_steps, save_checkpoint, unwrap
-from .builders import cls_train_dataset
+from .builders import cls_train_dataset, cls_train_inputs
 from .common import Stage, rank, resolve_device, seed_everything
 
 NAME = "train_adv"
@@ -27,7 +27,7 @@ def enabled(cfg):
 
 
 def depends(cfg):
-    return [{k: cfg[k] for k in ("seed", "voc_root", "data", "cam_train", "adv_pretrain")},
+    return [{k: cfg[k] for k in ("seed", "cam_train", "adv_pretrain")}, cls_train_inputs(cfg),
             {"adv_width": cfg["eader"]["adv_width"]}]
 
 

@@ -13,15 +13,16 @@ import torch.nn.functional as F
 from psa_baseline.resnet38 import PolyOptimizer
 from psa_baseline.training import autocast, ddp_wrap, epoch_loader, resume, run_steps, save_checkpoint, unwrap
 from . import train_adv
-from .builders import build_cam_net, cls_train_dataset
+from .builders import build_cam_net, cls_train_dataset, cls_train_inputs
 from .common import Stage, rank, resolve_device, seed_everything, upstream_fp
 
 NAME = "train_cam"
 
 
 def depends(cfg):
-    keys = ("seed", "voc_root", "data", "net", "cam_train") + (("eader",) if cfg["eader"]["enabled"] else ())
-    deps = [{k: cfg[k] for k in keys}]  # EADER's settings cannot change a run with the hook off
+    # EADER's settings cannot change a run with the hook off
+    keys = ("seed", "net", "cam_train") + (("eader",) if cfg["eader"]["enabled"] else ())
+    deps = [{k: cfg[k] for k in keys}, cls_train_inputs(cfg)]
     if train_adv.enabled(cfg):
         deps.append(upstream_fp(cfg, "train_adv"))
     return deps

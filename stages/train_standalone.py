@@ -37,7 +37,7 @@ from psa_baseline.evaluation import CamSweep
 from psa_baseline.fileio import save_npy, write_json
 from psa_baseline.training import autocast, epoch_loader, resume, run_steps, save_checkpoint
 from psa_eader.standalone import StandaloneLocalizer
-from .builders import cls_train_dataset, labels_for, split_ids, voc_root
+from .builders import cls_train_dataset, cls_train_inputs, labels_for, split_ids, voc_root
 from .common import Stage, resolve_data_path, resolve_device, seed_everything, upstream_fp
 from .config import merge
 from .train_cam import build_eader, train_step
@@ -62,7 +62,7 @@ def depends(cfg):
     """What decides the trained localizer; the eader section only when the hook is on (so the
     baseline is not retrained when an unused EADER setting changes)."""
     e = eader_cfg(cfg)["eader"]
-    return [{"seed": cfg["seed"], "voc_root": cfg["voc_root"], "data": cfg["data"],
+    return [{"seed": cfg["seed"], "data": cls_train_inputs(cfg),
              "standalone": train_keys(cfg), "eader": e if e["enabled"] else {"enabled": False}}]
 
 

@@ -52,6 +52,10 @@ def test_tiny_cam_stage_end_to_end_and_skip_on_rerun(demo_root, tmp_path):
     eval_cam.run(cfg2)
     assert json.loads(eval_done.read_text())["fingerprint"] != fp_before
     assert (tmp_path / "work" / "baseline" / "train_cam" / "cam_net.pth").stat().st_mtime_ns == mtime
+    # which images later stages infer does not retrain; which images train does
+    fp = train_cam.depends(cfg)
+    assert train_cam.depends(tiny_cfg(demo_root, tmp_path / "work", **{"data.infer_lists": ["x.txt"]})) == fp
+    assert train_cam.depends(tiny_cfg(demo_root, tmp_path / "work", **{"data.train_list": "x.txt"})) != fp
 
 
 def test_eval_cam_cli_scores_a_foreign_cam_folder(demo_root, tmp_path):
