@@ -35,6 +35,8 @@ def run_variants(cfg, eader="off", force=False, log=print, until="aff"):
     for enabled in variants:
         vcfg = merge(cfg, {"eader": {"enabled": enabled}})
         for name, mod in stages:
+            if hasattr(mod, "enabled") and not mod.enabled(vcfg):  # e.g. train-adv: EADER only, optional
+                continue
             log(f"== {name} [{'eader' if enabled else 'baseline'}] ==")
             mod.run(vcfg, force=force)
 
