@@ -154,6 +154,24 @@ class Stage:
         self.log.info("finished; record in %s", self.done_file)
 
 
+def resumable_training(st, device, net, opt, total, extra=None):
+    """Resume `net` and `opt` from <stage dir>/checkpoint.pth if it exists, and wrap net for DDP.
+
+    Returns (step, checkpoint dict or None, model, checkpoint): checkpoint(step) saves the model, the
+    optimiser, extra() (e.g. {"eader": ...}) and the step, on rank 0 only.
+    """
+    from psa_baseline.training import ddp_wrap, resume, save_checkpoint, unwrap
+    path = st.dir / "checkpoint.pth"
+    step, ck = resume(path, device, net, opt, st.log, total)
+    model = ddp_wrap(net)
+
+    def checkpoint(step):
+        if rank() == 0:
+            save_checkpoint(path, model=unwrap(model).state_dict(), optimizer=opt.state_dict(),
+                            **(extra() if extra else {}), step=step)
+    return step, ck, model, checkpoint
+
+
 def upstream_fp(cfg, name):
     """Fingerprint recorded by a finished upstream stage, or an error saying to run it first."""
     done = Stage.folder(cfg, name) / "DONE.json"

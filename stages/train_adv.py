@@ -15,9 +15,9 @@ import time
 
 import torch.nn.functional as F
 
-from psa_baseline.training import autocast, ddp_wrap, epoch_loader, resume, run_steps, save_checkpoint, unwrap
+from psa_baseline.training import autocast, epoch_loader, run_steps, unwrap
 from .builders import cls_train_dataset, cls_train_inputs
-from .common import Stage, rank, resolve_device, seed_everything
+from .common import Stage, rank, resolve_device, resumable_training, seed_everything
 
 NAME = "train_adv"
 
@@ -53,13 +53,7 @@ def run(cfg, force=False, sampler_factory=None, stop_after=None):
     net = build_adversary(width=cfg["eader"]["adv_width"]).to(device)
     opt = adversary_optimizer(net, lr=p["lr"], momentum=cfg["eader"]["adv_momentum"],
                               weight_decay=cfg["eader"]["adv_weight_decay"])
-    ckpt_path = st.dir / "checkpoint.pth"
-    step, _ = resume(ckpt_path, device, net, opt, st.log, total)
-    model = ddp_wrap(net)
-
-    def checkpoint(step):
-        if rank() == 0:
-            save_checkpoint(ckpt_path, model=unwrap(model).state_dict(), optimizer=opt.state_dict(), step=step)
+    step, _, model, checkpoint = resumable_training(st, device, net, opt, total)
 
     amp = autocast(device, p["bf16"])
     st.log.info("pre-training the adversary (ResNet-18 width %g) on %d clean images from %s: %d steps "

@@ -18,9 +18,9 @@ from psa_baseline.affinity import AffinityLabels, AffinityNet, affinity_loss, ma
 from psa_baseline.constants import NUM_CLASSES
 from psa_baseline.errors import InputError
 from psa_baseline.resnet38 import PolyOptimizer
-from psa_baseline.training import autocast, ddp_wrap, epoch_loader, resume, run_steps, save_checkpoint, unwrap
+from psa_baseline.training import autocast, epoch_loader, run_steps, unwrap
 from .builders import load_net_weights, res38_spec, split_ids, voc_root
-from .common import Stage, rank, resolve_device, seed_everything, upstream_fp
+from .common import Stage, rank, resolve_device, resumable_training, seed_everything, upstream_fp
 from .config import variant_name
 from .make_crf import HA, LA
 
@@ -183,13 +183,7 @@ def run(cfg, force=False, sampler_factory=None, stop_after=None):
         net = net.to(memory_format=torch.channels_last)
     opt = PolyOptimizer(net.param_groups(), t["lr"], t["weight_decay"], total, momentum=t["momentum"],
                         momentum_quirk=t["momentum_quirk"], power=t["poly_power"])
-    ckpt_path = st.dir / "checkpoint.pth"
-    step, _ = resume(ckpt_path, device, net, opt, st.log, total)
-    model = ddp_wrap(net)
-
-    def checkpoint(step):
-        if rank() == 0:
-            save_checkpoint(ckpt_path, model=unwrap(model).state_dict(), optimizer=opt.state_dict(), step=step)
+    step, _, model, checkpoint = resumable_training(st, device, net, opt, total)
 
     amp = autocast(device, t["bf16"])
     labeler = AffinityLabels(net.radius, net.psa_crop)

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from psa_baseline.resnet38 import PolyOptimizer
-from psa_baseline.training import autocast, ddp_wrap, epoch_loader, resume, run_steps, save_checkpoint, unwrap
+from psa_baseline.training import autocast, epoch_loader, run_steps, unwrap
 from . import train_adv
 from .builders import build_cam_net, cls_train_dataset, cls_train_inputs
-from .common import Stage, rank, resolve_device, seed_everything, upstream_fp
+from .common import Stage, rank, resolve_device, resumable_training, seed_everything, upstream_fp
 
 NAME = "train_cam"
 
@@ -77,16 +77,10 @@ def run(cfg, force=False, sampler_factory=None, stop_after=None):
     opt = PolyOptimizer(net.param_groups(), t["lr"], t["weight_decay"], localizer_steps(total, cfg),
                         momentum=t["momentum"], momentum_quirk=t["momentum_quirk"], power=t["poly_power"],
                         new_mult=t["new_lr_mult"])
-    ckpt_path = st.dir / "checkpoint.pth"
-    step, ck = resume(ckpt_path, device, net, opt, st.log, total)
+    step, ck, model, checkpoint = resumable_training(
+        st, device, net, opt, total, extra=lambda: {"eader": eader.state_dict() if eader else None})
     if ck is not None and eader is not None:
         eader.load_state_dict(ck["eader"])
-    model = ddp_wrap(net)
-
-    def checkpoint(step):
-        if rank() == 0:
-            save_checkpoint(ckpt_path, model=unwrap(model).state_dict(), optimizer=opt.state_dict(),
-                            eader=eader.state_dict() if eader else None, step=step)
 
     amp = autocast(device, t["bf16"])
     st.log.info("training %d steps (%d epochs x %d), batch %d, crop %d, EADER %s",
