@@ -36,11 +36,8 @@ def build_eader(cfg, device, pretrained=None):
     from psa_eader.hook import EADER, EaderConfig
     from psa_eader.adversary import adversary_optimizer, build_adversary
     e = EaderConfig(**cfg["eader"])
-    if pretrained:
-        adv = build_adversary(width=e.adv_width, weights=pretrained, keep_head=True)
-    else:
-        adv = build_adversary(width=e.adv_width, weights=e.adv_weights)
-    adv = adv.to(device)
+    adv = build_adversary(width=e.adv_width, weights=pretrained or e.adv_weights,
+                          keep_head=bool(pretrained)).to(device)
     opt = adversary_optimizer(adv, lr=e.adv_lr, momentum=e.adv_momentum, weight_decay=e.adv_weight_decay)
     return EADER(e, adv, opt)
 
