@@ -30,7 +30,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from psa_baseline.cam_net import CAMNet  # noqa: E402
 from psa_baseline.constants import CLASS_NAMES, IGNORE, IMAGENET_MEAN, IMAGENET_STD, NUM_CLASSES  # noqa: E402
-from psa_baseline.demo_data import (DEFAULT_SIZE, STRONG, cams_to_labels, generate, load_cls_labels,  # noqa: E402
+from demo.data import (DEFAULT_SIZE, STRONG, cams_to_labels, generate, load_cls_labels,  # noqa: E402
                                     load_png, part_recall_from_cams, read_ids, read_meta)
 from psa_baseline.fileio import save_npy, write_json  # noqa: E402
 from psa_baseline.resnet38 import Res38Spec  # noqa: E402

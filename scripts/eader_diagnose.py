@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from psa_baseline.cam_infer import normalise_batch  # noqa: E402
-from psa_baseline.demo_data import STRONG, WEAK, load_png  # noqa: E402
+from demo.data import STRONG, WEAK, load_png  # noqa: E402
 from psa_baseline.errors import InputError  # noqa: E402
 from psa_baseline.fileio import write_json  # noqa: E402
 from psa_baseline.training import load_checkpoint  # noqa: E402

@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from psa_baseline.affinity import feature_affinities, pair_indices  # noqa: E402
-from psa_baseline.demo_data import PartRecall, load_png  # noqa: E402
+from demo.data import PartRecall, load_png  # noqa: E402
 from psa_baseline.evaluation import confusion, load_cam_dict, scores  # noqa: E402
 from psa_baseline.fileio import write_json  # noqa: E402
 from psa_baseline.random_walk import propagate_cams  # noqa: E402

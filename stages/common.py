@@ -21,7 +21,7 @@ import torch
 
 from psa_baseline.errors import InputError
 from psa_baseline.fileio import write_json
-from psa_baseline.demo_data import dataset_identity
+from demo.data import dataset_identity
 from .config import PROJECT_DIR, fingerprint, variant_name
 
 

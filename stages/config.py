@@ -38,7 +38,8 @@ def _read_yaml(path):
 
 def config_path(name_or_file):
     p = Path(name_or_file)
-    if p.suffix in (".yaml", ".yml") or p.exists():
+    # a file path, not a folder: `demo` is also the demo package's folder in the project root
+    if p.suffix in (".yaml", ".yml") or p.is_file():
         if not p.exists():
             raise InputError(f"config file {p} not found")
         return p

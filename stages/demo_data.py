@@ -4,7 +4,7 @@ Writes: JPEGImages/, SegmentationClass/ (palette PNG, 255 borders), PartMasks/ (
 ImageSets/Segmentation/{train,val,trainval}.txt, cls_labels.npy, demo_meta.json. Deterministic in the seed;
 skipped when the same dataset is already there. Default target (demo config): work/demo-data.
 """
-from psa_baseline.demo_data import generate
+from demo.data import generate
 from psa_baseline.errors import InputError
 
 DEFAULTS = {"n_train": 500, "n_val": 150}

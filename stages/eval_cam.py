@@ -69,7 +69,7 @@ def evaluate(cfg, cam_dir, list_rel, threshold, log=None):
     res["split"] = str(list_rel)
     res["trivial"] = trivial_scores(root, ids, labels)
     if cfg["data"]["part_masks"]:
-        from psa_baseline.demo_data import part_recall_from_cams
+        from demo.data import part_recall_from_cams
         pr = part_recall_from_cams(cam_dir, root.root, ids, threshold)
         res["part_recall"] = {"strong": pr["strong"], "weak": pr["weak"]}
     return res

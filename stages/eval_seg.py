@@ -31,7 +31,7 @@ def add_arguments(p):
 
 def part_recall_from_labels(pred_dir, root, ids):
     """Demo data: recall of the objects' strong and weak parts by the label maps."""
-    from psa_baseline.demo_data import PartRecall, load_png
+    from demo.data import PartRecall, load_png
     acc = PartRecall()
     for i in ids:
         gt = load_png(Path(root) / "SegmentationClass" / f"{i}.png")

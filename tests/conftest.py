@@ -23,7 +23,7 @@ def tiny_spec(**kw):
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory):
     """A small demo dataset shared by the stage tests."""
-    from psa_baseline.demo_data import generate
+    from demo.data import generate
     root = tmp_path_factory.mktemp("demo") / "data"
     generate(root, seed=3, n_train=16, n_val=8, size=(64, 80))
     return root

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from psa_baseline.constants import CLASS_NAMES, IGNORE, voc_palette
-from psa_baseline.demo_data import (DEFAULT_SIZE, PartRecall, cams_to_labels, generate, load_cls_labels, load_png,
+from demo.data import (DEFAULT_SIZE, PartRecall, cams_to_labels, generate, load_cls_labels, load_png,
                                     make_groups, part_recall_from_cams, read_ids, read_meta)
 from psa_baseline.errors import InputError
 from psa_baseline.fileio import save_npy
@@ -174,7 +174,7 @@ def test_part_recall_from_cams(root, tmp_path):
 def test_older_generator_version_is_replaced_and_changes_the_fingerprint(tmp_path, monkeypatch):
     """A dataset made by an older generator version (same seed and params) is regenerated, not refused,
     and stages see the change in their fingerprint; a different dataset is still refused."""
-    import psa_baseline.demo_data as dd
+    import demo.data as dd
     from stages import train_cam
     from stages.common import Stage
     from stages.config import load_config

@@ -30,8 +30,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .constants import CLASS_NAMES, IGNORE, NUM_CLASSES, voc_palette
-from .errors import InputError
+from psa_baseline.constants import CLASS_NAMES, IGNORE, NUM_CLASSES, voc_palette
+from psa_baseline.errors import InputError
 
 VERSION = 5  # bump when the rendering changes, so an old dataset is not mistaken for a new one
 # Three groups of three; consecutive classes (in this order) share a body style.
