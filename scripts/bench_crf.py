@@ -4,7 +4,7 @@ CAM-like inputs are made from the ground truth (stride-8 block mean, bilinear, G
 the timing is that of the stage's own code path (make_crf.crf_many: read JPEG, check and load the CAM
 dict, two CRFs, two atomic np.save) with 1 and 2 worker processes. Outputs go to a temporary folder.
 
-    .venv/bin/python scripts/bench_crf.py [--images 24] [--workers 1 2] [--voc /work/shared/data/VOCmini]
+    .venv/bin/python scripts/bench_crf.py [--images 24] [--workers 1 2] [--voc ../shared/data/VOCmini]
 """
 import argparse
 import os
@@ -46,7 +46,9 @@ def cpu_seconds():
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--voc", default="/work/shared/data/VOCmini")
+    # the repository's sibling shared/ folder, wherever the checkout lives
+    ap.add_argument("--voc", default=str(Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "VOCmini"),
+                    help="VOCmini folder (default: ../shared/data/VOCmini next to the repository)")
     ap.add_argument("--images", type=int, default=24)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--alphas", type=float, nargs=2, default=[4, 24])
