@@ -24,6 +24,9 @@ from psa_baseline import voc  # noqa: E402
 from psa_baseline.voc import labels_from_seg  # noqa: E402
 from stages.make_crf import crf_many, make_tasks  # noqa: E402
 
+# the repository's sibling shared/ folder, wherever the checkout lives
+DEFAULT_VOC = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "VOCmini"
+
 
 def cam_like(gt, sigma=24.0, stride=8):
     H, W = gt.shape
@@ -46,9 +49,7 @@ def cpu_seconds():
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    # the repository's sibling shared/ folder, wherever the checkout lives
-    ap.add_argument("--voc", default=str(Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "VOCmini"),
-                    help="VOCmini folder (default: ../shared/data/VOCmini next to the repository)")
+    ap.add_argument("--voc", default=str(DEFAULT_VOC), help="VOCmini folder (default: ../shared/data/VOCmini next to the repository)")
     ap.add_argument("--images", type=int, default=24)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--alphas", type=float, nargs=2, default=[4, 24])
