@@ -5,7 +5,8 @@ takes CAMs made by other code bases, PSA/SEAM/OC-CSE: float16/32/64 maps, int or
 original RGB images and the image-level labels (a CAM of a class the image does not have is an error).
 Writes: <work>/<variant>/make_crf/{crf_la,crf_ha}/<id>.npy (PSA's {0: bg, c+1: class c} float32 HxW dicts),
 DONE.json. Background score (1 - max CAM)^alpha: crf.alpha_la (4, strong background: its foreground is
-confident) and crf.alpha_ha (24; PSA also used 32; weak background: its background is confident).
+confident) and crf.alpha_ha (32, PSA's code default and its README's published alphas 4/16/32; 24 is the
+documented alternative; weak background: its background is confident).
 crf.workers processes (one image at a time each); every file is written atomically and a rerun only
 computes the missing ones.
     psa-eader make-crf --cam-dir DIR --voc-root DIR --workers 2

@@ -189,6 +189,14 @@ def _refused(capsys, argv, words, work):
     assert not list(Path(work).rglob("DONE.json"))
 
 
+def test_crf_alphas_are_psas_code_defaults():
+    """PSA's infer_cls.py defaults to alpha 32 for ha and its README's published numbers use 4/16/32;
+    24 stays available as an override."""
+    crf = load_config("voc")["crf"]
+    assert (crf["alpha_la"], crf["alpha_ha"]) == (4, 32)
+    assert load_config("voc", ["crf.alpha_ha=24"])["crf"]["alpha_ha"] == 24
+
+
 @pytest.mark.parametrize("case", ["absent_class", "wrong_size", "missing_image", "missing_cam"])
 def test_make_crf_bad_input_names_the_id(demo_root, foreign_cams, tmp_path, capsys, case):
     root, cams = demo_root, tmp_path / "cams"
