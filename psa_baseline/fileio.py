@@ -10,6 +10,20 @@ from pathlib import Path
 import numpy as np
 
 
+def current_umask():
+    """The process umask, read without changing it where /proc allows (os.umask sets as it reads)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path):
     """Yield a temporary path next to `path`; rename it over `path` only if the block succeeds."""
@@ -17,6 +31,7 @@ def atomic_path(path):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; outputs get the mode any new file gets
     try:
         yield Path(tmp)
         os.replace(tmp, path)
