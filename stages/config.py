@@ -27,10 +27,15 @@ NULLABLE = {
 
 def _read_yaml(path):
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f) or {}
     except yaml.YAMLError as e:
         raise InputError(f"config {path}: not valid YAML ({e})") from e
+    except UnicodeDecodeError as e:
+        raise InputError(f"config {path}: not UTF-8 text (byte {e.start}: {e.reason}); "
+                         f"save it as UTF-8") from e
+    except OSError as e:
+        raise InputError(f"config {path}: cannot read it ({e.strerror}); check the path and its permissions") from e
     if not isinstance(data, dict):
         raise InputError(f"config {path}: expected a mapping of keys at top level")
     return data
@@ -50,7 +55,23 @@ def config_path(name_or_file):
     return p
 
 
+def _base_path(base, child):
+    """`base:` of config file `child`: a file or name looked up in child's folder, then in configs/,
+    never in the current directory (a config must mean the same wherever it is run from)."""
+    p = Path(str(base))
+    names = [p] if p.suffix in (".yaml", ".yml") else [p.with_name(p.name + ".yaml"), p]
+    cands = [n if n.is_absolute() else folder / n
+             for folder in (child.resolve().parent, CONFIG_DIR) for n in names]
+    for c in dict.fromkeys(cands):
+        if c.is_file():
+            return c
+    raise InputError(f"config {child}: base '{base}' not found (tried {', '.join(str(c) for c in dict.fromkeys(cands))}); "
+                     f"name a config in configs/ or a YAML file relative to {child.resolve().parent}")
+
+
 def _check_type(key, value, ref):
+    if value is None and key in NULLABLE:  # a derived config may unset what its base set
+        return None
     if ref is None:
         want = NULLABLE.get(key)
         if value is None or want is None or isinstance(value, want):
@@ -123,9 +144,12 @@ def load_config(name_or_file="voc", overrides=()):
         data = _read_yaml(path)
         base = data.pop("base", None if path.stem == SCHEMA else SCHEMA)
         chain.append(data)
-        if base is None or config_path(base).resolve() == (CONFIG_DIR / f"{SCHEMA}.yaml").resolve():
+        if base is None:
             break
-        path = config_path(base)
+        base_path = _base_path(base, path)
+        if base_path.resolve() == (CONFIG_DIR / f"{SCHEMA}.yaml").resolve():
+            break
+        path = base_path
     cfg = schema
     for data in reversed(chain):
         cfg = merge(cfg, data)
@@ -174,7 +198,21 @@ def variant_name(cfg):
     return cfg["variant"] or ("eader" if cfg["eader"]["enabled"] else "baseline")
 
 
+# Keys that change how a run logs, checkpoints or loads data but not what it computes: a change of one
+# of them must not redo a finished stage (resume is exact, so checkpoint_every does not change weights).
+NOT_IN_FINGERPRINT = frozenset({"log_every", "checkpoint_every", "workers", "num_workers"})
+
+
+def _without_logging_keys(x):
+    if isinstance(x, dict):
+        return {k: _without_logging_keys(v) for k, v in x.items() if k not in NOT_IN_FINGERPRINT}
+    if isinstance(x, (list, tuple)):
+        return [_without_logging_keys(v) for v in x]
+    return x
+
+
 def fingerprint(*parts):
-    """Stable short hash of config sections (and upstream fingerprints) that decide an output."""
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    """Stable short hash of config sections (and upstream fingerprints) that decide an output;
+    NOT_IN_FINGERPRINT keys are left out wherever they appear."""
+    blob = json.dumps(_without_logging_keys(parts), sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]

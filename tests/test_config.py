@@ -55,3 +55,58 @@ def test_bad_config_files(tmp_path):
     ok.write_text("base: demo\ncam_train:\n  epochs: 1\n")
     cfg = load_config(str(ok))
     assert cfg["cam_train"]["epochs"] == 1 and cfg["net"]["width"] == 0.125
+
+
+def test_derived_config_may_set_a_nullable_key_back_to_null(tmp_path):
+    assert load_config("demo")["data"]["part_masks"] == "PartMasks"
+    f = tmp_path / "c.yaml"
+    f.write_text("base: demo\ndata:\n  part_masks: null\n  cls_labels: null\n")
+    cfg = load_config(str(f))
+    assert cfg["data"]["part_masks"] is None and cfg["data"]["cls_labels"] is None
+    assert load_config("demo", ["data.part_masks=null"])["data"]["part_masks"] is None
+    with pytest.raises(InputError, match="cam_train.epochs"):  # a non-nullable key still may not be null
+        load_config("demo", ["cam_train.epochs=null"])
+
+
+def test_base_is_resolved_from_the_config_files_folder_not_the_cwd(tmp_path, monkeypatch):
+    cfgs = tmp_path / "cfgs"
+    cfgs.mkdir()
+    (cfgs / "mybase.yaml").write_text("base: demo\ncam_train:\n  epochs: 7\n")
+    (cfgs / "child.yaml").write_text("base: mybase.yaml\ncam_train:\n  batch_size: 3\n")
+    (cfgs / "byname.yaml").write_text("base: mybase\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    # a decoy next to the cwd must not be taken
+    (elsewhere / "mybase.yaml").write_text("cam_train:\n  epochs: 99\n")
+    monkeypatch.chdir(elsewhere)
+    cfg = load_config(str(cfgs / "child.yaml"))
+    assert cfg["cam_train"]["epochs"] == 7 and cfg["cam_train"]["batch_size"] == 3
+    assert cfg["net"]["width"] == 0.125  # demo, through mybase
+    assert load_config(str(cfgs / "byname.yaml"))["cam_train"]["epochs"] == 7
+    # a bare name not in the file's folder is a config of configs/
+    (cfgs / "d.yaml").write_text("base: demo\n")
+    assert load_config(str(cfgs / "d.yaml"))["name"] == "demo"
+    (cfgs / "bad.yaml").write_text("base: nosuch.yaml\n")
+    with pytest.raises(InputError, match="base 'nosuch.yaml' not found"):
+        load_config(str(cfgs / "bad.yaml"))
+
+
+def test_non_utf8_config_file_is_an_input_error(tmp_path):
+    f = tmp_path / "latin1.yaml"
+    f.write_bytes("base: demo\n# r\xe9sum\xe9\n".encode("latin-1"))
+    with pytest.raises(InputError, match="not UTF-8"):
+        load_config(str(f))
+
+
+def test_logging_only_keys_do_not_change_fingerprints():
+    from stages import train_cam
+    from stages.config import fingerprint
+    base = load_config("demo")
+    fp = fingerprint(train_cam.depends(base))
+    for over in ("cam_train.log_every=3", "cam_train.checkpoint_every=7", "cam_train.num_workers=2"):
+        assert fingerprint(train_cam.depends(load_config("demo", [over]))) == fp, over
+    assert fingerprint(train_cam.depends(load_config("demo", ["cam_train.epochs=3"]))) != fp
+    assert fingerprint({"crf": {"workers": 1, "alpha_ha": 32}}) == fingerprint({"crf": {"workers": 4, "alpha_ha": 32}})
+    assert fingerprint({"crf": {"workers": 1, "alpha_ha": 32}}) != fingerprint({"crf": {"workers": 1, "alpha_ha": 24}})
+    aff = load_config("demo", ["aff_train.log_every=1", "aff_train.num_workers=3", "aff_train.checkpoint_every=1"])
+    assert fingerprint(aff["aff_train"]) == fingerprint(base["aff_train"])
