@@ -3,10 +3,14 @@
 Conventions (all numbers are percentages):
 - confusion[g, p] counts pixels of ground-truth class g predicted as p.
 - Per class: IoU = TP/(TP+FP+FN), precision = TP/(TP+FP), recall = TP/(TP+FN).
+- mIoU averages all 21 classes; precision and recall average the 20 object classes, background left out
+  (as EADER's authors compute them, so our numbers compare with their Tables 1 and 2).
 - A class absent from both ground truth and prediction has no score (None in per-class dicts) and is
-  left out of the means. A class that occurs in only one of them scores 0 on every metric whose
-  denominator is zero (e.g. never predicted -> precision 0), so all three means use the same classes.
+  left out of the means; `n_classes` / `n_object_classes` say how many classes each mean covers. A class
+  that occurs in only one of them scores 0 on every metric whose denominator is zero (e.g. never
+  predicted -> precision 0).
 """
+import io
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +18,13 @@ from tqdm import tqdm
 
 from .constants import IGNORE, NUM_CLASSES, SEG_CLASS_NAMES
 from .errors import InputError
+from .fileio import write_bytes
 from .voc import VOCRoot, _list_ids, read_label_png
 
 N_SEG = NUM_CLASSES + 1
+# Bumped when a metric's definition changes, so that evaluation stages made under the old one rerun
+# (2: precision and recall leave background out; per-image confusions written).
+METRICS_VERSION = 2
 
 
 def confusion(gt, pred, n=N_SEG) -> np.ndarray:
@@ -44,25 +52,43 @@ def _ratio(num, den, present):
     return out
 
 
-def scores(conf, names=SEG_CLASS_NAMES) -> dict:
+def scores(conf, names=SEG_CLASS_NAMES, background=0) -> dict:
+    """mIoU over the classes present; precision and recall over the present classes except `background`
+    (its index; None averages every class)."""
     conf = np.asarray(conf, dtype=np.float64)
     tp = np.diag(conf)
     fp = conf.sum(0) - tp
     fn = conf.sum(1) - tp
     present = (tp + fp + fn) > 0
+    objects = present.copy()
+    if background is not None:
+        objects[background] = False
     iou = _ratio(tp, tp + fp + fn, present)
     prec = _ratio(tp, tp + fp, present)
     rec = _ratio(tp, tp + fn, present)
 
-    def mean(v):
-        return float(100 * v[present].mean()) if present.any() else float("nan")
+    def mean(v, selected):
+        return float(100 * v[selected].mean()) if selected.any() else float("nan")
 
     def per_class(v):
         return {name: (None if np.isnan(x) else float(100 * x)) for name, x in zip(names, v)}
 
-    return {"miou": mean(iou), "precision": mean(prec), "recall": mean(rec),
+    return {"miou": mean(iou, present), "precision": mean(prec, objects), "recall": mean(rec, objects),
+            "n_classes": int(present.sum()), "n_object_classes": int(objects.sum()),
             "per_class": per_class(iou), "per_class_precision": per_class(prec),
             "per_class_recall": per_class(rec)}
+
+
+def classes_note(res, n_all=N_SEG) -> str:
+    """Which classes the means of a scores() result cover, in words (for reports on subsets)."""
+    n, n_obj = res.get("n_classes"), res.get("n_object_classes")
+    if n is None or n_obj is None:
+        return "precision and recall computed before they left background out; rerun the evaluation"
+    miou = "mIoU over all 21 classes" if n == n_all else f"mIoU over the {n} classes present"
+    pr = ("precision and recall over the 20 object classes" if n_obj == n_all - 1
+          else f"precision and recall over the {n_obj} object classes present")
+    dropped = "" if n == n_all else " (classes absent from both ground truth and prediction are dropped)"
+    return f"{miou}, {pr}, background left out of precision and recall{dropped}"
 
 
 # --------------------------------------------------------------------------- CAMs
@@ -98,6 +124,7 @@ class CamSweep:
         self.confusions = {t: np.zeros((N_SEG, N_SEG), np.int64) for t in self.thresholds}
 
     def add(self, gt, cam_dict):
+        """Add one image; returns its own confusions {threshold: n x n}."""
         gt = np.asarray(gt)
         keys, stack = _cam_stack(cam_dict, gt.shape)
         valid = gt != IGNORE
@@ -108,9 +135,12 @@ class CamSweep:
         else:
             best = np.zeros(g.shape, np.float32)
             label = np.zeros(g.shape, np.int64)
+        own = {}
         for t in self.thresholds:
             pred = np.where(best > np.float32(t), label, 0)  # compare in float32, as the argmax does
-            self.confusions[t] += np.bincount(g * N_SEG + pred, minlength=N_SEG * N_SEG).reshape(N_SEG, N_SEG)
+            own[t] = np.bincount(g * N_SEG + pred, minlength=N_SEG * N_SEG).reshape(N_SEG, N_SEG)
+            self.confusions[t] += own[t]
+        return own
 
     def results(self) -> dict:
         """{threshold: scores(...)}"""
@@ -169,8 +199,9 @@ def _threshold_key(t):
 
 
 def evaluate_cam_dir(cam_dir, root, ids, threshold, sweep_thresholds, labels=None,
-                     seg_dir="SegmentationClass", progress=True) -> dict:
-    """Score `<cam_dir>/<id>.npy` CAM dicts against ground truth at `threshold` and over a sweep."""
+                     seg_dir="SegmentationClass", progress=True, per_image=None) -> dict:
+    """Score `<cam_dir>/<id>.npy` CAM dicts against ground truth at `threshold` and over a sweep.
+    per_image: a dict that receives {id: 21x21 confusion at `threshold`} (for a bootstrap over images)."""
     ids = list(ids)
     root = _gt_root(root, seg_dir)
     _require_files(cam_dir, ids, ".npy", "CAM")
@@ -182,7 +213,9 @@ def evaluate_cam_dir(cam_dir, root, ids, threshold, sweep_thresholds, labels=Non
             raise InputError(f"id {img_id} has no image-level labels; pass labels covering the split")
         cam = load_cam_dict(Path(cam_dir) / f"{img_id}.npy", gt.shape,
                             None if labels is None else labels[img_id])
-        sweep.add(gt, cam)
+        own = sweep.add(gt, cam)
+        if per_image is not None:
+            per_image[img_id] = own[float(threshold)]
     by_t = sweep.results()
     result = dict(by_t[float(threshold)])
     result["threshold"] = float(threshold)
@@ -195,8 +228,9 @@ def evaluate_cam_dir(cam_dir, root, ids, threshold, sweep_thresholds, labels=Non
     return result
 
 
-def evaluate_label_dir(pred_dir, root, ids, seg_dir="SegmentationClass", progress=True) -> dict:
-    """Score `<pred_dir>/<id>.png` label maps (pseudo labels or segmentation outputs)."""
+def evaluate_label_dir(pred_dir, root, ids, seg_dir="SegmentationClass", progress=True, per_image=None) -> dict:
+    """Score `<pred_dir>/<id>.png` label maps (pseudo labels or segmentation outputs).
+    per_image: a dict that receives {id: 21x21 confusion}."""
     ids = list(ids)
     root = _gt_root(root, seg_dir)
     _require_files(pred_dir, ids, ".png", "prediction PNG")
@@ -208,12 +242,53 @@ def evaluate_label_dir(pred_dir, root, ids, seg_dir="SegmentationClass", progres
         if pred.shape != gt.shape:
             raise InputError(f"prediction {path} is {pred.shape} (HxW) but the ground truth is {gt.shape}")
         try:
-            conf += confusion(gt, pred)
+            own = confusion(gt, pred)
         except ValueError as e:
             raise InputError(f"prediction {path}: {e}; predictions must be 0..{NUM_CLASSES}") from e
+        conf += own
+        if per_image is not None:
+            per_image[img_id] = own
     result = scores(conf)
     result["n_images"] = len(ids)
     return result
+
+
+# --------------------------------------------------------------------------- per-image statistics
+
+PER_IMAGE_FILE = "per_image.npz"
+
+
+def save_per_image(path, confusions, part_counts=None):
+    """Write one image's numbers per row, atomically, as an .npz without pickles (for a bootstrap):
+    `ids` (str), `confusion` (N x n x n), and with part_counts {id: (hits, totals)} of the demo's
+    strong and weak parts, `part_hits` and `part_totals` (N x 2: strong, weak)."""
+    ids = list(confusions)
+    conf = np.stack([confusions[i] for i in ids]) if ids else np.zeros((0, N_SEG, N_SEG))
+    arrays = {"ids": np.array(ids, dtype=str), "confusion": conf.astype(np.int64)}
+    if part_counts is not None:
+        arrays["part_hits"] = np.array([part_counts[i][0] for i in ids], np.int64).reshape(-1, 2)
+        arrays["part_totals"] = np.array([part_counts[i][1] for i in ids], np.int64).reshape(-1, 2)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    write_bytes(path, buf.getvalue())
+
+
+def load_per_image(path) -> dict:
+    """What save_per_image wrote: {'ids': [str], 'confusion': N x n x n, ['part_hits', 'part_totals']}."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            out = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as e:
+        raise InputError(f"per-image file {path} is unreadable ({e}); rerun the evaluation stage") from e
+    n = len(out.get("ids", ()))
+    conf = out.get("confusion")
+    if conf is None or conf.ndim != 3 or conf.shape[0] != n or conf.shape[1] != conf.shape[2]:
+        raise InputError(f"per-image file {path} lacks ids or an N x n x n `confusion`; rerun the evaluation stage")
+    for k in ("part_hits", "part_totals"):
+        if k in out and out[k].shape != (n, 2):
+            raise InputError(f"per-image file {path}: `{k}` is {out[k].shape}, expected ({n}, 2)")
+    out["ids"] = [str(i) for i in out["ids"]]
+    return out
 
 
 # --------------------------------------------------------------------------- reports

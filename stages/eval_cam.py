@@ -1,9 +1,12 @@
 """Stage eval-cam: score PSA-format CAM dicts against ground truth (threshold sweep + fixed threshold).
 
 Pipeline use reads <work>/<variant>/make_cam/cams and data.eval_list; writes
-<work>/<variant>/eval_cam/{cam_eval.json, DONE.json} and updates <work>/results.json and report.md.
+<work>/<variant>/eval_cam/{cam_eval.json, per_image.npz, DONE.json} and updates <work>/results.json and
+report.md. per_image.npz holds each image's 21x21 confusion at the fixed threshold (and on demo data its
+strong/weak part hits and totals), for `psa-eader compare`'s bootstrap over images.
 Standalone use scores any folder of `<id>.npy` CAM dicts (PSA, SEAM, OC-CSE, ...):
     psa-eader eval-cam --cam-dir DIR --voc-root DIR --split val --threshold 0.2 --out FILE.json
+(--out also writes FILE.per_image.npz beside it).
 """
 import json
 from pathlib import Path
@@ -12,7 +15,8 @@ import numpy as np
 
 from psa_baseline import voc
 from psa_baseline.errors import InputError
-from psa_baseline.evaluation import confusion, evaluate_cam_dir, markdown_table, scores
+from psa_baseline.evaluation import (METRICS_VERSION, PER_IMAGE_FILE, cam_dict_to_label, classes_note, confusion,
+                                     evaluate_cam_dir, load_cam_dict, markdown_table, save_per_image, scores)
 from psa_baseline.fileio import write_json
 from .builders import labels_for, split_ids, voc_root
 from .common import Stage, resolve_data_path, upstream_fp
@@ -60,35 +64,61 @@ def split_list(cfg, split):
                      f"and no voc12/{split}.txt; pass a list file")
 
 
-def evaluate(cfg, cam_dir, list_rel, threshold, log=None):
+def add_part_counts(acc, pred, parts, gt, img_id, part_counts):
+    """Add one image to the PartRecall `acc`; part_counts (a dict or None) receives its own
+    (hits, totals) of the strong and weak parts."""
+    one = type(acc)()
+    one.add(pred, parts, gt)
+    acc.hits += one.hits
+    acc.total += one.total
+    if part_counts is not None:
+        part_counts[img_id] = (one.hits.sum(1), one.total.sum(1))
+
+
+def part_recall_from_cams(cfg, cam_dir, root, ids, threshold, part_counts=None):
+    """Demo data: recall of the objects' strong and weak parts by the CAMs at `threshold`."""
+    from demo.data import PartRecall, load_png
+    acc = PartRecall()
+    for i in ids:
+        gt = load_png(Path(root) / "SegmentationClass" / f"{i}.png")
+        pred = cam_dict_to_label(load_cam_dict(Path(cam_dir) / f"{i}.npy", gt.shape), gt.shape, threshold)
+        add_part_counts(acc, pred, load_png(Path(root) / cfg["data"]["part_masks"] / f"{i}.png"), gt, i,
+                        part_counts)
+    return acc.result()
+
+
+def evaluate(cfg, cam_dir, list_rel, threshold, log=None, confusions=None, part_counts=None):
+    """Metrics of the CAMs on list_rel; confusions / part_counts (dicts or None) receive each image's own."""
     root = voc.VOCRoot(voc_root(cfg).root, seg_dir=cfg["data"]["eval_seg_dir"])
     ids = split_ids(cfg, list_rel)
     labels = labels_for(cfg, root, ids, log)
     voc.check_dataset(root, ids, need_seg=True, labels=labels)
-    res = evaluate_cam_dir(cam_dir, root, ids, threshold, sweep_values(cfg), labels=labels)
+    res = evaluate_cam_dir(cam_dir, root, ids, threshold, sweep_values(cfg), labels=labels, per_image=confusions)
     res["split"] = str(list_rel)
     res["trivial"] = trivial_scores(root, ids, labels)
     if cfg["data"]["part_masks"]:
-        from demo.data import part_recall_from_cams
-        pr = part_recall_from_cams(cam_dir, root.root, ids, threshold)
+        pr = part_recall_from_cams(cfg, cam_dir, root.root, ids, threshold, part_counts)
         res["part_recall"] = {"strong": pr["strong"], "weak": pr["weak"]}
     return res
 
 
 def run(cfg, force=False):
-    st = Stage(cfg, NAME, [upstream_fp(cfg, "make_cam"), cfg["cam_eval"], cfg["data"]["eval_list"]], force)
+    st = Stage(cfg, NAME, [upstream_fp(cfg, "make_cam"), cfg["cam_eval"], cfg["data"]["eval_list"],
+                           METRICS_VERSION], force)
     out = st.dir / "cam_eval.json"
     if not st.is_done():
+        confusions, part_counts = {}, {}
         res = evaluate(cfg, st.work_dir / st.variant / "make_cam" / "cams", cfg["data"]["eval_list"],
-                       cfg["cam_eval"]["threshold"], st.log)
+                       cfg["cam_eval"]["threshold"], st.log, confusions, part_counts)
+        save_per_image(st.dir / PER_IMAGE_FILE, confusions, part_counts or None)
         write_json(out, res)
-        st.finish(metrics="cam_eval.json")
+        st.finish(metrics="cam_eval.json", per_image=PER_IMAGE_FILE)
     res = json.loads(out.read_text())
     update_results(st.work_dir, st.variant, "cam", res)
     st.log.info("CAM mIoU %.2f precision %.2f recall %.2f at threshold %.2f (best %.2f at %.2f); "
-                "trivial: all-bg %.2f, CAM=1 %.2f", res["miou"], res["precision"], res["recall"],
+                "trivial: all-bg %.2f, CAM=1 %.2f; %s", res["miou"], res["precision"], res["recall"],
                 res["threshold"], res["best_miou"], res["best_threshold"], res["trivial"]["all_background"],
-                res["trivial"]["cam_one_everywhere"])
+                res["trivial"]["cam_one_everywhere"], classes_note(res))
     return res
 
 
@@ -106,19 +136,29 @@ def folder_main(args, folder, flag, what, run_stage, evaluate_folder, kind, summ
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{flag} {folder} is not a folder of {what}")
-    res = evaluate_folder(cfg, folder, split_list(cfg, args.split))
+    confusions, part_counts = {}, {}
+    res = evaluate_folder(cfg, folder, split_list(cfg, args.split), confusions=confusions,
+                          part_counts=part_counts)
     if args.out:
         write_json(args.out, res)
+        save_per_image(per_image_beside(args.out), confusions, part_counts or None)
     print(markdown_table({str(folder): res}, kind))
-    print(summary(res) + (f"; written to {args.out}" if args.out else ""))
+    print(f"{summary(res)}; {classes_note(res)}" + (f"; written to {args.out} and {per_image_beside(args.out)}"
+                                                    if args.out else ""))
     return res
+
+
+def per_image_beside(out):
+    """m.json -> m.per_image.npz"""
+    out = Path(out)
+    return out.with_name(out.stem + ".per_image.npz")
 
 
 def main(args):
     if args.threshold is not None:
         args.set = list(args.set) + [("cam_eval.threshold", args.threshold)]
     return folder_main(args, args.cam_dir, "--cam-dir", "<id>.npy CAM dicts", run,
-                       lambda cfg, d, ids: evaluate(cfg, d, ids, cfg["cam_eval"]["threshold"]), "cam",
+                       lambda cfg, d, ids, **kw: evaluate(cfg, d, ids, cfg["cam_eval"]["threshold"], **kw), "cam",
                        lambda r: f"mIoU {r['miou']:.2f} at threshold {r['threshold']}; best {r['best_miou']:.2f} "
                                  f"at {r['best_threshold']}")
 

@@ -2,19 +2,22 @@
 
 Pipeline use scores <work>/<variant>/make_pseudo/pseudo on data.eval_list (the Table 2 "AffinityNet" number)
 and on every other list of data.infer_lists whose images all have ground truth (e.g. train); writes
-<work>/<variant>/eval_seg/{aff_eval.json, DONE.json} and results[variant]["aff"] in <work>/results.json
-and report.md. Standalone use scores any folder of <id>.png label maps (VOC palette or greyscale indices):
+<work>/<variant>/eval_seg/{aff_eval.json, per_image.npz, DONE.json} and results[variant]["aff"] in
+<work>/results.json and report.md. per_image.npz holds each data.eval_list image's 21x21 confusion (and on
+demo data its strong/weak part hits and totals), for `psa-eader compare`'s bootstrap over images.
+Standalone use scores any folder of <id>.png label maps (VOC palette or greyscale indices):
     psa-eader eval-seg --pred-dir DIR --voc-root DIR --split val --out FILE.json
+(--out also writes FILE.per_image.npz beside it).
 """
 import json
 from pathlib import Path
 
 from psa_baseline import voc
-from psa_baseline.evaluation import evaluate_label_dir
+from psa_baseline.evaluation import METRICS_VERSION, PER_IMAGE_FILE, classes_note, evaluate_label_dir, save_per_image
 from psa_baseline.fileio import write_json
 from .builders import labels_for, split_ids, voc_root
 from .common import Stage, upstream_fp
-from .eval_cam import folder_main, trivial_scores
+from .eval_cam import add_part_counts, folder_main, trivial_scores
 from .report import update_results
 
 NAME = "eval_seg"
@@ -29,26 +32,28 @@ def add_arguments(p):
     p.add_argument("--out", help="write the metrics JSON here (standalone use)")
 
 
-def part_recall_from_labels(pred_dir, root, ids):
+def part_recall_from_labels(cfg, pred_dir, root, ids, part_counts=None):
     """Demo data: recall of the objects' strong and weak parts by the label maps."""
     from demo.data import PartRecall, load_png
     acc = PartRecall()
     for i in ids:
         gt = load_png(Path(root) / "SegmentationClass" / f"{i}.png")
-        acc.add(load_png(Path(pred_dir) / f"{i}.png"), load_png(Path(root) / "PartMasks" / f"{i}.png"), gt)
+        add_part_counts(acc, load_png(Path(pred_dir) / f"{i}.png"),
+                        load_png(Path(root) / cfg["data"]["part_masks"] / f"{i}.png"), gt, i, part_counts)
     return acc.result()
 
 
-def evaluate(cfg, pred_dir, list_rel, log=None):
+def evaluate(cfg, pred_dir, list_rel, log=None, confusions=None, part_counts=None):
+    """Metrics of the label maps on list_rel; confusions / part_counts (dicts or None) receive each image's own."""
     root = voc.VOCRoot(voc_root(cfg).root, seg_dir=cfg["data"]["eval_seg_dir"])
     ids = split_ids(cfg, list_rel)
     labels = labels_for(cfg, root, ids, log)
     voc.check_dataset(root, ids, need_seg=True, labels=labels)
-    res = evaluate_label_dir(pred_dir, root, ids)
+    res = evaluate_label_dir(pred_dir, root, ids, per_image=confusions)
     res["split"] = str(list_rel)
     res["trivial"] = trivial_scores(root, ids, labels)
     if cfg["data"]["part_masks"]:
-        pr = part_recall_from_labels(pred_dir, root.root, ids)
+        pr = part_recall_from_labels(cfg, pred_dir, root.root, ids, part_counts)
         res["part_recall"] = {"strong": pr["strong"], "weak": pr["weak"]}
     return res
 
@@ -65,23 +70,27 @@ def lists_with_gt(cfg):
 
 def run(cfg, force=False):
     d = cfg["data"]
-    deps = [upstream_fp(cfg, "make_pseudo"), d["eval_list"], d["infer_lists"], d["eval_seg_dir"], cfg["voc_root"]]
+    deps = [upstream_fp(cfg, "make_pseudo"), d["eval_list"], d["infer_lists"], d["eval_seg_dir"], cfg["voc_root"],
+            METRICS_VERSION]
     st = Stage(cfg, NAME, deps, force)
     out = st.dir / "aff_eval.json"
     pred_dir = st.work_dir / st.variant / "make_pseudo" / "pseudo"
     if not st.is_done():
         lists = lists_with_gt(cfg)
-        res = evaluate(cfg, pred_dir, lists[0], st.log)
+        confusions, part_counts = {}, {}
+        res = evaluate(cfg, pred_dir, lists[0], st.log, confusions, part_counts)
+        save_per_image(st.dir / PER_IMAGE_FILE, confusions, part_counts or None)
         res["splits"] = {lists[0]: {k: res[k] for k in SUMMARY}}
         for rel in lists[1:]:
             other = evaluate(cfg, pred_dir, rel, st.log)
             res["splits"][rel] = {k: other[k] for k in SUMMARY}
         write_json(out, res)
-        st.finish(metrics="aff_eval.json", splits=lists)
+        st.finish(metrics="aff_eval.json", splits=lists, per_image=PER_IMAGE_FILE)
     res = json.loads(out.read_text())
     update_results(st.work_dir, st.variant, "aff", res)
-    st.log.info("pseudo-label mIoU %.2f precision %.2f recall %.2f on %s; %s", res["miou"], res["precision"],
-                res["recall"], res["split"], ", ".join(f"{k}: {v['miou']:.2f}" for k, v in res["splits"].items()))
+    st.log.info("pseudo-label mIoU %.2f precision %.2f recall %.2f on %s; %s; %s", res["miou"], res["precision"],
+                res["recall"], res["split"], ", ".join(f"{k}: {v['miou']:.2f}" for k, v in res["splits"].items()),
+                classes_note(res))
     return res
 
 

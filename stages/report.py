@@ -3,7 +3,7 @@ import json
 from pathlib import Path
 
 from psa_baseline.constants import SEG_CLASS_NAMES
-from psa_baseline.evaluation import markdown_table
+from psa_baseline.evaluation import classes_note, markdown_table
 from psa_baseline.fileio import write_json, write_text
 
 # Published numbers (Pascal VOC 2012 val), from REFERENCE.md.
@@ -49,6 +49,7 @@ def write_report(work_dir, res):
              "rows are not on VOC val.\n"]
     parts.append("\n## Table 2: CAM (and later stages) per variant\n\n")
     parts.append(markdown_table(variants, "table2", reference=PAPER_TABLE2))
+    parts.append(classes_scored(variants))
     cam = {v: r["cam"] for v, r in variants.items() if "cam" in r}
     if cam:
         parts.append("\n## CAM details\n\n| model | threshold | best threshold (sweep) | best mIoU | images |\n"
@@ -64,6 +65,13 @@ def write_report(work_dir, res):
         parts.append(pseudo_details(aff))
     parts.append(table3(variants))
     write_text(Path(work_dir) / "report.md", "".join(parts))
+
+
+def classes_scored(variants):
+    """One line per variant and stage: which classes its means cover (a subset when classes are absent)."""
+    lines = [f"- {v} {stage}: {classes_note(r[stage])}\n" for v, r in variants.items()
+             for stage in ("cam", "aff", "seg") if isinstance(r.get(stage), dict) and "miou" in r[stage]]
+    return "\nClasses in the means:\n\n" + "".join(lines) if lines else ""
 
 
 def _f(v, digits=1):

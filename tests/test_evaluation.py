@@ -7,8 +7,9 @@ import pytest
 
 from psa_baseline.constants import SEG_CLASS_NAMES
 from psa_baseline.errors import InputError
-from psa_baseline.evaluation import (CamSweep, cam_dict_to_label, confusion, evaluate_cam_dir,
-                                     evaluate_label_dir, load_cam_dict, markdown_table, scores)
+from psa_baseline.evaluation import (CamSweep, cam_dict_to_label, classes_note, confusion, evaluate_cam_dir,
+                                     evaluate_label_dir, load_cam_dict, load_per_image, markdown_table,
+                                     save_per_image, scores)
 from psa_baseline.voc import VOCRoot, load_cls_labels, save_label_png
 
 VOC = Path("/work/shared/data/VOCmini")
@@ -22,12 +23,38 @@ def test_confusion_and_scores_by_hand():
     conf = confusion(gt, pred, n=3)
     np.testing.assert_array_equal(conf, [[2, 1, 0], [0, 1, 1], [0, 0, 1]])
     s = scores(conf, names=("a", "b", "c"))
-    # IoU: a 2/3, b 1/3, c 1/2; precision: 1, 1/2, 1/2; recall: 2/3, 1/2, 1
+    # IoU: a 2/3, b 1/3, c 1/2; precision: 1, 1/2, 1/2; recall: 2/3, 1/2, 1.
+    # mIoU over all three; precision and recall over b and c only ("a", index 0, is the background).
     assert s["miou"] == pytest.approx(50.0)
-    assert s["precision"] == pytest.approx(100 * 2 / 3)
-    assert s["recall"] == pytest.approx(100 * (2 / 3 + 1 / 2 + 1) / 3)
+    assert s["precision"] == pytest.approx(50.0)
+    assert s["recall"] == pytest.approx(75.0)
     assert s["per_class"] == pytest.approx({"a": 200 / 3, "b": 100 / 3, "c": 50.0})
     assert s["per_class_recall"]["c"] == pytest.approx(100.0)
+    assert s["per_class_precision"]["a"] == pytest.approx(100.0)  # still reported per class
+    assert (s["n_classes"], s["n_object_classes"]) == (3, 2)
+    # With background averaged in (the old definition), both means differ.
+    every = scores(conf, names=("a", "b", "c"), background=None)
+    assert every["precision"] == pytest.approx(100 * 2 / 3) and every["recall"] == pytest.approx(100 * 13 / 18)
+    assert every["miou"] == s["miou"]
+
+
+def test_precision_recall_leave_background_out_on_21_classes():
+    # Background is predicted perfectly (1000 pixels); of cat's (8) 10 pixels 5 are found and 5 are
+    # predicted as dog (12), which is absent from the ground truth.
+    conf = np.zeros((21, 21), np.int64)
+    conf[0, 0] = 1000
+    conf[8, 8], conf[8, 12] = 5, 5
+    s = scores(conf)
+    # objects present: cat (P 1, R 1/2) and dog (P 0, R 0: predicted, never in the ground truth)
+    assert s["precision"] == pytest.approx(50.0) and s["recall"] == pytest.approx(25.0)
+    # background (P 1, R 1) would lift both: (1 + 1 + 0) / 3 and (1 + 1/2 + 0) / 3
+    every = scores(conf, background=None)
+    assert every["precision"] == pytest.approx(200 / 3) and every["recall"] == pytest.approx(50.0)
+    # mIoU over background, cat and dog: (1 + 1/2 + 0) / 3; the 18 absent classes are dropped
+    assert s["miou"] == pytest.approx(50.0) and (s["n_classes"], s["n_object_classes"]) == (3, 2)
+    assert classes_note(s).startswith("mIoU over the 3 classes present, precision and recall over the 2 "
+                                      "object classes present")
+    assert "dropped" in classes_note(s)
 
 
 def test_scores_absent_and_unpredicted_classes():
@@ -37,8 +64,8 @@ def test_scores_absent_and_unpredicted_classes():
     s = scores(conf, names=("a", "b", "c", "d"))
     assert s["per_class"]["d"] is None and s["per_class_precision"]["d"] is None
     assert s["per_class_precision"]["c"] == 0.0 and s["per_class"]["c"] == 0.0
-    assert s["precision"] == pytest.approx((50 + 100 + 0) / 3)
-    assert s["recall"] == pytest.approx((100 + 100 + 0) / 3)
+    assert s["precision"] == pytest.approx((100 + 0) / 2)  # b and c; a is the background
+    assert s["recall"] == pytest.approx((100 + 0) / 2)
     assert s["miou"] == pytest.approx((50 + 100 + 0) / 3)
 
 
@@ -169,3 +196,21 @@ def test_markdown_table():
     assert t3[2].count("50.0") == 21
     with pytest.raises(ValueError):
         markdown_table({}, "nope")
+
+
+def test_per_image_confusions_sum_to_the_whole_and_round_trip(tmp_path):
+    _write_cams_from_gt(tmp_path / "cams", IDS)
+    per_image = {}
+    res = evaluate_cam_dir(tmp_path / "cams", VOC, IDS, threshold=0.9, sweep_thresholds=[0.5],
+                           labels=load_cls_labels(CLS_LABELS), progress=False, per_image=per_image)
+    assert list(per_image) == IDS
+    assert scores(sum(per_image.values()))["miou"] == pytest.approx(res["miou"])  # at 0.9, not 0.5
+    parts = {i: (np.array([3, 1]), np.array([4, 2])) for i in IDS}
+    save_per_image(tmp_path / "p.npz", per_image, parts)
+    back = load_per_image(tmp_path / "p.npz")
+    assert back["ids"] == IDS and back["confusion"].shape == (3, 21, 21)
+    np.testing.assert_array_equal(back["confusion"][1], per_image[IDS[1]])
+    np.testing.assert_array_equal(back["part_totals"], [[4, 2]] * 3)
+    (tmp_path / "bad.npz").write_bytes(b"junk")
+    with pytest.raises(InputError, match="bad.npz"):
+        load_per_image(tmp_path / "bad.npz")
