@@ -57,7 +57,7 @@ class EaderConfig:
     omega: float = 100.0         # soft-mask sharpness
     psi: float = 0.5             # soft-mask threshold
     phase_steps: int = 200       # steps per localizer turn (and per adversary turn unless set below)
-    am_form: str = "authors"     # 'authors': mean sigmoid score; 'paper': sum of logits / C
+    am_form: str = "authors"     # 'authors': mean sigmoid score; 'paper': Eq. 6, sum of logits / C, per image
     adv_lr: float = 0.01         # PSA integration (REFERENCE)
     adv_momentum: float = 0.9
     adv_weight_decay: float = 1e-4
@@ -142,7 +142,7 @@ class EADER:
             if cls_idx.numel():
                 with frozen(self.adversary):
                     adv_logits = self.adversary(erased)
-                l_am = attention_mining_loss(adv_logits, cls_idx, cfg.am_form, cfg.num_classes)
+                l_am = attention_mining_loss(adv_logits, cls_idx, cfg.am_form, cfg.num_classes, x.shape[0])
                 loss = loss + cfg.alpha * l_am
                 stats["l_am"] = float(l_am.detach())
                 stats["adv_acc"] = erased_class_accuracy(adv_logits, cls_idx)

@@ -204,11 +204,15 @@ def test_losses_hand_computed():
     logits[2, 9] = 5.0                # not the erased class: ignored
     cls_idx = torch.tensor([4, 7, 4])
     assert attention_mining_loss(logits, cls_idx, "authors").item() == pytest.approx(0.5)
-    assert attention_mining_loss(logits, cls_idx, "paper", num_classes=20).item() == pytest.approx(0.0)
+    assert attention_mining_loss(logits, cls_idx, "paper", num_classes=20, batch_size=2).item() == pytest.approx(0.0)
     logits[2, 4] = 2.0
     assert attention_mining_loss(logits, cls_idx, "authors").item() == pytest.approx(
         (0.5 + 0.75 + 1 / (1 + math.exp(-2))) / 3)
-    assert attention_mining_loss(logits, cls_idx, "paper").item() == pytest.approx((math.log(3) + 2) / 20)
+    # Eq. 6 is per image: the sum over the pairs of a batch of 2 images is divided by C and by 2
+    assert attention_mining_loss(logits, cls_idx, "paper", batch_size=2).item() == pytest.approx(
+        (math.log(3) + 2) / (20 * 2))
+    with pytest.raises(ValueError, match="batch_size"):
+        attention_mining_loss(logits, cls_idx, "paper")
     with pytest.raises(ValueError):
         attention_mining_loss(logits, cls_idx, "other")
 

@@ -30,6 +30,29 @@ def test_full_network_shapes_and_parameter_count():
     assert f["conv6"].shape == (1, 4096, 8, 10)
 
 
+def test_every_conv_dilation_and_stride_is_psas():
+    """Every 3x3 conv of the backbone (PSA's resnet38d): b5's first conv dilation 1 then 2, b5_* 2,
+    b6 and b7 4, everything else 1; padding = dilation (size kept); stride 2 only in b2, b3, b4."""
+    net = WideResNet38(Res38Spec(width=0.0625))  # PSA's block counts (2, 2, 5, 2); width does not matter
+    expected = {"b5.conv_branch2a": 1, "b5.conv_branch2b1": 2, "b6.conv_branch2b1": 4, "b7.conv_branch2b1": 4}
+    for i in (1, 2):
+        expected[f"b5_{i}.conv_branch2a"] = expected[f"b5_{i}.conv_branch2b1"] = 2
+    seen = {}
+    for name, m in net.named_modules():
+        if isinstance(m, torch.nn.Conv2d):
+            seen[name] = (m.dilation, m.padding, m.stride)
+    assert "b7.conv_branch2b1" in seen and "b5_2.conv_branch2b1" in seen and "b4_5.conv_branch2b1" in seen
+    for name, (dil, pad, stride) in seen.items():
+        k = net.get_submodule(name).kernel_size
+        d = expected.get(name, 1)
+        assert dil == (d, d), (name, dil, d)
+        assert pad == ((d, d) if k == (3, 3) else (0, 0)), (name, pad)
+        strided = name in ("b2.conv_branch2a", "b2.conv_branch1", "b3.conv_branch2a", "b3.conv_branch1",
+                           "b4.conv_branch2a", "b4.conv_branch1")
+        assert stride == ((2, 2) if strided else (1, 1)), (name, stride)
+    assert {n for n, v in seen.items() if v[0] != (1, 1)} == {n for n, d in expected.items() if d != 1}
+
+
 def test_output_stride_8_at_448():
     net = WideResNet38(tiny_spec()).eval()
     with torch.inference_mode():
