@@ -22,9 +22,18 @@ STAGES = {
 }
 
 
-def common_options(p):
+# subcommands whose config defaults to the CPU demo; every other one defaults to voc (the paper's setting)
+DEMO_DEFAULT = ("pipeline", "demo-data")
+
+
+def default_config(stage):
+    return "demo" if stage in DEMO_DEFAULT else "voc"
+
+
+def common_options(p, stage=None):
+    what = "the CPU demo" if default_config(stage) == "demo" else "the paper's setting"
     p.add_argument("--config", default=None, help="config name in configs/ (voc, demo, ...) or a YAML file "
-                   "(default: voc, the paper's setting)")
+                   f"(default: {default_config(stage)}, {what})")
     p.add_argument("--voc-root", help="VOC 2012 folder holding JPEGImages, SegmentationClass[Aug]")
     p.add_argument("--work-dir", help="where artefacts, logs and results go")
     p.add_argument("--device", help="cpu or cuda (cuda:N)")
@@ -41,26 +50,39 @@ def config_from_args(args):
         v = getattr(args, opt, None)
         if v is not None:
             over.append((key, v))
-    return load_config(args.config or "voc", over)
+    return load_config(args.config or default_config(getattr(args, "stage", None)), over)
 
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="psa-eader", description="PSA + EADER weakly-supervised "
                                      "semantic segmentation pipeline; one subcommand per stage.")
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    parser.stage_parsers = {}
     for name, mod in STAGES.items():
         m = importlib.import_module(f"stages.{mod}")
         p = sub.add_parser(name, help=m.__doc__.splitlines()[0], description=m.__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-        common_options(p)
+        common_options(p, name)
         if hasattr(m, "add_arguments"):
             m.add_arguments(p)
+        parser.stage_parsers[name] = p
     return parser
+
+
+def parse_args(argv):
+    """The stage's own parser with intermixed parsing, so key=value overrides may stand anywhere on
+    the line (`pipeline a=1 --eader off b=2`); plain parsing only for help and unknown stages."""
+    parser = build_parser()
+    if argv and argv[0] in parser.stage_parsers:
+        args = parser.stage_parsers[argv[0]].parse_intermixed_args(argv[1:])
+        args.stage = argv[0]
+        return args
+    return parser.parse_args(argv)
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         m = importlib.import_module(f"stages.{STAGES[args.stage]}")
         m.main(args) if hasattr(m, "main") else m.run(config_from_args(args), force=args.force)

@@ -110,3 +110,23 @@ def test_logging_only_keys_do_not_change_fingerprints():
     assert fingerprint({"crf": {"workers": 1, "alpha_ha": 32}}) != fingerprint({"crf": {"workers": 1, "alpha_ha": 24}})
     aff = load_config("demo", ["aff_train.log_every=1", "aff_train.num_workers=3", "aff_train.checkpoint_every=1"])
     assert fingerprint(aff["aff_train"]) == fingerprint(base["aff_train"])
+
+
+def test_overrides_are_accepted_anywhere_on_the_command_line():
+    from stages.cli import parse_args
+    a = parse_args(["pipeline", "a=1", "--eader", "off", "b=2", "--until", "cam", "c.d=[1,2]"])
+    assert a.stage == "pipeline" and a.eader == "off" and a.until == "cam"
+    assert a.set == ["a=1", "b=2", "c.d=[1,2]"]
+    a = parse_args(["train-cam", "--config", "demo", "cam_train.epochs=1", "--seed", "3", "net.width=0.5"])
+    assert a.set == ["cam_train.epochs=1", "net.width=0.5"] and a.seed == 3 and a.config == "demo"
+    with pytest.raises(SystemExit):  # unknown options are still refused
+        parse_args(["train-cam", "--nosuch", "x=1"])
+
+
+def test_config_help_states_each_subcommands_real_default():
+    from stages.cli import build_parser, config_from_args, parse_args
+    for stage, p in build_parser().stage_parsers.items():
+        want = "demo" if stage in ("pipeline", "demo-data") else "voc"
+        text = " ".join(p.format_help().split())
+        assert f"(default: {want}," in text, (stage, text)
+        assert config_from_args(parse_args([stage]))["name"] == want, stage
