@@ -12,12 +12,67 @@ def res38_spec(cfg):
                      frozen_stem=n["frozen_stem"])
 
 
+RANDOM = "random"  # the value of a weights key that asks for random initialisation on purpose
+
+# weights key -> (what it initialises, the `psa-eader weights download` name of the published file)
+WEIGHTS_KEYS = {
+    "net.weights": ("the WideResNet-38 backbone", "wideresnet38"),
+    "eader.adv_weights": ("EADER's ResNet-18 adversary", "resnet18"),
+    "standalone.weights": ("the standalone ResNet localizer", "resnet101"),
+}
+
+
+def weights_value(cfg, key):
+    section, name = key.split(".")
+    return cfg[section][name]
+
+
+def needed_weights(cfg, stage):
+    """Weights keys that `stage` initialises a network from, for this config (one variant)."""
+    from . import train_adv
+    eader_on = cfg["eader"]["enabled"]
+    if stage == "train-cam":
+        # with train-adv on, the adversary starts from train-adv's output instead
+        return ["net.weights"] + (["eader.adv_weights"] if eader_on and not train_adv.enabled(cfg) else [])
+    if stage == "train-aff":
+        return ["net.weights"] if cfg["aff_train"]["init"] == "imagenet" else []
+    if stage == "standalone":
+        return ["standalone.weights"] + (["eader.adv_weights"] if eader_on else [])
+    return []
+
+
+def null_weights_message(key, stage):
+    what, name = WEIGHTS_KEYS[key]
+    return (f"config key '{key}' is null, so {stage} would start {what} from random weights. Get the "
+            f"published ImageNet file with `psa-eader weights download {name} --cache-dir DIR` (or copy it by "
+            f"hand; `psa-eader weights list` shows the files) and set {key}=DIR/<file>; to train from "
+            f"random init on purpose, set {key}={RANDOM}")
+
+
+def require_weights(cfg, stage):
+    """Stop before a training stage starts a network from random weights nobody asked for: a null
+    weights key is an error (paper-scale runs need ImageNet init); `random` asks for it explicitly."""
+    for key in needed_weights(cfg, stage):
+        if weights_value(cfg, key) is None:
+            raise InputError(null_weights_message(key, stage))
+
+
+def weights_file(cfg, key):
+    """The resolved file a weights key names; None when it is `random` or null (callers that need a
+    file call require_weights first)."""
+    value = weights_value(cfg, key)
+    if value is None or value == RANDOM:
+        return None
+    return resolve_data_path(cfg, value, f"{key} file")
+
+
 def load_net_weights(cfg, net, log=None):
-    """Load net.weights (if set) into `net`; returns whether anything was loaded."""
-    if not cfg["net"]["weights"]:
+    """Load net.weights (a file) into `net`; returns whether anything was loaded."""
+    path = weights_file(cfg, "net.weights")
+    if path is None:
         return False
     from psa_baseline.weights import load_weights
-    report = load_weights(net, resolve_data_path(cfg, cfg["net"]["weights"], "net.weights file"))
+    report = load_weights(net, path)
     if log:
         log.info("initial weights: %s", report.summary())
     return True
@@ -26,7 +81,7 @@ def load_net_weights(cfg, net, log=None):
 def build_cam_net(cfg, log=None):
     net = CAMNet(res38_spec(cfg))
     if not load_net_weights(cfg, net, log) and log:
-        log.info("no net.weights given: random initialisation")
+        log.info("net.weights is %s: random initialisation", cfg["net"]["weights"])
     return net
 
 

@@ -19,6 +19,7 @@ STAGES = {
     "pipeline": "pipeline",
     "standalone": "train_standalone",
     "alpha-sweep": "alpha_sweep",
+    "weights": "weights_cmd",
 }
 
 

@@ -19,7 +19,7 @@ from psa_baseline.constants import NUM_CLASSES
 from psa_baseline.errors import InputError
 from psa_baseline.resnet38 import PolyOptimizer
 from psa_baseline.training import autocast, epoch_loader, run_steps, unwrap
-from .builders import load_net_weights, res38_spec, split_ids, voc_root
+from .builders import load_net_weights, require_weights, res38_spec, split_ids, voc_root
 from .common import Stage, rank, resolve_device, resumable_training, seed_everything, upstream_fp
 from .config import variant_name
 from .make_crf import HA, LA
@@ -146,7 +146,7 @@ def build_aff_net(cfg, log=None):
         if log:
             log.info("backbone from the CAM network %s (%d tensors); affinity head random", path, len(bb))
     elif not load_net_weights(cfg, net, log) and log:
-        log.warning("aff_train.init is imagenet but net.weights is null: random initialisation")
+        log.warning("aff_train.init is imagenet and net.weights is random: random initialisation")
     return net
 
 
@@ -154,6 +154,7 @@ def run(cfg, force=False, sampler_factory=None, stop_after=None):
     """sampler_factory(n, seed) -> EpochSampler-like (set_epoch(epoch, start)); DDP passes a sharded one.
     stop_after: end (with a checkpoint) after this many steps; for tests and debugging."""
     check_config(cfg)
+    require_weights(cfg, "train-aff")
     st = Stage(cfg, NAME, depends(cfg), force)
     if st.is_done():
         return st.dir / "aff_net.pth"

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from psa_baseline.resnet38 import PolyOptimizer
 from psa_baseline.training import autocast, epoch_loader, run_steps, unwrap
 from . import train_adv
-from .builders import build_cam_net, cls_train_dataset, cls_train_inputs
+from .builders import build_cam_net, cls_train_dataset, cls_train_inputs, require_weights, weights_file
 from .common import Stage, rank, resolve_device, resumable_training, seed_everything, upstream_fp
 
 NAME = "train_cam"
@@ -36,7 +36,7 @@ def build_eader(cfg, device, pretrained=None):
     from psa_eader.hook import EADER, EaderConfig
     from psa_eader.adversary import adversary_optimizer, build_adversary
     e = EaderConfig(**cfg["eader"])
-    adv = build_adversary(width=e.adv_width, weights=pretrained or e.adv_weights,
+    adv = build_adversary(width=e.adv_width, weights=pretrained or weights_file(cfg, "eader.adv_weights"),
                           keep_head=bool(pretrained)).to(device)
     opt = adversary_optimizer(adv, lr=e.adv_lr, momentum=e.adv_momentum, weight_decay=e.adv_weight_decay)
     return EADER(e, adv, opt)
@@ -53,6 +53,7 @@ def localizer_steps(total, cfg):
 def run(cfg, force=False, sampler_factory=None, stop_after=None):
     """sampler_factory(n, seed) -> EpochSampler-like (set_epoch(epoch, start)); DDP passes a sharded one.
     stop_after: end (with a checkpoint) after this many steps; for tests and debugging."""
+    require_weights(cfg, "train-cam")
     st = Stage(cfg, NAME, depends(cfg), force)
     if st.is_done():
         return st.dir / "cam_net.pth"

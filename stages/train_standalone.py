@@ -37,8 +37,9 @@ from psa_baseline.evaluation import CamSweep
 from psa_baseline.fileio import save_npy, write_json
 from psa_baseline.training import autocast, epoch_loader, resume, run_steps, save_checkpoint
 from psa_eader.standalone import StandaloneLocalizer
-from .builders import cls_train_dataset, cls_train_inputs, labels_for, split_ids, voc_root
-from .common import Stage, resolve_data_path, resolve_device, seed_everything, upstream_fp
+from .builders import (cls_train_dataset, cls_train_inputs, labels_for, require_weights, split_ids, voc_root,
+                       weights_file)
+from .common import Stage, resolve_device, seed_everything, upstream_fp
 from .config import merge
 from .train_cam import build_eader, train_step
 
@@ -68,7 +69,7 @@ def depends(cfg):
 
 def build_localizer(cfg, log=None):
     s = cfg["standalone"]
-    weights = resolve_data_path(cfg, s["weights"], "standalone.weights file") if s["weights"] else None
+    weights = weights_file(cfg, "standalone.weights")  # None: random (or null: run_train refuses it)
     loc = StandaloneLocalizer(s["arch"], s["width"], weights)
     if log:
         log.info("localizer %s width %g: %s", s["arch"], s["width"],
@@ -117,6 +118,7 @@ class GradCamModel(nn.Module):
 def run_train(cfg, force=False, stop_after=None):
     """Train (or resume) the localizer; returns the path of localizer.pth (None if stopped early)."""
     cfg = eader_cfg(cfg)
+    require_weights(cfg, "standalone")
     st = Stage(cfg, TRAIN, depends(cfg), force)
     if st.is_done():
         return st.dir / "localizer.pth"

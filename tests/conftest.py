@@ -34,6 +34,8 @@ def tiny_cfg(voc_root, work_dir, **over):
     from stages.config import load_config
     o = [("voc_root", str(voc_root)), ("work_dir", str(work_dir)), "net.width=0.0625", "net.blocks=[1,1,1,1]",
          "cam_train.batch_size=4", "cam_train.epochs=2", "cam_train.crop=64", "cam_train.resize_long=[56,80]",
-         "cam_train.checkpoint_every=2", "cam_infer.scales=[1.0,0.5]", "cam_eval.sweep=[0.1,0.3,0.1]", "adv_pretrain.epochs=0"]
+         "cam_train.checkpoint_every=2", "cam_infer.scales=[1.0,0.5]", "cam_eval.sweep=[0.1,0.3,0.1]", "adv_pretrain.epochs=0",
+         # random init said explicitly: a null weights key stops the training stages
+         "net.weights=random", "eader.adv_weights=random", "standalone.weights=random"]
     o += [(k, v) for k, v in over.items()]
     return load_config("demo", o)

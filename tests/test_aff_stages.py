@@ -238,7 +238,7 @@ def test_aff_stages_before_their_inputs_say_what_to_run(demo_root, tmp_path, cap
 # ---------------------------------------------------------------------------- resume
 
 def test_train_aff_resumes_after_a_stop_with_the_same_weights(demo_root, foreign_cams, tmp_path):
-    over = dict(AFF, **{"aff_train.init": "imagenet", "aff_train.epochs": 3})  # no net.weights: random init
+    over = dict(AFF, **{"aff_train.init": "imagenet", "aff_train.epochs": 3})  # net.weights=random (tiny_cfg)
     nets = []
     for name, stop in (("a", None), ("b", 5)):
         cfg = tiny_cfg(demo_root, tmp_path / name, **over)
@@ -269,7 +269,7 @@ def _voc_cfg(root, work, list_file, **over):
          ("data.train_list", str(list_file)), ("data.infer_lists", [str(list_file)]),
          ("data.eval_list", str(list_file)), ("crf.list", str(list_file)), "crf.workers=2",
          "net.width=0.0625", "net.blocks=[1,1,1,1]", "net.frozen_bn=false", "net.frozen_stem=false",
-         "aff_train.num_workers=0"]
+         "aff_train.num_workers=0", "net.weights=random"]
     return load_config("voc", o + [(k, v) for k, v in over.items()])
 
 

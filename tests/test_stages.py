@@ -84,7 +84,7 @@ def test_resume_after_kill_gives_the_same_weights(demo_root, tmp_path):
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text(f"""base: demo
 voc_root: {demo_root}
-net: {{width: 0.0625, blocks: [1, 1, 1, 1]}}
+net: {{width: 0.0625, blocks: [1, 1, 1, 1], weights: random}}
 cam_train: {{batch_size: 4, epochs: 30, crop: 48, resize_long: [48, 64], checkpoint_every: 3}}
 """)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
@@ -128,7 +128,7 @@ def _copy_root(demo_root, tmp_path):
 def _cli(root, work, *extra, stage="train-cam"):
     return cli_main([stage, "--config", "demo", "--voc-root", str(root), "--work-dir", str(work),
                      "net.width=0.0625", "net.blocks=[1,1,1,1]", "cam_train.epochs=1", "cam_train.crop=48",
-                     "cam_train.batch_size=4", *extra])
+                     "cam_train.batch_size=4", "net.weights=random", "eader.adv_weights=random", *extra])
 
 
 def _assert_refused(capsys, root, work, words, stage="train-cam", extra=()):
