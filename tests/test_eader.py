@@ -366,3 +366,126 @@ def test_no_positive_labels():
     for _ in range(3):
         eader.advance()
     assert eader.adversary_step(x, y, att) == {"num_erased": 0}
+
+
+# ---------------------------------------------------------------------------- EADER's direction
+
+class FixedLogits(nn.Module):
+    """A stand-in adversary whose logits are one learnable row, whatever the image (hand values)."""
+
+    def __init__(self, row):
+        super().__init__()
+        self.row = nn.Parameter(torch.as_tensor(row, dtype=torch.float32))
+
+    def forward(self, x):
+        return self.row.expand(x.shape[0], -1) + 0 * x.sum()
+
+
+def hand_attention():
+    """Raw attention whose maxima are not 1, so normalised and raw maps give different L_reg."""
+    att = torch.zeros(2, C, 2, 2)
+    att[0, 0] = torch.tensor([[4.0, 0.0], [0.0, 0.0]])   # normalised mean 1/4 (raw mean 1)
+    att[0, 2] = 2.0                                       # normalised mean 1   (raw mean 2)
+    att[1, 1] = torch.tensor([[0.0, 1.0], [1.0, 2.0]])   # normalised mean 1/2 (raw mean 1)
+    att[1, 5] = 7.0                                       # absent class: ignored
+    return att
+
+
+@pytest.mark.parametrize("form", ["authors", "paper"])
+def test_localizer_total_loss_is_l_loc_plus_alpha_l_am_plus_beta_l_reg(form):
+    """Hand values: pairs (image 0, class 0), (0, 2), (1, 1) with adversary logits log 9, 0, -log 4
+    (sigmoid 0.9, 0.5, 0.2)."""
+    x, y = batch()  # image 0: classes 0 and 2; image 1: class 1
+    row = torch.zeros(C)
+    row[0], row[2], row[1], row[5] = math.log(9), 0.0, -math.log(4), 9.0  # class 5 is not erased
+    cfg = EaderConfig(enabled=True, alpha=0.5, beta=0.25, am_form=form)
+    eader = EADER(cfg, FixedLogits(row), torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1))
+    l_loc = torch.tensor(0.7)
+    if form == "authors":  # mean sigmoid score of the erased class
+        l_am = (0.9 + 0.5 + 0.2) / 3
+    else:  # Eq. 6: per image (1/C) sum of the erased classes' logits, averaged over the 2 images
+        l_am = (math.log(9) + 0.0 - math.log(4)) / (C * 2)
+    l_reg = (0.25 + 1.0 + 0.5) / 3  # normalised maps; raw maps would give 4/3
+    loss, stats = eader.localizer_loss(x, y, hand_attention(), l_loc)
+    assert stats["l_am"] == pytest.approx(l_am, abs=1e-6)
+    assert stats["l_reg"] == pytest.approx(l_reg, abs=1e-4)
+    assert loss.item() == pytest.approx(0.7 + 0.5 * l_am + 0.25 * l_reg, abs=1e-4)
+
+
+def test_l_reg_sees_the_normalised_attention():
+    """Normalised maps (max 1) do not change when the raw attention is scaled; raw ones would."""
+    x, y = batch()
+    eader = make(alpha=0.0, beta=1.0)
+    att = hand_attention()
+    _, small = eader.localizer_loss(x, y, att, torch.tensor(0.0))
+    _, large = eader.localizer_loss(x, y, 10 * att, torch.tensor(0.0))
+    assert small["l_reg"] == pytest.approx(large["l_reg"], abs=1e-5)
+    assert small["l_reg"] == pytest.approx(regularisation_loss(normalise_attention(att), y).item())
+    assert small["l_reg"] != pytest.approx(regularisation_loss(att, y).item(), abs=0.1)
+
+
+def test_one_localizer_step_lowers_the_adversarys_score_for_the_erased_class():
+    """With the adversary fixed, a localizer step on alpha * L_am alone makes the adversary find the
+    erased classes less (L_am 'authors' is the mean sigmoid score of the erased class). Flipping the
+    sign of alpha * L_am would raise it."""
+    x, y = batch()
+    net = tiny_localizer().eval()  # no dropout: the two forwards below see the same network
+    eader = make(omega=10.0, beta=0.0, alpha=1.0)
+    eader.adversary.eval()  # fixed: BatchNorm on running statistics
+    adv_before = snapshot(eader.adversary)
+
+    def score():
+        with torch.no_grad():
+            erased, _, cls_idx = erase_pairs(x, y, net.forward_cam(x), eader.cfg.omega, eader.cfg.psi)
+            return torch.sigmoid(eader.adversary(erased).gather(1, cls_idx.view(-1, 1))).mean().item()
+
+    before = score()
+    _, cam = net.forward_with_cam(x)
+    loss, stats = eader.localizer_loss(x, y, cam, torch.tensor(0.0))
+    assert stats["l_am"] == pytest.approx(before, abs=1e-5)
+    net.zero_grad()
+    loss.backward()
+    grad_sq = sum((p.grad ** 2).sum() for p in net.parameters() if p.grad is not None)
+    lr = 0.02 * before / grad_sq  # a small step, sized to lower L_am by about 2% at first order
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.grad is not None:
+                p -= lr * p.grad
+    after = score()
+    assert after < before - 0.005 * before, (before, after)
+    assert moved(eader.adversary, adv_before) == []
+
+
+def test_adversary_step_is_bce_against_the_full_label_vector():
+    """adversary_step equals an independent BCE of the adversary on the erased images against each
+    image's FULL label vector (the erased class and the image's other classes stay targets): same
+    loss and the same updated weights as a hand-made SGD step."""
+    import copy
+    x, y = batch(((0, 2), (1,), (3, 4, 5)))
+    eader = make(phase_steps=1)
+    with torch.no_grad():
+        eader.adversary.fc.bias.copy_(torch.linspace(-2, 2, C))  # logits far from 0: targets matter
+    twin = copy.deepcopy(eader.adversary)
+    twin_opt = adversary_optimizer(twin)
+    att = torch.rand(3, C, 4, 4)
+    eader.advance()  # the adversary's turn
+    stats = eader.adversary_step(x, y, att)
+
+    erased, img_idx, cls_idx = erase_pairs(x, y, att)
+    assert img_idx.tolist() == [0, 0, 1, 2, 2, 2]
+    targets = y[img_idx]  # row k: the full label vector of the image of pair k
+    assert targets[0].nonzero().flatten().tolist() == [0, 2] and targets[1].equal(targets[0])
+    logits = twin(erased)
+    expected = F.binary_cross_entropy_with_logits(logits, targets)
+    assert stats["adv_loss"] == pytest.approx(expected.item(), abs=1e-6)
+    # the targets the other readings would use give other losses here
+    only_erased = F.one_hot(cls_idx, C).float()
+    dropped = targets.clone()
+    dropped[torch.arange(len(cls_idx)), cls_idx] = 0
+    for wrong in (only_erased, dropped):
+        assert abs(F.binary_cross_entropy_with_logits(logits, wrong).item() - expected.item()) > 1e-3
+    twin_opt.zero_grad()
+    expected.backward()
+    twin_opt.step()
+    for (name, a), b in zip(eader.adversary.named_parameters(), twin.parameters()):
+        assert torch.allclose(a, b, atol=1e-6), name
