@@ -3,7 +3,8 @@
 Reads: the ids of crf.list, their images under the VOC root, <work>/<variant>/make_crf/{crf_la,crf_ha}/<id>.npy,
 the initial weights (aff_train.init: imagenet = net.weights, cam = <work>/<variant>/train_cam/cam_net.pth).
 Writes: <work>/<variant>/train_aff/{checkpoint.pth, aff_net.pth, DONE.json}, logs/<variant>.train_aff.log.
-PSA's recipe: colour jitter, joint random crop (zero padded) and flip of image and la/ha scores, no rescale;
+PSA's recipe: colour jitter, joint random crop (padded with black pixels, before normalising) and flip of
+image and la/ha scores, no rescale;
 label = make_seg_label(la, ha) on the crop at feature resolution (stride 8); affinity loss on the pairs
 within radius 5; four lr groups with the poly schedule. A rerun resumes from checkpoint.pth.
 """
@@ -18,6 +19,7 @@ from psa_baseline.affinity import AffinityLabels, AffinityNet, affinity_loss, ma
 from psa_baseline.constants import NUM_CLASSES
 from psa_baseline.errors import InputError
 from psa_baseline.resnet38 import PolyOptimizer
+from psa_baseline.safe_npy import load_dict
 from psa_baseline.training import autocast, epoch_loader, run_steps, unwrap
 from .builders import load_net_weights, require_weights, res38_spec, split_ids, voc_root
 from .common import Stage, rank, resolve_device, resumable_training, seed_everything, upstream_fp
@@ -59,11 +61,7 @@ def load_crf_dict(path, shape, img_id):
     path = Path(path)
     if not path.is_file():
         raise InputError(f"CRF label {path} for id {img_id} does not exist; run make-crf")
-    try:
-        obj = np.load(path, allow_pickle=True)
-        obj = obj.item() if isinstance(obj, np.ndarray) and obj.dtype == object and obj.ndim == 0 else obj
-    except Exception as e:
-        raise InputError(f"CRF label {path} (id {img_id}) is unreadable ({e}); rerun make-crf") from e
+    obj = load_dict(path, f"CRF label (id {img_id})", int, "{0: background, c+1: class c}", "rerun make-crf")
     if not isinstance(obj, dict) or 0 not in obj:
         raise InputError(f"CRF label {path} (id {img_id}) is not a dict {{0: background, c+1: class c}}; "
                          "rerun make-crf")
@@ -77,11 +75,17 @@ def load_crf_dict(path, shape, img_id):
     return out
 
 
+def black_canvas(size):
+    """A normalised black size x size image. PSA's train_aff.py crops jointly (imutils.RandomCrop, zeros)
+    before model.normalize, so its padding is black; stage 1 crops after normalising (mean colour)."""
+    return voc.normalize(np.zeros((1, 1, 3), np.uint8)).expand(3, size, size).clone()
+
+
 class AffTrainDataset(torch.utils.data.Dataset):
     """(id, image float32[3, crop, crop], label uint8[crop/8, crop/8]) for AffinityNet training.
 
-    Colour jitter on the whole image, normalise, then the same random crop (zero padded: mean colour for
-    the image, no score for the labels) and flip for image and la/ha scores; the label is PSA's
+    Colour jitter on the whole image, normalise, then the same random crop (padded with black for the
+    image, no score for the labels) and flip for image and la/ha scores; the label is PSA's
     make_seg_label on the cropped scores (0 bg, c+1 class, 255 ignore). Item i of epoch e draws from a
     generator seeded by (seed, e, i), as ClsTrainDataset.
     """
@@ -114,7 +118,7 @@ class AffTrainDataset(torch.utils.data.Dataset):
         c = self.crop
         sy, sx, dy, dx, ch, cw = voc.random_crop_offsets(H, W, c, rng)
         flip = self.flip and rng.random() < 0.5
-        out = torch.zeros((3, c, c), dtype=torch.float32)
+        out = black_canvas(c)
         out[:, dy:dy + ch, dx:dx + cw] = x[:, sy:sy + ch, sx:sx + cw]
 
         def crop_scores(d):

@@ -189,6 +189,27 @@ def _refused(capsys, argv, words, work):
     assert not list(Path(work).rglob("DONE.json"))
 
 
+def test_affinity_crops_are_padded_with_black_before_normalising(tmp_path):
+    """PSA's train_aff.py crops the uint8 image jointly with the labels (zeros) and normalises after: the
+    padding is black, i.e. -mean/std per channel, not 0 (the mean colour, stage 1's padding)."""
+    class Root:
+        def read_image(self, img_id):
+            return np.full((16, 24, 3), 255, np.uint8)  # white, smaller than the crop on both axes
+
+    for sub in (make_crf.LA, make_crf.HA):
+        (tmp_path / sub).mkdir()
+        np.save(tmp_path / sub / "a.npy", {0: np.full((16, 24), 0.2, np.float32), 1: np.full((16, 24), 0.8, np.float32)})
+    ds = train_aff.AffTrainDataset(Root(), ["a"], tmp_path, crop=32, jitter=False)
+    _, x, _ = ds[0]
+    from psa_baseline.constants import IMAGENET_MEAN, IMAGENET_STD
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1), torch.tensor(IMAGENET_STD).view(3, 1)
+    black, white = -mean / std, (1 - mean) / std
+    flat = x.reshape(3, -1)
+    is_white = torch.isclose(flat, white, atol=1e-5).all(0)
+    is_black = torch.isclose(flat, black, atol=1e-5).all(0)
+    assert int(is_white.sum()) == 16 * 24 and int(is_black.sum()) == 32 * 32 - 16 * 24
+
+
 def test_crf_alphas_are_psas_code_defaults():
     """PSA's infer_cls.py defaults to alpha 32 for ha and its README's published numbers use 4/16/32;
     24 stays available as an override."""
