@@ -32,6 +32,7 @@ from PIL import Image
 
 from psa_baseline.constants import CLASS_NAMES, IGNORE, NUM_CLASSES, voc_palette
 from psa_baseline.errors import InputError
+from psa_baseline.safe_npy import load_dict
 
 VERSION = 5  # bump when the rendering changes, so an old dataset is not mistaken for a new one
 # Three groups of three; consecutive classes (in this order) share a body style.
@@ -504,7 +505,7 @@ def load_png(path):
 
 
 def load_cls_labels(root):
-    return np.load(Path(root) / "cls_labels.npy", allow_pickle=True).item()
+    return load_dict(Path(root) / "cls_labels.npy", "image-level label file", str, "{id: float32[20]}")
 
 
 # -------------------------------------------------------------------------------------- part recall
@@ -570,7 +571,7 @@ def part_recall_from_cams(cam_dir, root, ids, threshold=0.2):
         p = Path(cam_dir) / f"{id_}.npy"
         if not p.is_file():
             raise InputError(f"CAM file {p} not found")
-        cams = np.load(p, allow_pickle=True).item()
+        cams = load_dict(p, "CAM file", int, "{class_index: HxW map}")
         gt = load_png(Path(root) / "SegmentationClass" / f"{id_}.png")
         parts = load_png(Path(root) / "PartMasks" / f"{id_}.png")
         acc.add(cams_to_labels(cams, gt.shape, threshold), parts, gt)

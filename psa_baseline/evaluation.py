@@ -19,6 +19,7 @@ from tqdm import tqdm
 from .constants import IGNORE, NUM_CLASSES, SEG_CLASS_NAMES
 from .errors import InputError
 from .fileio import write_bytes
+from .safe_npy import load_dict
 from .voc import VOCRoot, _list_ids, read_label_png
 
 N_SEG = NUM_CLASSES + 1
@@ -152,10 +153,8 @@ def load_cam_dict(path, expect_shape=None, labels=None) -> dict:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"CAM file {path} does not exist")
-    try:
-        obj = np.load(path, allow_pickle=True)
-    except Exception as e:
-        raise InputError(f"CAM file {path} is unreadable ({e}); regenerate it") from e
+    # restricted unpickling: a CAM folder from another code base must not be able to run code
+    obj = load_dict(path, "CAM file", int, "{class_index 0..19: HxW map} as written by PSA (np.save of a dict)")
     if isinstance(obj, np.ndarray) and obj.dtype == object and obj.ndim == 0:
         obj = obj.item()
     if not isinstance(obj, dict):

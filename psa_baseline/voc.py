@@ -15,6 +15,7 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 from .constants import IGNORE, IMAGENET_MEAN, IMAGENET_STD, NUM_CLASSES, voc_palette
 from .errors import InputError
 from .fileio import atomic_path
+from .safe_npy import load_dict
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +86,9 @@ def load_cls_labels(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"image-level label file {path} does not exist; use PSA's voc12/cls_labels.npy")
-    try:
-        obj = np.load(path, allow_pickle=True)
-        obj = obj.item() if isinstance(obj, np.ndarray) and obj.dtype == object and obj.ndim == 0 else obj
-    except Exception as e:
-        raise InputError(f"cannot read image-level labels {path}: {e}") from e
+    # restricted unpickling (safe_npy): a label file from elsewhere must not be able to run code
+    obj = load_dict(path, "image-level label file", str, "{id: float32[20]} as in PSA's voc12/cls_labels.npy",
+                    "use PSA's voc12/cls_labels.npy")
     if not isinstance(obj, dict):
         raise InputError(f"{path} holds a {type(obj).__name__}, not a dict {{id: float32[20]}} "
                          f"as in PSA's voc12/cls_labels.npy")
