@@ -17,7 +17,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from psa_baseline.fileio import write_text  # noqa: E402
-from stages.alpha_sweep import mean_std, metric  # noqa: E402
+from psa_baseline.stats import fmt_pm, mean_std  # noqa: E402
+from stages.alpha_sweep import metric  # noqa: E402
 from stages.report import table3  # noqa: E402
 
 COLS = [("cam", "miou", "CAM mIoU"), ("cam", "precision", "CAM precision"), ("cam", "recall", "CAM recall"),
@@ -31,10 +32,7 @@ def value(entry, key):
 
 
 def fmt(vals):
-    mean, std = mean_std(vals)
-    if mean is None:
-        return "-"
-    return f"{mean:.1f}" + (f" ± {std:.1f}" if std is not None else "")
+    return fmt_pm(*mean_std(vals), digits=1, pm="±")
 
 
 def main(argv=None):

@@ -16,13 +16,11 @@ precision, recall as mean +- sample std (ddof 1) over the seeds, next to the pap
 --collect-only builds the tables from the runs already finished, without training anything.
 """
 import json
-import math
 from pathlib import Path
-
-import numpy as np
 
 from psa_baseline.errors import InputError
 from psa_baseline.fileio import write_json, write_text
+from psa_baseline.stats import fmt_pm, mean_std
 from .config import merge, variant_name
 from .report import PAPER_TABLE2
 
@@ -96,21 +94,6 @@ def finished_metrics(rcfg, model):
 
 
 # ------------------------------------------------------------------------------------------ aggregation
-
-def mean_std(values):
-    """(mean, sample std with ddof 1), std None for a single value; None, None for no values."""
-    v = [float(x) for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))]
-    if not v:
-        return None, None
-    return float(np.mean(v)), (float(np.std(v, ddof=1)) if len(v) > 1 else None)
-
-
-def fmt_pm(mean, std, digits=2):
-    """'41.37 +- 0.26'; without std (one run) just '41.37'; '-' for nothing."""
-    if mean is None:
-        return "-"
-    return f"{mean:.{digits}f}" + ("" if std is None else f" +- {std:.{digits}f}")
-
 
 def aggregate(runs):
     """runs: {row: {seed: metrics dict}} -> {row: {'n', 'seeds', metric: {'mean', 'std', 'values'}}}."""

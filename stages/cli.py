@@ -19,7 +19,9 @@ STAGES = {
     "pipeline": "pipeline",
     "standalone": "train_standalone",
     "alpha-sweep": "alpha_sweep",
+    "compare": "compare",
     "weights": "weights_cmd",
+    "check": "check",
 }
 
 
