@@ -103,16 +103,24 @@ def ddp_wrap(net):
     return net
 
 
-def resume(ckpt_path, device, model, optimizer, log=None, total=None):
+def resume(ckpt_path, device, model, optimizer, log=None, total=None, fingerprint=None):
     """Restore model, optimiser and RNG states from `ckpt_path` if it exists.
 
     Returns (step, checkpoint dict) - (0, None) for a fresh start; the caller restores its extra parts
-    (e.g. the EADER adversary) from the dict.
+    (e.g. the EADER adversary) from the dict. With `fingerprint`, a checkpoint saved under another one
+    (another config or inputs) is deleted and training starts at step 0.
     """
     from pathlib import Path
     if not Path(ckpt_path).exists():
         return 0, None
     ck = load_checkpoint(ckpt_path, device)
+    if fingerprint is not None and ck.get("fingerprint") != fingerprint:
+        if log is not None:
+            log.info("checkpoint %s was saved under another config or inputs (fingerprint %s, now %s); "
+                     "discarding it and starting at step 0", ckpt_path, ck.get("fingerprint") or "unknown",
+                     fingerprint)
+        Path(ckpt_path).unlink()
+        return 0, None
     model.load_state_dict(ck["model"])
     optimizer.load_state_dict(ck["optimizer"])
     set_rng_state(ck["rng"])

@@ -5,14 +5,20 @@ Layout under the work dir:
     logs/<variant>.<stage>.log
     results.json, report.md   summaries across variants
 A stage is skipped when its DONE.json carries the same fingerprint (the config sections it depends on
-plus its inputs' fingerprints), unless forced. Only rank 0 writes.
+plus its inputs' fingerprints), unless forced. An unfinished stage's folder carries PARTIAL.json with the
+fingerprint its files were made under; a rerun under another fingerprint clears them. One run at a time
+per work dir: the first holds <work>/.psa-eader.lock (flock, released when the process ends, crash
+included). Only rank 0 writes.
 """
+import fcntl
 import json
 import logging
 import os
 import random
 import shutil
+import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -68,6 +74,61 @@ def resolve_data_path(cfg, rel, what):
                      f"set --voc-root or the config key to an existing path")
 
 
+def prepare_work_dir(work_dir):
+    """Create the work dir and check that it takes files; otherwise an InputError with the path and the fix."""
+    p = Path(work_dir)
+    fix = "choose another --work-dir (or work_dir=...)"
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((q for q in [p, *p.parents] if q.exists() and not q.is_dir()), p)
+        raise InputError(f"work dir {p}: {blocker} is a file, not a folder; {fix}") from None
+    except OSError as e:
+        raise InputError(f"work dir {p} cannot be created ({e.strerror}); {fix}, or create it with "
+                         f"write permission for this user") from None
+    try:  # an existing folder may still be read-only (permissions, read-only mount)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=p)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise InputError(f"work dir {p} is not writable ({e.strerror}); {fix}, or give this user write "
+                         f"permission on it") from None
+    return p
+
+
+LOCK_NAME = ".psa-eader.lock"
+_locks = {}  # resolved work dir -> open lock file; held until this process ends
+
+
+def lock_work_dir(work_dir):
+    """Hold <work_dir>/.psa-eader.lock for the rest of this process, or stop at once if another process
+    holds it: two runs on one work dir would run the same stages and resume each other's checkpoints."""
+    path = Path(work_dir) / LOCK_NAME
+    key = str(Path(work_dir).resolve())
+    held = _locks.get(key)
+    if held is not None:  # ours already, unless the folder was removed and made anew since
+        try:
+            if os.fstat(held.fileno()).st_ino == os.stat(path).st_ino:
+                return
+        except OSError:
+            pass
+        held.close()
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        who = f.read().strip() or "another process"
+        f.close()
+        raise InputError(f"work dir {work_dir} is in use by another psa-eader run ({who}; lock file {path}); "
+                         f"wait until it ends, or give this run another --work-dir") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    f.flush()
+    _locks[key] = f
+
+
 class Stage:
     """One stage run: its folder, log, fingerprint and DONE record."""
 
@@ -76,6 +137,9 @@ class Stage:
         self.variant = variant_name(cfg)
         self.work_dir = Path(cfg["work_dir"])
         self.dir = self.folder(cfg, name)
+        if rank() == 0:  # the other ranks of a DDP run share rank 0's lock
+            prepare_work_dir(self.work_dir)
+            lock_work_dir(self.work_dir)
         # demo data: its identity (seed, params, generator version), so regenerated data is not taken
         # for the data a finished stage used; None (left out) for other datasets
         ident = dataset_identity(cfg["voc_root"])
@@ -123,18 +187,44 @@ class Stage:
                 return None
         return None
 
+    @property
+    def partial_file(self):
+        return self.dir / "PARTIAL.json"
+
     def is_done(self):
-        """True when finished with the same fingerprint; a stale or forced run clears the folder."""
+        """True when finished with the same fingerprint; a stale or forced run clears the folder, and so
+        does partial work (files of an interrupted run, a checkpoint) made under another fingerprint."""
         rec = self.record()
         if rec and rec.get("fingerprint") == self.fp and not self.force:
             self.log.info("already done (%s); skipping. Use --force to redo.", self.done_file)
             return True
-        if rec or (self.force and self.dir.exists()):
-            why = "forced" if self.force else "config or inputs changed"
-            self.log.info("%s: clearing %s", why, self.dir)
-            shutil.rmtree(self.dir, ignore_errors=True)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        if rank() == 0:
+            if rec or (self.force and self.dir.exists()):
+                why = "forced" if self.force else "config or inputs changed"
+                self.log.info("%s: clearing %s", why, self.dir)
+                shutil.rmtree(self.dir, ignore_errors=True)
+            elif self.dir.exists():
+                self._keep_partial_if_same_fingerprint()
+            self.dir.mkdir(parents=True, exist_ok=True)
+            if not self.partial_file.exists():
+                write_json(self.partial_file, {"stage": self.name, "fingerprint": self.fp,
+                                               "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+        barrier()
         return False
+
+    def _keep_partial_if_same_fingerprint(self):
+        if not any(self.dir.iterdir()):
+            return
+        try:
+            made_under = json.loads(self.partial_file.read_text()).get("fingerprint")
+        except (OSError, ValueError, AttributeError):
+            made_under = None
+        if made_under == self.fp:
+            self.log.info("continuing the partial work in %s (same fingerprint %s)", self.dir, self.fp)
+            return
+        self.log.info("partial work in %s was made under another config or inputs (fingerprint %s, now %s); "
+                      "clearing it", self.dir, made_under or "unknown", self.fp)
+        shutil.rmtree(self.dir, ignore_errors=True)
 
     def finish_training(self, filename, state_dict, steps, t0):
         """Save the trained weights (rank 0), log the time and write DONE.json; returns the weights' path."""
@@ -151,6 +241,7 @@ class Stage:
         rec = {"stage": self.name, "variant": self.variant, "fingerprint": self.fp,
                "finished": time.strftime("%Y-%m-%d %H:%M:%S"), **outputs}
         write_json(self.done_file, rec)
+        self.partial_file.unlink(missing_ok=True)
         self.log.info("finished; record in %s", self.done_file)
 
 
@@ -162,13 +253,13 @@ def resumable_training(st, device, net, opt, total, extra=None):
     """
     from psa_baseline.training import ddp_wrap, resume, save_checkpoint, unwrap
     path = st.dir / "checkpoint.pth"
-    step, ck = resume(path, device, net, opt, st.log, total)
+    step, ck = resume(path, device, net, opt, st.log, total, fingerprint=st.fp)
     model = ddp_wrap(net)
 
     def checkpoint(step):
         if rank() == 0:
             save_checkpoint(path, model=unwrap(model).state_dict(), optimizer=opt.state_dict(),
-                            **(extra() if extra else {}), step=step)
+                            **(extra() if extra else {}), step=step, fingerprint=st.fp)
     return step, ck, model, checkpoint
 
 

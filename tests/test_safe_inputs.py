@@ -151,3 +151,168 @@ def test_dict_values_must_be_numeric_arrays(tmp_path):
     np.save(tmp_path / "c.npy", {True: np.zeros(2)})
     with pytest.raises(InputError, match="key True"):
         load_dict(tmp_path / "c.npy", "CAM file", int, "{class: map}")
+
+
+# ------------------------------------------------------ 2. partial work carries its fingerprint
+
+def _log_text(work, variant, stage):
+    return (work / "logs" / f"{variant}.{stage}.log").read_text()
+
+
+def test_interrupted_training_rerun_under_another_config_starts_at_step_0(demo_root, tmp_path):
+    import torch
+    from conftest import tiny_cfg
+    from stages import train_cam
+    work = tmp_path / "work"
+    ck = work / "baseline" / "train_cam" / "checkpoint.pth"
+    assert train_cam.run(tiny_cfg(demo_root, work), stop_after=3) is None
+    assert torch.load(ck, weights_only=False)["step"] == 3
+    # same config: resumes (and goes one step further)
+    train_cam.run(tiny_cfg(demo_root, work), stop_after=4)
+    assert torch.load(ck, weights_only=False)["step"] == 4
+    assert "resumed from" in _log_text(work, "baseline", "train_cam")
+    # another number of epochs: the old checkpoint must not be resumed (it was at step 4)
+    train_cam.run(tiny_cfg(demo_root, work, **{"cam_train.epochs": 3}), stop_after=1)
+    assert torch.load(ck, weights_only=False)["step"] == 1
+    log = _log_text(work, "baseline", "train_cam")
+    assert "made under another config or inputs" in log.split("stopped after step 4")[-1]
+    assert "resumed from" not in log.split("stopped after step 4")[-1]
+
+
+def test_checkpoint_under_another_fingerprint_is_not_resumed(tmp_path):
+    import logging
+    import torch
+    from psa_baseline.training import resume, save_checkpoint
+    net = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    path = tmp_path / "checkpoint.pth"
+    save_checkpoint(path, model=net.state_dict(), optimizer=opt.state_dict(), step=5, fingerprint="aaa")
+    assert resume(path, "cpu", net, opt, fingerprint="aaa")[0] == 5
+    log = logging.getLogger("test.resume")
+    records = []
+    log.addHandler(type("H", (logging.Handler,), {"emit": lambda self, r: records.append(r.getMessage())})())
+    log.setLevel(logging.INFO)
+    assert resume(path, "cpu", net, opt, log, 10, fingerprint="bbb") == (0, None)
+    assert not path.exists() and "another config" in records[-1]
+
+
+def test_partial_make_cam_output_from_another_fingerprint_is_cleared(demo_root, tmp_path):
+    import json
+    import numpy as np
+    from conftest import tiny_cfg
+    from stages import make_cam, train_cam
+    work = tmp_path / "work"
+    cfg = tiny_cfg(demo_root, work)
+    train_cam.run(cfg)
+    make_cam.run(cfg)
+    st_dir = work / "baseline" / "make_cam"
+    fp = json.loads((st_dir / "DONE.json").read_text())["fingerprint"]
+    cam = sorted((st_dir / "cams").glob("*.npy"))[0]
+    sentinel = {0: np.full((2, 2), 7.0, np.float32)}
+
+    def interrupted(made_under):  # what an interrupted run leaves: some CAMs, PARTIAL.json, no DONE.json
+        (st_dir / "DONE.json").unlink()
+        (st_dir / "PARTIAL.json").write_text(json.dumps({"fingerprint": made_under}))
+        np.save(cam, sentinel)
+
+    interrupted(fp)  # same fingerprint: the CAM on disk is kept, only missing ones would be made
+    make_cam.run(cfg)
+    assert np.load(cam, allow_pickle=True).item()[0][0, 0] == 7.0
+    interrupted("0123456789abcdef")  # made under another config: redone
+    make_cam.run(cfg)
+    assert all(v.shape != (2, 2) for v in np.load(cam, allow_pickle=True).item().values())
+    assert "made under another config or inputs (fingerprint 0123456789abcdef" in \
+        _log_text(work, "baseline", "make_cam")
+    assert not (st_dir / "PARTIAL.json").exists() and (st_dir / "DONE.json").exists()
+
+
+# ------------------------------------------------------------------ 3. one run per work dir
+
+def _train_cam_cli(demo_root, work, *extra):
+    from stages.cli import main
+    return main(["train-cam", "--config", "demo", "--voc-root", str(demo_root), "--work-dir", str(work),
+                 "net.width=0.0625", "net.blocks=[1,1,1,1]", "cam_train.epochs=1", "cam_train.crop=48",
+                 "cam_train.batch_size=4", "net.weights=random", *extra])
+
+
+def test_a_second_run_on_a_locked_work_dir_stops_at_once(demo_root, tmp_path, capsys):
+    import subprocess
+    import sys
+    from stages.common import LOCK_NAME
+    work = tmp_path / "work"
+    work.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[2]); from stages.common import "
+         "lock_work_dir; lock_work_dir(sys.argv[1]); print('held', flush=True); sys.stdin.read()",
+         str(work), str(ROOT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        rc = _train_cam_cli(demo_root, work)
+        err = capsys.readouterr().err
+        assert rc == 2 and "in use by another psa-eader run" in err and f"pid {holder.pid}" in err, err
+        assert not (work / "baseline").exists()  # stopped before doing anything
+    finally:
+        holder.kill()  # like a crash: the kernel releases the lock
+        holder.wait()
+    assert _train_cam_cli(demo_root, work) == 0
+    assert f"pid {os.getpid()}" in (work / LOCK_NAME).read_text()
+
+
+def test_stages_of_one_process_share_its_lock(demo_root, tmp_path):
+    from stages.common import lock_work_dir
+    lock_work_dir(tmp_path)
+    lock_work_dir(tmp_path)  # again from the same process: fine (the pipeline runs many stages)
+
+
+# ------------------------------------------------------------------ 5. messages, not tracebacks
+
+def test_work_dir_under_a_file_is_an_input_error(demo_root, tmp_path, capsys):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    for work in (f, f / "sub" / "work"):
+        assert _train_cam_cli(demo_root, work) == 2
+        err = capsys.readouterr().err
+        assert f"{f} is a file, not a folder" in err and "--work-dir" in err, err
+
+
+def test_unwritable_work_dir_is_an_input_error(demo_root, tmp_path, capsys, monkeypatch):
+    import errno
+    import tempfile
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    if os.access(ro, os.W_OK):  # root ignores the mode: give the answer everyone else gets
+        real_mkstemp, real_mkdir = tempfile.mkstemp, os.mkdir
+
+        def denied(path):
+            return str(path).startswith(str(ro))
+
+        def mkstemp(*a, dir=None, **k):
+            if dir is not None and denied(dir):
+                raise PermissionError(errno.EACCES, "Permission denied", str(dir))
+            return real_mkstemp(*a, dir=dir, **k)
+
+        def mkdir(path, *a, **k):
+            if denied(path):
+                raise PermissionError(errno.EACCES, "Permission denied", str(path))
+            return real_mkdir(path, *a, **k)
+        monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+        monkeypatch.setattr(os, "mkdir", mkdir)
+    try:
+        assert _train_cam_cli(demo_root, ro) == 2
+        err = capsys.readouterr().err
+        assert f"work dir {ro} is not writable" in err and "--work-dir" in err, err
+        assert _train_cam_cli(demo_root, ro / "new") == 2
+        err = capsys.readouterr().err
+        assert f"work dir {ro / 'new'} cannot be created" in err, err
+    finally:
+        ro.chmod(0o755)
+
+
+def test_non_utf8_config_file_exits_2(demo_root, tmp_path, capsys):
+    from stages.cli import main
+    f = tmp_path / "c.yaml"
+    f.write_bytes(b"base: demo\nvariant: caf\xe9\n")
+    assert main(["train-cam", "--config", str(f), "--work-dir", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err
+    assert str(f) in err and "UTF-8" in err, err
