@@ -23,6 +23,8 @@ def add_arguments(p):
     p.add_argument("--until", choices=tuple(UNTIL), default="aff",
                    help="last stage group to run: cam (train-cam .. eval-cam) or aff (also make-crf, "
                         "train-aff, make-pseudo, eval-seg; default)")
+    p.add_argument("--check", action="store_true",
+                   help="only the pre-flight check (psa-eader check): print the plan, exit 2 listing every problem")
 
 
 def run_variants(cfg, eader="off", force=False, log=print, until="aff"):
@@ -47,6 +49,9 @@ def main(args):
     if args.config is None:
         args.config = "demo"
     cfg = config_from_args(args)
+    if args.check:
+        from .check import run_check
+        return run_check(cfg, args.eader, args.until, out=lambda m: print(m, flush=True))
     t0 = time.time()
     if cfg["name"] == "demo":
         print("== demo-data ==", flush=True)
