@@ -120,18 +120,22 @@ def override_text(o):
 def side_label(eader_on, overrides):
     """Folder name of a side's runs from its effective overrides (eader.enabled aside)."""
     own = sorted(o for o in overrides if not o.startswith("eader.enabled="))
-    label = ("eader" if eader_on else "baseline") + "".join("_" + re.sub(r"[^A-Za-z0-9.=+-]", "-", o) for o in own)
+    # '+' joins the overrides and is replaced inside them, so two different lists never share a label
+    label = ("eader" if eader_on else "baseline") + "".join("+" + slug(o) for o in own)
     if len(label) > 80:  # readable when short; a hash otherwise (overrides.json in the folder says what)
         label = label[:60] + "_" + hashlib.sha256(json.dumps(own).encode()).hexdigest()[:10]
     return label
 
 
 def side_config(config, common, side_sets, eader_default):
-    """(cfg, label, overrides) of one side; its own overrides come last, so they may switch EADER."""
+    """(cfg, label, name, overrides) of one side; its own overrides come last, so they may switch EADER.
+    The label (its runs' folder) covers every override; the default name only the side's own."""
     from .config import load_config
-    overrides = [override_text(o) for o in common] + [override_text(o) for o in side_sets]
+    own = [override_text(o) for o in side_sets]
+    overrides = [override_text(o) for o in common] + own
     cfg = load_config(config, [f"eader.enabled={'true' if eader_default else 'false'}"] + overrides)
-    return cfg, side_label(cfg["eader"]["enabled"], overrides), overrides
+    on = cfg["eader"]["enabled"]
+    return cfg, side_label(on, overrides), side_label(on, own), overrides
 
 
 def run_dir(work_dir, label, seed):
@@ -284,16 +288,19 @@ def side_words(s):
     return "runs in " + ", ".join(f"`{d}`" for d in dirs) if dirs else "no runs"
 
 
-def slug(name):
-    return re.sub(r"[^A-Za-z0-9.=+-]", "-", name)
+def slug(name, keep_plus=False):
+    """A file-name-safe form of a name or (keep_plus False: '+' joins them in labels) an override."""
+    return re.sub(r"[^A-Za-z0-9._=+-]" if keep_plus else r"[^A-Za-z0-9._=-]", "-", name)
 
 
 def write_comparison(work_dir, c):
-    out = Path(work_dir) / "compare" / f"{slug(c['a']['name'])}_vs_{slug(c['b']['name'])}"
+    """<work>/compare/<A>_vs_<B>.md and .json; returns (path of the .md, its text)."""
+    stem = f"{slug(c['a']['name'], True)}_vs_{slug(c['b']['name'], True)}"
+    out = Path(work_dir) / "compare"
     text = markdown(c)
-    write_json(out.with_suffix(".json"), c)
-    write_text(out.with_suffix(".md"), text)
-    return out.with_suffix(".md"), text
+    write_json(out / f"{stem}.json", c)
+    write_text(out / f"{stem}.md", text)
+    return out / f"{stem}.md", text
 
 
 # ------------------------------------------------------------------------------------------ driver
@@ -317,9 +324,9 @@ def sides_from_runs(args, log=print):
     config = args.config or default_config(args.stage)
     sides, todo = [], {}
     for sets, default, name in ((args.a_set, False, args.a_name), (args.b_set, True, args.b_name)):
-        cfg, label, overrides = side_config(config, args.set, sets, default)
+        cfg, label, default_name, overrides = side_config(config, args.set, sets, default)
         cfg = merge(cfg, {k: base[k] for k in ("voc_root", "device")})
-        side = Side(name or label, [], overrides, label)
+        side = Side(name or default_name, [], overrides, label)
         for s in args.seeds:
             d = run_dir(base["work_dir"], label, s)
             rcfg = merge(cfg, {"seed": int(s), "work_dir": str(d)})
@@ -354,7 +361,7 @@ def main(args):
     a, b = sides_from_dirs(args) if args.a_dirs or args.b_dirs else sides_from_runs(args)
     path, text = write_comparison(config_from_args(args)["work_dir"], compare_runs(a, b, args.resamples))
     print(text)
-    print(f"written: {path} and {path.with_suffix('.json')}")
+    print(f"written: {path} and its .json beside it")
     return path
 
 
