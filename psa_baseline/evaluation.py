@@ -14,11 +14,11 @@ import io
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from .constants import IGNORE, NUM_CLASSES, SEG_CLASS_NAMES
 from .errors import InputError
 from .fileio import write_bytes
+from .progress import with_progress
 from .safe_npy import load_dict
 from .voc import VOCRoot, _list_ids, read_label_png
 
@@ -206,7 +206,7 @@ def evaluate_cam_dir(cam_dir, root, ids, threshold, sweep_thresholds, labels=Non
     _require_files(cam_dir, ids, ".npy", "CAM")
     thresholds = sorted(set(float(t) for t in sweep_thresholds) | {float(threshold)})
     sweep = CamSweep(thresholds)
-    for img_id in tqdm(ids, desc="CAM eval", disable=not progress):
+    for img_id in with_progress(ids, "CAM eval", enabled=progress):
         gt = root.read_seg(img_id)
         if labels is not None and img_id not in labels:
             raise InputError(f"id {img_id} has no image-level labels; pass labels covering the split")
@@ -234,7 +234,7 @@ def evaluate_label_dir(pred_dir, root, ids, seg_dir="SegmentationClass", progres
     root = _gt_root(root, seg_dir)
     _require_files(pred_dir, ids, ".png", "prediction PNG")
     conf = np.zeros((N_SEG, N_SEG), np.int64)
-    for img_id in tqdm(ids, desc="label eval", disable=not progress):
+    for img_id in with_progress(ids, "label eval", enabled=progress):
         gt = root.read_seg(img_id)
         path = Path(pred_dir) / f"{img_id}.png"
         pred = read_label_png(path, img_id)

@@ -140,7 +140,9 @@ def run_steps(loader, sampler, dataset, step_fn, *, step, total, steps_per_epoch
     stopped early).
     """
     from tqdm import tqdm
-    bar = tqdm(total=total, initial=step, desc=desc, disable=not progress, dynamic_ncols=True)
+    from .progress import on_terminal
+    # a bar only on a terminal: a log file gets the log_every lines below, not the bar's redraws
+    bar = tqdm(total=total, initial=step, desc=desc, disable=not (progress and on_terminal()), dynamic_ncols=True)
     running = {}
     while step < total:
         epoch, in_epoch = divmod(step, steps_per_epoch)

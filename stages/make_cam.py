@@ -7,11 +7,11 @@ Each CAM file is written atomically, so a rerun after a crash only computes the 
 import time
 
 import torch
-from tqdm import tqdm
 
 from psa_baseline import voc
 from psa_baseline.cam_infer import multiscale_cam
 from psa_baseline.fileio import save_npy
+from psa_baseline.progress import with_progress
 from .builders import build_cam_net, labels_for, split_ids, voc_root
 from .common import Stage, barrier, rank, resolve_device, upstream_fp, world_size
 
@@ -52,7 +52,7 @@ def run(cfg, force=False):
     st.log.info("CAMs for %d images (%d already on disk), scales %s, flip %s -> %s", len(mine),
                 len(mine) - len(todo), cfg["cam_infer"]["scales"], cfg["cam_infer"]["flip"], cam_dir)
     t0 = time.time()
-    for i in tqdm(todo, desc=f"make-cam[{st.variant}]", disable=rank() != 0, dynamic_ncols=True):
+    for i in with_progress(todo, f"make-cam[{st.variant}]", enabled=rank() == 0):
         cams = multiscale_cam(net, root.read_image(i), labels[i], scales=cfg["cam_infer"]["scales"],
                               flip=cfg["cam_infer"]["flip"], device=device, bf16=cfg["cam_infer"]["bf16"])
         save_npy(cam_dir / f"{i}.npy", cams)

@@ -15,12 +15,12 @@ import multiprocessing as mp
 import time
 from pathlib import Path
 
-from tqdm import tqdm
 
 from psa_baseline import voc
 from psa_baseline.crf import cam_dict_to_crf
 from psa_baseline.errors import InputError
 from psa_baseline.evaluation import load_cam_dict
+from psa_baseline.progress import with_progress
 from psa_baseline.fileio import save_npy
 from .builders import labels_for, split_ids, voc_root
 from .common import Stage, barrier, rank, resolve_data_path, upstream_fp, world_size
@@ -88,14 +88,13 @@ def crf_many(tasks, workers, desc="make-crf", progress=True):
     """Run crf_one over `tasks` with `workers` processes (1: in this process). Errors stop everything."""
     tasks = list(tasks)
     if workers <= 1 or len(tasks) <= 1:
-        for t in tqdm(tasks, desc=desc, disable=not progress, dynamic_ncols=True):
+        for t in with_progress(tasks, desc, enabled=progress):
             crf_one(t)
         return len(tasks)
     # fork: workers need no re-import (torch is heavy) and run no torch code, so forking is safe
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     with ctx.Pool(min(workers, len(tasks))) as pool:  # leaving the block terminates the workers
-        for _ in tqdm(pool.imap_unordered(crf_one, tasks), total=len(tasks), desc=desc,
-                      disable=not progress, dynamic_ncols=True):
+        for _ in with_progress(pool.imap_unordered(crf_one, tasks), desc, total=len(tasks), enabled=progress):
             pass
     return len(tasks)
 

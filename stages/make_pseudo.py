@@ -14,12 +14,12 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from psa_baseline import voc
 from psa_baseline.affinity import AffinityNet
 from psa_baseline.errors import InputError
 from psa_baseline.evaluation import load_cam_dict
+from psa_baseline.progress import with_progress
 from psa_baseline.fileio import save_npy
 from psa_baseline.random_walk import propagate_cams, random_walk_sparse
 from .builders import labels_for, res38_spec, voc_root
@@ -117,7 +117,7 @@ def run(cfg, force=False, cam_dir=None):
     st.log.info("random walk (beta %s, t %s, alpha %s) for %d images (%d already on disk) -> %s", r["beta"],
                 r["t"], r["alpha"], len(mine), len(mine) - len(todo), out_dir)
     t0 = time.time()
-    for i in tqdm(todo, desc=f"make-pseudo[{st.variant}]", disable=rank() != 0, dynamic_ncols=True):
+    for i in with_progress(todo, f"make-pseudo[{st.variant}]", enabled=rank() == 0):
         img = root.read_image(i)
         cams = load_cam_dict(src / f"{i}.npy", img.shape[:2], labels[i])
         with torch.no_grad():

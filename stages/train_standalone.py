@@ -29,12 +29,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from psa_baseline import voc
 from psa_baseline.cam_infer import fuse_cams, normalise_batch, resize_image, to_cam_dict
 from psa_baseline.evaluation import CamSweep
 from psa_baseline.fileio import save_npy, write_json
+from psa_baseline.progress import with_progress
 from psa_baseline.training import autocast, epoch_loader, resume, run_steps, save_checkpoint
 from psa_eader.standalone import StandaloneLocalizer
 from .builders import (cls_train_dataset, cls_train_inputs, labels_for, require_weights, split_ids, voc_root,
@@ -208,7 +208,7 @@ def evaluate_localizer(cfg, loc, ids, root, labels, device, cam_dir=None):
     rho = float(s["rho"])
     sweep = CamSweep(sorted(set(sweep_values(cfg)) | {rho}))
     loc.eval()
-    for i in tqdm(ids, desc="standalone eval", dynamic_ncols=True):
+    for i in with_progress(ids, "standalone eval"):
         gt = root.read_seg(i)
         cam = attention_dict(loc, root.read_image(i), labels[i], s["infer_scales"], s["infer_flip"], device)
         if cam_dir is not None:
