@@ -196,7 +196,7 @@ def test_checkpoint_under_another_fingerprint_is_not_resumed(tmp_path):
     assert not path.exists() and "another config" in records[-1]
 
 
-def test_partial_make_cam_output_from_another_fingerprint_is_cleared(demo_root, tmp_path):
+def test_partial_make_cam_output_from_another_fingerprint_is_cleared(demo_root, tmp_path, capsys):
     import json
     import numpy as np
     from conftest import tiny_cfg
@@ -224,6 +224,10 @@ def test_partial_make_cam_output_from_another_fingerprint_is_cleared(demo_root, 
     assert "made under another config or inputs (fingerprint 0123456789abcdef" in \
         _log_text(work, "baseline", "make_cam")
     assert not (st_dir / "PARTIAL.json").exists() and (st_dir / "DONE.json").exists()
+    # 10: stderr is not a terminal here: progress as log lines, no bar
+    assert "make-cam[baseline]: 24/24 (100%)" in _log_text(work, "baseline", "make_cam")
+    err = capsys.readouterr().err
+    assert "it/s" not in err and "\r" not in err
 
 
 # ------------------------------------------------------------------ 3. one run per work dir
@@ -316,3 +320,70 @@ def test_non_utf8_config_file_exits_2(demo_root, tmp_path, capsys):
     assert main(["train-cam", "--config", str(f), "--work-dir", str(tmp_path / "w")]) == 2
     err = capsys.readouterr().err
     assert str(f) in err and "UTF-8" in err, err
+
+
+# ------------------------------------------------ 10. a progress bar on a terminal, log lines in a file
+
+class _Terminal:
+    def __init__(self):
+        import io
+        self.buf = io.StringIO()
+
+    def isatty(self):
+        return True
+
+    def write(self, text):
+        return self.buf.write(text)
+
+    def flush(self):
+        pass
+
+
+def test_progress_is_a_bar_on_a_terminal_and_lines_in_a_file(monkeypatch, caplog):
+    import logging
+    import sys
+    from psa_baseline.progress import with_progress
+    caplog.set_level(logging.INFO, logger="psa_baseline.progress")
+    assert list(with_progress(range(100), "job", total=100)) == list(range(100))
+    lines = [r.getMessage() for r in caplog.records if r.name == "psa_baseline.progress"]
+    assert len(lines) == 10 and lines[-1].startswith("job: 100/100 (100%)")
+    term = _Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    caplog.clear()
+    assert list(with_progress(range(7), "job")) == list(range(7))
+    assert "job" in term.buf.getvalue() and "7/7" in term.buf.getvalue()
+    assert not [r for r in caplog.records if r.name == "psa_baseline.progress"]
+    assert list(with_progress(range(3), "quiet", enabled=False)) == [0, 1, 2]
+    assert "quiet" not in term.buf.getvalue()
+
+
+def test_training_loop_draws_its_bar_only_on_a_terminal(monkeypatch, capsys):
+    import logging
+    import sys
+    from psa_baseline.training import EpochSampler, run_steps
+
+    class Data(list):
+        def set_epoch(self, epoch):
+            pass
+
+    def train(total):
+        data = Data(range(8))
+        sampler = EpochSampler(len(data))
+        loader = [[0, 1]] * 4
+        lines = []
+        log = logging.getLogger("test.run_steps")
+        log.handlers = [type("H", (logging.Handler,), {"emit": lambda self, r: lines.append(r.getMessage())})()]
+        log.setLevel(logging.INFO)
+        log.propagate = False
+        run_steps(loader, sampler, data, lambda b: {"loss": 1.0}, step=0, total=total, steps_per_epoch=4,
+                  batch_size=2, checkpoint=lambda s: None, log=log, log_every=2, checkpoint_every=100,
+                  lr=lambda: 0.1, desc="toy")
+        return lines
+    lines = train(8)
+    assert len(lines) == 4 and lines[-1].startswith("step 8/8")
+    err = capsys.readouterr().err
+    assert "toy" not in err and "\r" not in err  # not a terminal: no bar
+    term = _Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    train(8)
+    assert "toy" in term.buf.getvalue()

@@ -1,0 +1,35 @@
+"""Progress: a bar on a terminal, periodic log lines everywhere else.
+
+A log redirected to a file (nohup, a batch system, `2> run.log`) would fill with a bar's redraws, so the
+bar is drawn only when stderr is a terminal; otherwise a line goes to the log about every tenth of the way.
+"""
+import logging
+import sys
+import time
+
+log = logging.getLogger("psa_baseline.progress")  # a stage's logger sets this library's handlers
+
+
+def on_terminal():
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stderr
+        return False
+
+
+def with_progress(items, desc, total=None, enabled=True, lines=10):
+    """Iterate over `items`; enabled=False (e.g. ranks other than 0) shows nothing."""
+    total = len(items) if total is None else total
+    if not enabled:
+        yield from items
+        return
+    if on_terminal():
+        from tqdm import tqdm
+        yield from tqdm(items, total=total, desc=desc, dynamic_ncols=True)
+        return
+    every = max(1, -(-total // lines)) if total else 0
+    t0 = time.time()
+    for n, item in enumerate(items, 1):
+        yield item
+        if every and (n % every == 0 or n == total):
+            log.info("%s: %d/%d (%.0f%%) in %.1f s", desc, n, total, 100.0 * n / total, time.time() - t0)
