@@ -66,6 +66,31 @@ def weights_file(cfg, key):
     return resolve_data_path(cfg, value, f"{key} file")
 
 
+_HASHES = {}
+
+
+def weights_identity(cfg, keys):
+    """{key: SHA-256 of the file it names, or the value itself (null / random)} for fingerprints: a
+    weights file replaced under the same name (e.g. remade demo weights) must not reuse old results."""
+    import hashlib
+    out = {}
+    for key in keys:
+        path = weights_file(cfg, key)
+        if path is None:
+            out[key] = weights_value(cfg, key)
+            continue
+        st = path.stat()
+        tag = (str(path), st.st_size, st.st_mtime_ns)
+        if tag not in _HASHES:
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            _HASHES[tag] = h.hexdigest()
+        out[key] = _HASHES[tag]
+    return out
+
+
 def load_net_weights(cfg, net, log=None):
     """Load net.weights (a file) into `net`; returns whether anything was loaded."""
     path = weights_file(cfg, "net.weights")

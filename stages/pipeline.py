@@ -34,6 +34,9 @@ def run_variants(cfg, eader="off", force=False, log=print, until="aff"):
     for _, mod in stages:  # config errors of late stages show up now, not hours later
         if hasattr(mod, "check_config"):
             mod.check_config(cfg)
+    from demo import pretrain
+    if pretrain.named_in(cfg):  # the demo's stand-in for ImageNet: verified, made once if absent
+        pretrain.ensure(say=log)
     for enabled in variants:
         vcfg = merge(cfg, {"eader": {"enabled": enabled}})
         for name, mod in stages:

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from psa_baseline.resnet38 import PolyOptimizer
 from psa_baseline.training import autocast, epoch_loader, run_steps, unwrap
 from . import train_adv
-from .builders import build_cam_net, cls_train_dataset, cls_train_inputs, require_weights, weights_file
+from .builders import (build_cam_net, cls_train_dataset, cls_train_inputs, require_weights, weights_file,
+                       weights_identity)
 from .common import Stage, rank, resolve_device, resumable_training, seed_everything, upstream_fp
 
 NAME = "train_cam"
@@ -22,7 +23,8 @@ NAME = "train_cam"
 def depends(cfg):
     # EADER's settings cannot change a run with the hook off
     keys = ("seed", "net", "cam_train") + (("eader",) if cfg["eader"]["enabled"] else ())
-    deps = [{k: cfg[k] for k in keys}, cls_train_inputs(cfg)]
+    deps = [{k: cfg[k] for k in keys}, cls_train_inputs(cfg),
+            weights_identity(cfg, ["net.weights"] + (["eader.adv_weights"] if cfg["eader"]["enabled"] else []))]
     if train_adv.enabled(cfg):
         deps.append(upstream_fp(cfg, "train_adv"))
     return deps
