@@ -44,7 +44,7 @@ import torch
 
 from .adversary import adversary_optimizer, build_adversary
 from .losses import adversary_loss, attention_mining_loss, regularisation_loss
-from .masks import erase_pairs, normalise_attention
+from .masks import NORMS, erase_pairs, normalise_attention
 
 PHASES = ("localizer", "adversary")
 
@@ -65,6 +65,7 @@ class EaderConfig:
     adv_weights: Optional[str] = None  # local torchvision resnet18 ImageNet state dict
     adv_phase_steps: Optional[int] = None  # adversary turn length; None -> phase_steps (authors: 200/200)
     loc_in_adv_turn: bool = False  # not the authors': also train the localizer on L_loc in the adversary's turn
+    att_norm: str = "max"        # attention scaled to max 1: 'max' (PSA's CAMs) or 'minmax' (the authors' Grad-CAM)
     num_classes: int = 20
 
 
@@ -88,6 +89,8 @@ class EADER:
         self.cfg = cfg
         if cfg.am_form not in ("authors", "paper"):
             raise ValueError(f"am_form must be 'authors' or 'paper', got {cfg.am_form!r}")
+        if cfg.att_norm not in NORMS:
+            raise ValueError(f"att_norm must be one of {NORMS}, got {cfg.att_norm!r}")
         if cfg.phase_steps < 1 or (cfg.adv_phase_steps is not None and cfg.adv_phase_steps < 1):
             raise ValueError("phase_steps and adv_phase_steps must be >= 1")
         if cfg.enabled and adversary is None:
@@ -137,7 +140,7 @@ class EADER:
         if not cfg.enabled:
             return loss, stats
         if cfg.alpha > 0:
-            erased, _, cls_idx = erase_pairs(x, y, att, cfg.omega, cfg.psi)
+            erased, _, cls_idx = erase_pairs(x, y, att, cfg.omega, cfg.psi, cfg.att_norm)
             stats["num_erased"] = int(cls_idx.numel())
             if cls_idx.numel():
                 with frozen(self.adversary):
@@ -149,7 +152,7 @@ class EADER:
         if cfg.beta > 0:
             # at the attention's own resolution: a bilinear upsample keeps the mean (up to borders),
             # so this matches the authors' full-resolution mean without K full-size maps
-            l_reg = regularisation_loss(normalise_attention(att), y)
+            l_reg = regularisation_loss(normalise_attention(att, norm=cfg.att_norm), y)
             loss = loss + cfg.beta * l_reg
             stats["l_reg"] = float(l_reg.detach())
         stats["loss"] = float(loss.detach())
@@ -164,7 +167,8 @@ class EADER:
         if self.phase != "adversary" or self.adversary is None:
             raise RuntimeError("adversary_step called outside the adversary's turn")
         with torch.no_grad():
-            erased, img_idx, cls_idx = erase_pairs(x, y, att.detach(), self.cfg.omega, self.cfg.psi)
+            erased, img_idx, cls_idx = erase_pairs(x, y, att.detach(), self.cfg.omega, self.cfg.psi,
+                                                   self.cfg.att_norm)
         stats = {"num_erased": int(cls_idx.numel())}
         if not cls_idx.numel():
             return stats

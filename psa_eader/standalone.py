@@ -3,9 +3,14 @@ on layer4, and segmentation from the attention alone with a constant background 
 
 For CPU runs pick arch='resnet18' and/or width < 1 (same topology, fewer channels).
 """
+import math
+
+import numpy as np
 import torch
 import torch.nn as nn
+from PIL import Image
 
+from psa_baseline.voc import normalize
 from .adversary import build_resnet, load_backbone_weights
 from .gradcam import grad_cam
 
@@ -48,3 +53,45 @@ def segment_from_attention(att, labels, rho=0.3):
 
 
 StandaloneLocalizer.segment_from_attention = staticmethod(segment_from_attention)
+
+
+class AuthorsAugment:
+    """The authors' standalone training augmentation: torchvision's RandomResizedCrop(crop) (a box of
+    8-100% of the image's area, aspect ratio 3/4-4/3, resized bilinearly to crop x crop) and a horizontal
+    flip, then ImageNet normalisation; no colour jitter.
+
+    Called like voc.ClsAugment with a HxWx3 uint8 image and a np.random.Generator (or an int seed):
+    all randomness comes from that generator, so runs are reproducible whatever the number of workers
+    (torchvision's own transform draws from torch's global RNG).
+    """
+
+    def __init__(self, crop=448, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+        self.crop, self.scale, self.ratio = crop, scale, ratio
+
+    def box(self, h, w, rng):
+        """(top, left, height, width): torchvision's RandomResizedCrop.get_params, drawn from rng."""
+        area = h * w
+        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        for _ in range(10):
+            target = area * rng.uniform(*self.scale)
+            aspect = math.exp(rng.uniform(*log_ratio))
+            bw, bh = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+            if 0 < bw <= w and 0 < bh <= h:
+                return int(rng.integers(0, h - bh + 1)), int(rng.integers(0, w - bw + 1)), bh, bw
+        # fallback: the central crop with the aspect ratio clamped to the range
+        if w / h < min(self.ratio):
+            bw, bh = w, round(w / min(self.ratio))
+        elif w / h > max(self.ratio):
+            bw, bh = round(h * max(self.ratio)), h
+        else:
+            bw, bh = w, h
+        return (h - bh) // 2, (w - bw) // 2, bh, bw
+
+    def __call__(self, img_uint8, rng) -> torch.Tensor:
+        rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+        im = Image.fromarray(np.asarray(img_uint8, dtype=np.uint8))
+        top, left, bh, bw = self.box(im.height, im.width, rng)
+        im = im.crop((left, top, left + bw, top + bh)).resize((self.crop, self.crop), Image.Resampling.BILINEAR)
+        if rng.random() < 0.5:
+            im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return normalize(np.asarray(im))

@@ -3,9 +3,14 @@ r"""Stage standalone: EADER's standalone setting (paper section 4.2, Table 1): t
 A torchvision ResNet (ResNet-101 in the paper; config `standalone:`) is trained as a multi-label
 classifier, with the EADER hook when eader.enabled (alpha = eader.alpha; the sweep's alpha 0 is the plain
 classifier, hook off). Grad-CAM on layer4 is the attention. At inference the attention of each
-data.eval_list image (Grad-CAM at standalone.infer_scales, each also flipped, fused and normalised to max 1
-as PSA fuses its CAMs; present classes only) gives a segmentation by argmax over [rho, A_1..A_C], scored
-with psa_baseline.evaluation (mIoU, precision, recall).
+data.eval_list image (Grad-CAM at standalone.infer_scales, by default the authors' one forward at the
+original size; each also flipped if standalone.infer_flip; upsampled, summed and normalised to max 1 as
+standalone.gradcam_norm says; present classes only) gives a segmentation by argmax over [rho, A_1..A_C],
+scored with psa_baseline.evaluation (mIoU, precision, recall).
+
+Training augmentation (standalone.augment): `authors`, their RandomResizedCrop(crop) + horizontal flip, or
+`psa`, PSA's stage-1 augmentation. standalone.gradcam_norm also sets how the hook normalises the
+Grad-CAM for its masks and L_reg (`minmax`, the authors': subtract the map's min, then divide by its max).
 
 The hook's settings come from the eader section; standalone.phase_steps / standalone.adv_width, when set,
 replace eader.phase_steps / eader.adv_width for this stage only (the demo uses short turns and a narrow
@@ -23,6 +28,7 @@ Writes: <work>/<variant>/standalone_train/{checkpoint.pth, localizer.pth, DONE.j
 """
 import json
 import time
+from dataclasses import replace
 from contextlib import contextmanager
 
 import numpy as np
@@ -31,12 +37,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from psa_baseline import voc
-from psa_baseline.cam_infer import fuse_cams, normalise_batch, resize_image, to_cam_dict
+from psa_baseline.cam_infer import normalise_batch, resize_image, to_cam_dict
 from psa_baseline.evaluation import CamSweep
 from psa_baseline.fileio import save_npy, write_json
 from psa_baseline.progress import with_progress
 from psa_baseline.training import autocast, epoch_loader, resume, run_steps, save_checkpoint
-from psa_eader.standalone import StandaloneLocalizer
+from psa_baseline.errors import InputError
+from psa_eader.masks import NORMS, normalise_attention
+from psa_eader.standalone import AuthorsAugment, StandaloneLocalizer
 from .builders import (cls_train_dataset, cls_train_inputs, labels_for, require_weights, split_ids, voc_root,
                        weights_file)
 from .common import Stage, resolve_device, seed_everything, upstream_fp
@@ -48,9 +56,27 @@ EVAL = "standalone_eval"
 EVAL_KEYS = ("rho", "infer_scales", "infer_flip", "save_cams", "sweep")  # do not invalidate training
 
 
+AUGMENTS = ("authors", "psa")
+PSA_AUGMENT_KEYS = ("resize_long", "color_jitter")  # used by augment psa only
+
+
+def check_config(cfg):
+    s = cfg["standalone"]
+    if s["augment"] not in AUGMENTS:
+        raise InputError(f"config key 'standalone.augment': authors or psa, got {s['augment']!r}")
+    if s["gradcam_norm"] not in NORMS:
+        raise InputError(f"config key 'standalone.gradcam_norm': minmax or max, got {s['gradcam_norm']!r}")
+
+
 def train_keys(cfg):
-    """standalone.* keys that decide training (phase_steps / adv_width count through the eader section)."""
-    return {k: v for k, v in cfg["standalone"].items() if k not in EVAL_KEYS + ("phase_steps", "adv_width")}
+    """standalone.* keys that decide training (phase_steps / adv_width count through the eader section;
+    resize_long / color_jitter only with augment psa; gradcam_norm only with the hook on)."""
+    unused = EVAL_KEYS + ("phase_steps", "adv_width")
+    if cfg["standalone"]["augment"] != "psa":
+        unused += PSA_AUGMENT_KEYS
+    if not cfg["eader"]["enabled"]:
+        unused += ("gradcam_norm",)
+    return {k: v for k, v in cfg["standalone"].items() if k not in unused}
 
 
 def eader_cfg(cfg):
@@ -118,6 +144,7 @@ class GradCamModel(nn.Module):
 def run_train(cfg, force=False, stop_after=None):
     """Train (or resume) the localizer; returns the path of localizer.pth (None if stopped early)."""
     cfg = eader_cfg(cfg)
+    check_config(cfg)
     require_weights(cfg, "standalone")
     st = Stage(cfg, TRAIN, depends(cfg), force)
     if st.is_done():
@@ -126,13 +153,17 @@ def run_train(cfg, force=False, stop_after=None):
     device = resolve_device(cfg["device"])
     seed_everything(cfg["seed"])
 
-    root, ids, dataset = cls_train_dataset(cfg, "standalone", st.log)
+    root, ids, dataset = cls_train_dataset(cfg, "standalone", st.log)  # PSA's augmentation unless replaced
+    if s["augment"] == "authors":
+        dataset.augment = AuthorsAugment(s["crop"])
     sampler, loader, steps_per_epoch = epoch_loader(dataset, s["batch_size"], s["num_workers"], device,
                                                     cfg["seed"], key="standalone")
     total = steps_per_epoch * s["epochs"]
 
     model = GradCamModel(build_localizer(cfg, st.log), s["gradcam_create_graph"]).to(device)
     eader = build_eader(cfg, device)
+    if eader is not None:  # Grad-CAM normalised as at evaluation (the eader section has no such key)
+        eader.cfg = replace(eader.cfg, att_norm=s["gradcam_norm"])
     # constant lr (the authors' standalone code); it steps only in the localizer's turns under EADER
     opt = torch.optim.SGD(model.parameters(), lr=s["lr"], momentum=s["momentum"], weight_decay=s["weight_decay"])
     ckpt_path = st.dir / "checkpoint.pth"
@@ -145,8 +176,10 @@ def run_train(cfg, force=False, stop_after=None):
                         eader=eader.state_dict() if eader else None, step=step)
 
     amp = autocast(device, s["bf16"])
-    st.log.info("variant %s: %d training images; %d steps (%d epochs x %d), batch %d, crop %d, EADER %s",
-                st.variant, len(ids), total, s["epochs"], steps_per_epoch, s["batch_size"], s["crop"],
+    st.log.info("variant %s: %d training images; %d steps (%d epochs x %d), batch %d, crop %d, augment %s, "
+                "Grad-CAM norm %s, EADER %s",
+                st.variant, len(ids), total, s["epochs"], steps_per_epoch, s["batch_size"], s["crop"], s["augment"],
+                s["gradcam_norm"],
                 f"on (alpha {cfg['eader']['alpha']:g}, turns of {cfg['eader']['phase_steps']})" if eader else "off")
     model.train()
     t0 = time.time()
@@ -168,12 +201,13 @@ def run_train(cfg, force=False, stop_after=None):
 
 # ------------------------------------------------------------------------------------------ inference
 
-def attention_dict(loc, img, label, scales=(1.0,), flip=True, device="cpu"):
+def attention_dict(loc, img, label, scales=(1.0,), flip=False, device="cpu", norm="minmax"):
     """Grad-CAM attention of one image as PSA's CAM dict {class: HxW float32 in [0, 1]}.
 
-    Per scale the image (resized, bicubic) and its mirror go through the localizer as one batch; each
-    layer4 Grad-CAM map is upsampled (bilinear) to H x W, un-flipped and summed, then each class is
-    divided by its max (+1e-5): PSA's fusion (cam_infer.fuse_cams). Present classes only.
+    The defaults are the authors' evaluation: one forward at the original size, the layer4 Grad-CAM
+    upsampled (bilinear) to H x W, then min-max normalised. With more scales (image resized bicubic) or
+    flip (the mirror in the same batch), the upsampled maps are un-flipped and summed first, as PSA fuses
+    its CAMs; norm 'max' divides by the max (+1e-5) as PSA does. Present classes only.
     """
     device = torch.device(device)
     h, w = img.shape[:2]
@@ -190,7 +224,15 @@ def attention_dict(loc, img, label, scales=(1.0,), flip=True, device="cpu"):
         for i in range(att.shape[0]):
             cams.append(att[i])
             flips.append(i == 1)
-    return to_cam_dict(fuse_cams(cams, label_t, flips), label)
+    return to_cam_dict(fuse_attention(cams, label_t, flips, norm), label)
+
+
+def fuse_attention(cams, label, flips, norm="minmax"):
+    """Sum of the (C,H,W) maps (un-flipped, absent classes zeroed), each class normalised to max 1 as
+    `norm` says (psa_eader.masks.normalise_attention); numpy (C,H,W). With norm 'max' this is
+    cam_infer.fuse_cams."""
+    total = sum((c.flip(-1) if f else c) * label.view(-1, 1, 1) for c, f in zip(cams, flips))
+    return normalise_attention(total.float(), norm=norm).cpu().numpy()
 
 
 def sweep_values(cfg):
@@ -210,7 +252,8 @@ def evaluate_localizer(cfg, loc, ids, root, labels, device, cam_dir=None):
     loc.eval()
     for i in with_progress(ids, "standalone eval"):
         gt = root.read_seg(i)
-        cam = attention_dict(loc, root.read_image(i), labels[i], s["infer_scales"], s["infer_flip"], device)
+        cam = attention_dict(loc, root.read_image(i), labels[i], s["infer_scales"], s["infer_flip"], device,
+                             s["gradcam_norm"])
         if cam_dir is not None:
             save_npy(cam_dir / f"{i}.npy", cam)
         sweep.add(gt, cam)
@@ -227,7 +270,9 @@ def evaluate_localizer(cfg, loc, ids, root, labels, device, cam_dir=None):
 
 def run_eval(cfg, force=False):
     cfg = eader_cfg(cfg)
-    deps = [upstream_fp(cfg, TRAIN), {k: cfg["standalone"][k] for k in EVAL_KEYS}, cfg["data"]["eval_list"],
+    check_config(cfg)
+    deps = [upstream_fp(cfg, TRAIN), {k: cfg["standalone"][k] for k in EVAL_KEYS + ("gradcam_norm",)},
+            cfg["data"]["eval_list"],
             cfg["data"]["eval_seg_dir"]]
     st = Stage(cfg, EVAL, deps, force)
     out = st.dir / "metrics.json"

@@ -239,3 +239,143 @@ def test_figure_script_pseudo_label_columns(demo_root, tmp_path):
     assert drawn.mean() > 0.3 and np.array_equal(cell(xe)[drawn], cell(xg)[drawn])  # the truth draws as the gt
     assert fig.main(["--voc-root", str(demo_root), "--baseline", str(cams), "--eader", str(cams), "--ids", ids[0],
                      "--pseudo", str(pb), str(tmp_path / "none"), "--out", str(tmp_path / "x.png")]) == 2
+
+
+# ---------------------------------------------------------------------------- the authors' standalone setting
+
+class FixedAttention:
+    """A stand-in localizer: Grad-CAM = 2 + a ramp (minimum above 0), recording its input shapes."""
+
+    def __init__(self):
+        self.shapes = []
+
+    def forward_with_attention(self, x, labels, create_graph=True):
+        self.shapes.append(tuple(x.shape))
+        h, w = x.shape[-2] // 4, x.shape[-1] // 4
+        ramp = torch.arange(h * w, dtype=torch.float32).view(1, 1, h, w)
+        return None, (2.0 + ramp).expand(x.shape[0], labels.shape[1], h, w) * labels[:, :, None, None]
+
+
+def test_paper_standalone_defaults_are_the_authors():
+    s = load_config("voc")["standalone"]
+    assert (s["augment"], s["gradcam_norm"], s["infer_flip"], s["infer_scales"]) == ("authors", "minmax", False, [1.0])
+    assert load_config("voc", ["standalone.augment=psa", "standalone.gradcam_norm=max",
+                               "standalone.infer_flip=true"])["standalone"]["augment"] == "psa"  # options kept
+
+
+def test_evaluation_is_one_forward_at_the_original_size_min_max_normalised(tmp_path):
+    """With the paper config: one forward of the unflipped image at its size (no TTA), and each map
+    min-max normalised (the stand-in's maps have their minimum at 2, so dividing by the max alone
+    would leave it at ~0.2 of the max)."""
+    s = load_config("voc")["standalone"]
+    img = np.zeros((40, 48, 3), np.uint8)
+    label = np.zeros(20, np.float32)
+    label[[3, 7]] = 1
+    loc = FixedAttention()
+    cam = train_standalone.attention_dict(loc, img, label, s["infer_scales"], s["infer_flip"], "cpu",
+                                          s["gradcam_norm"])
+    assert loc.shapes == [(1, 3, 40, 48)]
+    assert sorted(cam) == [3, 7]
+    for m in cam.values():
+        assert m.shape == (40, 48) and m.min() == pytest.approx(0.0, abs=1e-6) and m.max() == pytest.approx(1.0, abs=1e-4)
+    # the stage's evaluation passes the config's choices on
+    class Root:
+        def read_image(self, i):
+            return img
+
+        def read_seg(self, i):
+            return np.zeros((40, 48), np.uint8)
+
+    loc = FixedAttention()
+    loc.eval = lambda: None
+    cfg = load_config("voc")
+    train_standalone.evaluate_localizer(cfg, loc, ["a"], Root(), {"a": label}, "cpu", cam_dir=tmp_path)
+    assert loc.shapes == [(1, 3, 40, 48)]
+    saved = np.load(tmp_path / "a.npy", allow_pickle=True).item()
+    assert all(m.min() == pytest.approx(0.0, abs=1e-6) for m in saved.values())
+    # the options: max normalisation (10 x 12 cells: 2 + ramp 0..119, min / max = 2 / 121) and PSA's flip
+    # TTA (the image and its mirror in one batch)
+    cam = train_standalone.attention_dict(FixedAttention(), img, label, [1.0], False, "cpu", "max")
+    assert cam[3].min() == pytest.approx(2 / 121, rel=1e-3)
+    loc = FixedAttention()
+    train_standalone.attention_dict(loc, img, label, [1.0], True, "cpu", "max")
+    assert loc.shapes == [(2, 3, 40, 48)]
+
+
+def test_min_max_normalisation_by_hand():
+    from psa_eader.masks import normalise_attention
+    att = torch.tensor([[1.0, 2.0], [3.0, 5.0]])
+    assert torch.allclose(normalise_attention(att, norm="minmax"), torch.tensor([[0.0, 0.25], [0.5, 1.0]]), atol=1e-5)
+    assert torch.allclose(normalise_attention(att, norm="max"), torch.tensor([[0.2, 0.4], [0.6, 1.0]]), atol=1e-5)
+    assert torch.equal(normalise_attention(torch.zeros(2, 2), norm="minmax"), torch.zeros(2, 2))
+    with pytest.raises(ValueError):
+        normalise_attention(att, norm="other")
+
+
+def test_authors_augmentation_is_random_resized_crop_and_flip():
+    from psa_eader.standalone import AuthorsAugment
+    from psa_baseline.voc import normalize
+    aug = AuthorsAugment(32)
+    h, w = 60, 90
+    for seed in range(50):
+        top, left, bh, bw = aug.box(h, w, np.random.default_rng(seed))
+        assert 0 <= top and top + bh <= h and 0 <= left and left + bw <= w
+        assert 0.08 * h * w * 0.8 <= bh * bw <= h * w
+        assert 3 / 4 * 0.8 <= bw / bh <= 4 / 3 * 1.25
+    # a left-dark / right-bright image: no colour jitter (only the two colours, resampled at their border),
+    # output crop x crop, and about half the crops mirrored
+    img = np.zeros((h, w, 3), np.uint8)
+    img[:, w // 2:] = 200
+    dark, bright = normalize(img[:1, :1])[:, 0, 0], normalize(img[:1, -1:])[:, 0, 0]
+    mirrored = 0
+    for seed in range(40):
+        x = aug(img, np.random.default_rng(seed))
+        assert x.shape == (3, 32, 32)
+        corners = [x[:, 0, 0], x[:, 0, -1]]
+        for c in corners:
+            assert torch.allclose(c, dark, atol=1e-4) or torch.allclose(c, bright, atol=1e-4)
+        mirrored += bool(torch.allclose(corners[0], bright, atol=1e-4) and torch.allclose(corners[1], dark, atol=1e-4))
+    assert 5 <= mirrored <= 35
+    assert torch.equal(aug(img, np.random.default_rng(7)), aug(img, np.random.default_rng(7)))  # reproducible
+
+
+def test_stage_trains_with_the_configured_augmentation_and_gradcam_norm(demo_root, tmp_path, monkeypatch):
+    """standalone.augment=authors puts AuthorsAugment in the training set; the hook normalises the
+    Grad-CAM for its masks and L_reg as standalone.gradcam_norm says."""
+    from psa_eader.standalone import AuthorsAugment
+    calls, hooks = [], []
+
+    class Spy(AuthorsAugment):
+        def __call__(self, img, rng):
+            calls.append(self.crop)
+            return super().__call__(img, rng)
+
+    build = train_standalone.build_eader
+    monkeypatch.setattr(train_standalone, "AuthorsAugment", Spy)
+    monkeypatch.setattr(train_standalone, "build_eader", lambda *a, **k: hooks.append(build(*a, **k)) or hooks[-1])
+    cfg = tiny_standalone_cfg(demo_root, tmp_path, "eader.enabled=true", "standalone.augment=authors",
+                              "standalone.gradcam_norm=minmax")
+    assert train_standalone.run_train(cfg, stop_after=1) is None
+    assert calls and set(calls) == {64}
+    assert hooks[0].cfg.att_norm == "minmax"
+
+    calls.clear(), hooks.clear()
+    cfg = tiny_standalone_cfg(demo_root, tmp_path / "psa", "eader.enabled=true", "standalone.augment=psa",
+                              "standalone.gradcam_norm=max")
+    assert train_standalone.run_train(cfg, stop_after=1) is None
+    assert calls == [] and hooks[0].cfg.att_norm == "max"
+
+
+def test_hook_uses_min_max_normalised_attention_for_l_reg_when_asked():
+    from psa_eader.hook import EADER, EaderConfig
+    y = torch.zeros(1, 20)
+    y[0, 4] = 1
+    att = torch.zeros(1, 20, 2, 2)
+    att[0, 4] = torch.tensor([[1.0, 2.0], [3.0, 5.0]])
+    stats = {}
+    for norm in ("minmax", "max"):
+        eader = EADER(EaderConfig(enabled=True, alpha=0.0, beta=1.0, att_norm=norm), adversary=torch.nn.Linear(1, 1))
+        stats[norm] = eader.localizer_loss(torch.zeros(1, 3, 8, 8), y, att, torch.tensor(0.0))[1]["l_reg"]
+    assert stats["minmax"] == pytest.approx(1.75 / 4, abs=1e-4) and stats["max"] == pytest.approx(2.2 / 4, abs=1e-4)
+    with pytest.raises(ValueError):
+        EADER(EaderConfig(att_norm="other"))
