@@ -489,3 +489,27 @@ def test_adversary_step_is_bce_against_the_full_label_vector():
     twin_opt.step()
     for (name, a), b in zip(eader.adversary.named_parameters(), twin.parameters()):
         assert torch.allclose(a, b, atol=1e-6), name
+
+
+@pytest.mark.parametrize("norm", ["max", "minmax"])
+def test_masks_follow_att_norm_in_both_turns(norm):
+    """A map of 2s with one half at 3: max-normalised every pixel is >= 2/3 > psi (all erased);
+    min-max normalised only the half at 3 is erased. Both turns erase the same way."""
+    x = torch.ones(1, 3, 4, 4)
+    y = torch.zeros(1, C)
+    y[0, 3] = 1
+    att = torch.full((1, C, 4, 4), 2.0)
+    att[0, 3, :2] = 3.0
+    seen = []
+    adv = FixedLogits(torch.zeros(C))
+    adv.register_forward_hook(lambda m, i, o: seen.append(i[0].detach().clone()))
+    eader = EADER(EaderConfig(enabled=True, phase_steps=1, beta=0.0, att_norm=norm), adv,
+                  torch.optim.SGD(adv.parameters(), lr=0.0))
+    eader.localizer_loss(x, y, att, torch.tensor(0.0))
+    eader.advance()
+    eader.adversary_step(x, y, att)
+    assert len(seen) == 2
+    for erased in seen:
+        assert erased[0, :, :2].abs().max() < 1e-3  # the peak half is erased either way
+        kept = erased[0, :, 2:].mean().item()
+        assert kept == pytest.approx(0.0 if norm == "max" else 1.0, abs=1e-3)
