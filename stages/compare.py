@@ -111,6 +111,7 @@ class Side:
     runs: list                                     # Run or None (not finished) per seed / dir
     overrides: list = field(default_factory=list)
     label: str = None
+    seeds: list = None                             # of the runs, when they were run by seed
 
 
 def override_text(o):
@@ -238,7 +239,8 @@ def compare_runs(a, b, n_boot=N_BOOT):
             row["pairs"] = names
             row["verdict"] = verdict(row["diff"]["t_interval"], row["diff"]["bootstrap_interval"], b.name)
             rows.append(row)
-    missing = [f"{s.name} {k + 1}" for s in (a, b) for k, r in enumerate(s.runs) if r is None]
+    missing = [f"{s.name} " + (f"seed {s.seeds[k]}" if s.seeds else f"#{k + 1}")
+               for s in (a, b) for k, r in enumerate(s.runs) if r is None]
     if missing:
         notes.append("not finished, left out with its pair: " + ", ".join(missing))
     return {"a": side_json(a), "b": side_json(b), "pairs": names, "level": LEVEL,
@@ -326,7 +328,7 @@ def sides_from_runs(args, log=print):
     for sets, default, name in ((args.a_set, False, args.a_name), (args.b_set, True, args.b_name)):
         cfg, label, default_name, overrides = side_config(config, args.set, sets, default)
         cfg = merge(cfg, {k: base[k] for k in ("voc_root", "device")})
-        side = Side(name or default_name, [], overrides, label)
+        side = Side(name or default_name, [], overrides, label, list(args.seeds))
         for s in args.seeds:
             d = run_dir(base["work_dir"], label, s)
             rcfg = merge(cfg, {"seed": int(s), "work_dir": str(d)})

@@ -117,7 +117,7 @@ def test_compare_collect_only_over_fake_finished_runs(tmp_path, capsys):
     out = capsys.readouterr().out
     c = json.loads((work / "compare" / "baseline_vs_eader.json").read_text())
     assert (work / "compare" / "baseline_vs_eader.md").read_text() in out
-    assert c["pairs"] == ["s0", "s1", "s2"] and any("not finished" in n for n in c["notes"])
+    assert c["pairs"] == ["s0", "s1", "s2"] and any("not finished" in n and "eader seed 3" in n for n in c["notes"])
     rows = {r["metric"]: r for r in c["metrics"]}
     assert set(rows) == {"miou", "precision", "recall", "strong_recall", "weak_recall"}  # CAM rows only
     diffs = [eader[s]["recall"] - base[s]["recall"] for s in (0, 1, 2)]
