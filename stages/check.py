@@ -138,10 +138,12 @@ def open_root(cfg, f):
         demo = " (the demo: `psa-eader demo-data` makes it)" if cfg["name"] == "demo" else ""
         f.problem(f"no VOC root given: pass --voc-root DIR, the VOC2012 folder holding JPEGImages{demo}")
         return None
-    root = f.attempt(voc.VOCRoot, cfg["voc_root"], cfg["data"]["seg_dir"])
-    if root is None and cfg["name"] == "demo":
-        f.problem("the demo dataset is made by `psa-eader demo-data` (the pipeline runs it first)")
-    return root
+    try:
+        return voc.VOCRoot(cfg["voc_root"], cfg["data"]["seg_dir"])
+    except InputError as e:
+        demo = "; the demo dataset is made by `psa-eader demo-data` (the pipeline runs it first)"
+        f.problem(f"{e}{demo if cfg['name'] == 'demo' else ''}")
+        return None
 
 
 def check_images(root, ids_by_list, lists, f):
