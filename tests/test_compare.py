@@ -181,7 +181,13 @@ def test_compare_runs_two_seeds_of_a_tiny_config(demo_root, tmp_path, capsys):
     label_a = side_label(False, TINY)
     nets = sorted(work.glob("runs/*/seed*/*/train_cam/cam_net.pth"))
     assert len(nets) == 4 and {p.parts[-4] for p in nets} == {"seed0", "seed1"}
-    assert (work / "runs" / label_a / "seed1" / "baseline" / "eval_cam" / "per_image.npz").is_file()
+    seed1 = work / "runs" / label_a / "seed1"
+    assert (seed1 / "baseline" / "eval_cam" / "per_image.npz").is_file()
+    # eval-cam's own part-recall loop gives the demo module's numbers
+    from demo.data import part_recall_from_cams, read_ids
+    want = part_recall_from_cams(seed1 / "baseline" / "make_cam" / "cams", demo_root, read_ids(demo_root, "val"))
+    got = json.loads((seed1 / "results.json").read_text())["baseline"]["cam"]["part_recall"]
+    assert got == {"strong": want["strong"], "weak": want["weak"]}
     names = sorted((work / "compare").glob("*.json"))
     assert [n.name for n in names] == ["baseline_vs_eader+eader.adv_weights=random+eader.adv_width=0.25+"
                                        "eader.phase_steps=2.json"]  # named by the sides' own overrides
