@@ -206,3 +206,22 @@ def test_compare_runs_two_seeds_of_a_tiny_config(demo_root, tmp_path, capsys):
     again = json.loads((work / "compare" / "baseline_vs_again.json").read_text())
     assert all(r["diff"]["values"] == [0.0, 0.0] and r["verdict"] == "no difference shown"
                for r in again["metrics"])
+
+
+def test_eval_cam_out_writes_per_image_counts_beside_it(demo_root, tmp_path):
+    from PIL import Image
+    from psa_baseline.evaluation import load_per_image
+    cam_dir = tmp_path / "cams"
+    cam_dir.mkdir()
+    ids = (demo_root / "ImageSets/Segmentation/val.txt").read_text().split()
+    for i in ids:  # perfect CAMs: every object pixel found
+        gt = np.array(Image.open(demo_root / "SegmentationClass" / f"{i}.png"))
+        np.save(cam_dir / f"{i}.npy", {int(c - 1): (gt == c).astype(np.float32) for c in np.unique(gt) if 0 < c < 255})
+    out = tmp_path / "m.json"
+    assert cli_main(["eval-cam", "--config", "demo", "--cam-dir", str(cam_dir), "--voc-root", str(demo_root),
+                     "--split", "val", "--out", str(out)]) == 0
+    per = load_per_image(tmp_path / "m.per_image.npz")
+    assert per["ids"] == ids and per["confusion"].shape == (len(ids), 21, 21)
+    assert scores(per["confusion"].sum(0))["miou"] == pytest.approx(json.loads(out.read_text())["miou"])
+    np.testing.assert_array_equal(per["part_hits"], per["part_totals"])
+    assert per["part_totals"].sum() > 0
