@@ -225,3 +225,20 @@ def test_eval_cam_out_writes_per_image_counts_beside_it(demo_root, tmp_path):
     assert scores(per["confusion"].sum(0))["miou"] == pytest.approx(json.loads(out.read_text())["miou"])
     np.testing.assert_array_equal(per["part_hits"], per["part_totals"])
     assert per["part_totals"].sum() > 0
+
+
+def test_eval_seg_out_writes_per_image_counts_beside_it(demo_root, tmp_path):
+    from PIL import Image
+    from psa_baseline.evaluation import load_per_image
+    from psa_baseline.voc import save_label_png
+    ids = (demo_root / "ImageSets/Segmentation/val.txt").read_text().split()
+    for i in ids:  # everything background: no object pixel found
+        gt = np.array(Image.open(demo_root / "SegmentationClass" / f"{i}.png"))
+        save_label_png(tmp_path / "pred" / f"{i}.png", np.zeros_like(gt))
+    out = tmp_path / "s.json"
+    assert cli_main(["eval-seg", "--config", "demo", "--pred-dir", str(tmp_path / "pred"), "--voc-root",
+                     str(demo_root), "--split", "val", "--out", str(out)]) == 0
+    per = load_per_image(tmp_path / "s.per_image.npz")
+    assert per["ids"] == ids and per["confusion"][:, :, 1:].sum() == 0
+    assert per["part_hits"].sum() == 0 and per["part_totals"].sum() > 0
+    assert json.loads(out.read_text())["recall"] == 0.0
