@@ -169,8 +169,11 @@ def test_make_crf_reads_cam_dicts_of_another_program(demo_root, foreign_cams, tm
     assert sorted(la) == sorted(ref) and all(np.allclose(la[k], ref[k], atol=1e-6) for k in ref)
     fg = [sum((_label_of(_load(out / d / f"{i}.npy")) > 0).sum() for i in ids) for d in ("crf_la", "crf_ha")]
     assert fg[0] < fg[1]  # alpha 4: the stronger background, so the smaller (confident) foreground
-    # resumable: a crash left one image without its ha file -> only that image is redone
+    # resumable: a crash left one image without its ha file, PARTIAL.json and no DONE.json -> only that
+    # image is redone
+    fp = json.loads((out / "DONE.json").read_text())["fingerprint"]
     (out / "DONE.json").unlink()
+    (out / "PARTIAL.json").write_text(json.dumps({"stage": "make_crf", "fingerprint": fp}))
     (out / "crf_ha" / f"{ids[3]}.npy").unlink()
     mtime = (out / "crf_la" / f"{ids[0]}.npy").stat().st_mtime_ns
     assert cli_main(argv) == 0
