@@ -128,14 +128,18 @@ def verify(entry, path, source, delete=True):
 def fetch(url, tmp, timeout=60):
     """Stream `url` into `tmp`; network failures become InputErrors that say what to do."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r, open(tmp, "wb") as f:
-            for chunk in iter(lambda: r.read(CHUNK), b""):
-                f.write(chunk)
+        response = urllib.request.urlopen(url, timeout=timeout)
     except urllib.error.HTTPError as e:
         raise InputError(f"{url}: the server answered HTTP {e.code} ({e.reason})") from None
     except (urllib.error.URLError, OSError) as e:  # no route, DNS, refused, timeout
         reason = getattr(e, "reason", e)
         raise InputError(f"cannot reach {url} ({reason}): this machine seems to be offline") from None
+    try:
+        with response, open(tmp, "wb") as f:
+            for chunk in iter(lambda: response.read(CHUNK), b""):
+                f.write(chunk)
+    except OSError as e:  # the connection broke off, or the disk is full
+        raise InputError(f"downloading {url} into {tmp} failed ({e})") from None
 
 
 def download(name, cache, url=None, log=print):
