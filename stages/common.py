@@ -116,12 +116,16 @@ def lock_work_dir(work_dir):
     f = open(path, "a+")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except BlockingIOError:
         f.seek(0)
         who = f.read().strip() or "another process"
         f.close()
         raise InputError(f"work dir {work_dir} is in use by another psa-eader run ({who}; lock file {path}); "
                          f"wait until it ends, or give this run another --work-dir") from None
+    except OSError as e:  # e.g. a network file system without locks
+        f.close()
+        raise InputError(f"work dir {work_dir}: cannot lock {path} ({e.strerror}); use a work dir on a local "
+                         f"file system") from None
     f.seek(0)
     f.truncate()
     f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
