@@ -46,7 +46,7 @@ from psa_baseline.errors import InputError
 from psa_eader.masks import NORMS, normalise_attention
 from psa_eader.standalone import AuthorsAugment, StandaloneLocalizer
 from .builders import (cls_train_dataset, cls_train_inputs, labels_for, require_weights, split_ids, voc_root,
-                       weights_file)
+                       weights_file, weights_identity)
 from .common import Stage, resolve_device, seed_everything, upstream_fp
 from .config import merge
 from .train_cam import build_eader, train_step
@@ -90,7 +90,8 @@ def depends(cfg):
     baseline is not retrained when an unused EADER setting changes)."""
     e = eader_cfg(cfg)["eader"]
     return [{"seed": cfg["seed"], "data": cls_train_inputs(cfg),
-             "standalone": train_keys(cfg), "eader": e if e["enabled"] else {"enabled": False}}]
+             "standalone": train_keys(cfg), "eader": e if e["enabled"] else {"enabled": False}},
+            weights_identity(cfg, ["standalone.weights"] + (["eader.adv_weights"] if e["enabled"] else []))]
 
 
 def build_localizer(cfg, log=None):
