@@ -10,6 +10,7 @@ setup(
     install_requires=[
         "torch>=2.1", "torchvision>=0.16", "numpy>=1.26", "opencv-python-headless>=4.8",
         "pydensecrf2>=1.1", "scipy>=1.11", "imageio>=2.31", "pillow>=10.0", "tqdm>=4.66", "PyYAML>=6.0",
+        "segmentation-models-pytorch>=0.6",
     ],
     entry_points={"console_scripts": ["psa-eader=stages.cli:main"]},
 )

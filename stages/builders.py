@@ -19,6 +19,7 @@ WEIGHTS_KEYS = {
     "net.weights": ("the WideResNet-38 backbone", "wideresnet38"),
     "eader.adv_weights": ("EADER's ResNet-18 adversary", "resnet18"),
     "standalone.weights": ("the standalone ResNet localizer", "resnet101"),
+    "seg_train.encoder_weights": ("the DeepLabV3+ encoder", "resnet101"),
 }
 
 
@@ -38,6 +39,8 @@ def needed_weights(cfg, stage):
         return ["net.weights"] if cfg["aff_train"]["init"] == "imagenet" else []
     if stage == "standalone":
         return ["standalone.weights"] + (["eader.adv_weights"] if eader_on else [])
+    if stage == "train-seg":
+        return ["seg_train.encoder_weights"]
     return []
 
 

@@ -43,14 +43,14 @@ METRICS = [("cam", "miou", "CAM mIoU"), ("cam", "precision", "CAM precision"), (
            ("seg", "miou", "DeepLabV3+ mIoU"), ("seg", "precision", "DeepLabV3+ precision"),
            ("seg", "recall", "DeepLabV3+ recall")]
 # results key -> the stage folder whose per_image.npz holds that stage's per-image counts
-PER_IMAGE_AT = {"cam": "eval_cam", "aff": "eval_seg"}
+PER_IMAGE_AT = {"cam": "eval_cam", "aff": "eval_seg", "seg": "eval_deeplab"}
 STAGE_NAMES = {"cam": "CAMs", "aff": "pseudo labels", "seg": "DeepLabV3+"}
 LEVEL = 0.95
 
 
 def add_arguments(p):
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="seeds (default %(default)s)")
-    p.add_argument("--until", choices=("cam", "aff"), default="aff", help="last stage group each run goes "
+    p.add_argument("--until", choices=("cam", "aff", "seg"), default="aff", help="last stage group each run goes "
                    "to, as in `pipeline` (default %(default)s)")
     p.add_argument("--a-set", nargs="+", default=[], metavar="key=value", help="overrides for side A only")
     p.add_argument("--b-set", nargs="+", default=[], metavar="key=value", help="overrides for side B only")

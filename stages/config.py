@@ -17,14 +17,15 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 CONFIG_DIR = PROJECT_DIR / "configs"
 SCHEMA = "voc"
 # Keys whose schema value is null: the types they accept.
-# The weights keys (net.weights, eader.adv_weights, standalone.weights) take a file path, or the string
-# `random` for random initialisation on purpose; null is refused by the training stages that need the
-# file (stages.builders.require_weights).
+# The weights keys (net.weights, eader.adv_weights, standalone.weights, seg_train.encoder_weights) take a
+# file path, or the string `random` for random initialisation on purpose; null is refused by the training
+# stages that need the file (stages.builders.require_weights).
 NULLABLE = {
     "voc_root": str, "variant": str, "data.cls_labels": str, "data.part_masks": str,
     "net.weights": str, "eader.adv_weights": str,  # file path or "random"
     "standalone.weights": str, "standalone.phase_steps": int,  # standalone.weights: file path or "random"
     "standalone.adv_width": float,
+    "seg_train.encoder_weights": str,  # file path or "random"
 }
 
 

@@ -5,15 +5,20 @@ and on every other list of data.infer_lists whose images all have ground truth (
 <work>/<variant>/eval_seg/{aff_eval.json, per_image.npz, DONE.json} and results[variant]["aff"] in
 <work>/results.json and report.md. per_image.npz holds each data.eval_list image's 21x21 confusion (and on
 demo data its strong/weak part hits and totals), for `psa-eader compare`'s bootstrap over images.
+With --target seg (pipeline `--until seg`) it scores make-seg's DeepLabV3+ predictions on data.eval_list
+instead: <work>/<variant>/eval_deeplab/{seg_eval.json, per_image.npz, DONE.json}, results[variant]["seg"].
 Standalone use scores any folder of <id>.png label maps (VOC palette or greyscale indices):
     psa-eader eval-seg --pred-dir DIR --voc-root DIR --split val --out FILE.json
 (--out also writes FILE.per_image.npz beside it).
 """
+import functools
 import json
+import types
 from pathlib import Path
 
 from psa_baseline import voc
 from psa_baseline.evaluation import METRICS_VERSION, PER_IMAGE_FILE, classes_note, evaluate_label_dir, save_per_image
+from psa_baseline.errors import InputError
 from psa_baseline.fileio import write_json
 from .builders import labels_for, split_ids, voc_root
 from .common import Stage, upstream_fp
@@ -22,6 +27,11 @@ from .report import update_results
 
 NAME = "eval_seg"
 SUMMARY = ("miou", "precision", "recall", "n_images")
+# target -> (stage folder, upstream stage, its label folder, metrics file, results key, what is scored)
+TARGETS = {
+    "aff": (NAME, "make_pseudo", "pseudo", "aff_eval.json", "aff", "pseudo-label"),
+    "seg": ("eval_deeplab", "make_seg", "pred", "seg_eval.json", "seg", "DeepLabV3+"),
+}
 
 
 def add_arguments(p):
@@ -30,6 +40,8 @@ def add_arguments(p):
     p.add_argument("--split", help="split name (val, train, ... looked up under the VOC root's "
                    "ImageSets/Segmentation, then voc12/) or a list file; default data.eval_list")
     p.add_argument("--out", help="write the metrics JSON here (standalone use)")
+    p.add_argument("--target", choices=tuple(TARGETS), default="aff", help="pipeline use: score the pseudo "
+                   "labels (aff, default) or make-seg's DeepLabV3+ predictions (seg)")
 
 
 def part_recall_from_labels(cfg, pred_dir, root, ids, part_counts=None):
@@ -68,15 +80,19 @@ def lists_with_gt(cfg):
     return out
 
 
-def run(cfg, force=False):
+def run(cfg, force=False, target="aff"):
+    """Score the pseudo labels (target aff: data.eval_list and the other infer lists with ground truth) or
+    the DeepLabV3+ predictions (target seg: data.eval_list, which make-seg predicts)."""
+    folder, upstream, sub, metrics_file, key, what = TARGETS[target]
     d = cfg["data"]
-    deps = [upstream_fp(cfg, "make_pseudo"), d["eval_list"], d["infer_lists"], d["eval_seg_dir"], cfg["voc_root"],
+    lists_dep = d["infer_lists"] if target == "aff" else None  # seg scores data.eval_list only
+    deps = [upstream_fp(cfg, upstream), d["eval_list"], lists_dep, d["eval_seg_dir"], cfg["voc_root"],
             METRICS_VERSION]
-    st = Stage(cfg, NAME, deps, force)
-    out = st.dir / "aff_eval.json"
-    pred_dir = st.work_dir / st.variant / "make_pseudo" / "pseudo"
+    st = Stage(cfg, folder, deps, force)
+    out = st.dir / metrics_file
+    pred_dir = st.work_dir / st.variant / upstream / sub
     if not st.is_done():
-        lists = lists_with_gt(cfg)
+        lists = lists_with_gt(cfg) if target == "aff" else [d["eval_list"]]
         confusions, part_counts = {}, {}
         res = evaluate(cfg, pred_dir, lists[0], st.log, confusions, part_counts)
         save_per_image(st.dir / PER_IMAGE_FILE, confusions, part_counts or None)
@@ -85,17 +101,24 @@ def run(cfg, force=False):
             other = evaluate(cfg, pred_dir, rel, st.log)
             res["splits"][rel] = {k: other[k] for k in SUMMARY}
         write_json(out, res)
-        st.finish(metrics="aff_eval.json", splits=lists, per_image=PER_IMAGE_FILE)
+        st.finish(metrics=metrics_file, splits=lists, per_image=PER_IMAGE_FILE)
     res = json.loads(out.read_text())
-    update_results(st.work_dir, st.variant, "aff", res)
-    st.log.info("pseudo-label mIoU %.2f precision %.2f recall %.2f on %s; %s; %s", res["miou"], res["precision"],
+    update_results(st.work_dir, st.variant, key, res)
+    st.log.info(what + " mIoU %.2f precision %.2f recall %.2f on %s; %s; %s", res["miou"], res["precision"],
                 res["recall"], res["split"], ", ".join(f"{k}: {v['miou']:.2f}" for k, v in res["splits"].items()),
                 classes_note(res))
     return res
 
 
+# the pipeline's entry for the DeepLabV3+ scores (a stage-like object: run(cfg, force))
+SEG = types.SimpleNamespace(run=functools.partial(run, target="seg"))
+
+
 def main(args):
-    return folder_main(args, args.pred_dir, "--pred-dir", "<id>.png label maps", run, evaluate, "label",
+    if args.pred_dir and args.target != "aff":
+        raise InputError("--target is for the pipeline's folders; --pred-dir scores the folder given")
+    return folder_main(args, args.pred_dir, "--pred-dir", "<id>.png label maps",
+                       functools.partial(run, target=args.target), evaluate, "label",
                        lambda r: f"mIoU {r['miou']:.2f} precision {r['precision']:.2f} recall {r['recall']:.2f} "
                                  f"on {r['n_images']} images")
 

@@ -1,28 +1,32 @@
 """The orchestrator behind ./run_pipeline.sh: the stages in order, for each variant.
 
 No arguments: the CPU demo (demo config: builds the demo dataset, then the CAM stage and the affinity
-stage: make-crf, train-aff, make-pseudo, eval-seg). `--until cam` stops after the CAM stage.
+stage: make-crf, train-aff, make-pseudo, eval-seg). `--until cam` stops after the CAM stage; `--until seg`
+adds DeepLabV3+ on the pseudo labels (train-seg, make-seg, eval-seg of its predictions).
 With --config voc --voc-root DIR --device cuda: the paper's setting. Every stage is skipped when it has
 already finished with the same config, so a rerun resumes where the last one stopped.
 """
 import time
 from pathlib import Path
 
-from . import eval_cam, eval_seg, make_cam, make_crf, make_pseudo, train_adv, train_aff, train_cam
+from . import (eval_cam, eval_seg, make_cam, make_crf, make_pseudo, make_seg, train_adv, train_aff, train_cam,
+               train_seg)
 from .report import results_path
 
 CAM_STAGES = (("train-adv", train_adv), ("train-cam", train_cam), ("make-cam", make_cam), ("eval-cam", eval_cam))
 AFF_STAGES = (("make-crf", make_crf), ("train-aff", train_aff), ("make-pseudo", make_pseudo),
               ("eval-seg", eval_seg))
-UNTIL = {"cam": CAM_STAGES, "aff": CAM_STAGES + AFF_STAGES}
+SEG_STAGES = (("train-seg", train_seg), ("make-seg", make_seg), ("eval-seg", eval_seg.SEG))
+UNTIL = {"cam": CAM_STAGES, "aff": CAM_STAGES + AFF_STAGES, "seg": CAM_STAGES + AFF_STAGES + SEG_STAGES}
 
 
 def add_arguments(p):
     p.add_argument("--eader", choices=("off", "on", "both"), default="off",
                    help="baseline PSA (off), PSA with EADER (on), or both with the same seed and data")
     p.add_argument("--until", choices=tuple(UNTIL), default="aff",
-                   help="last stage group to run: cam (train-cam .. eval-cam) or aff (also make-crf, "
-                        "train-aff, make-pseudo, eval-seg; default)")
+                   help="last stage group to run: cam (train-cam .. eval-cam), aff (also make-crf, "
+                        "train-aff, make-pseudo, eval-seg; default) or seg (also DeepLabV3+: train-seg, "
+                        "make-seg, eval-seg of its predictions)")
     p.add_argument("--check", action="store_true",
                    help="only the pre-flight check (psa-eader check): print the plan, exit 2 listing every problem")
 

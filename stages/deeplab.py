@@ -1,0 +1,190 @@
+"""Stage 3's network: DeepLabV3+ from segmentation-models-pytorch, its training data and its inference.
+
+Shared by train-seg and make-seg. The paper names only the backbone (ResNet-101; Xception-65 the other);
+the recipe in configs/voc.yaml (seg_train, seg_infer) is the common public one.
+"""
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from psa_baseline import voc
+from psa_baseline.constants import IGNORE, NUM_CLASSES
+from psa_baseline.errors import InputError
+from .builders import weights_file
+
+N_OUT = NUM_CLASSES + 1  # background + 20 classes
+
+
+def build_deeplab(cfg):
+    """DeepLabV3+ as seg_train says, randomly initialised (init_encoder loads the ImageNet file)."""
+    import segmentation_models_pytorch as smp
+    t = cfg["seg_train"]
+    try:
+        return smp.DeepLabV3Plus(encoder_name=t["encoder"], encoder_weights=None,
+                                 encoder_output_stride=t["output_stride"],
+                                 decoder_atrous_rates=tuple(t["atrous_rates"]), classes=N_OUT)
+    except (KeyError, ValueError) as e:
+        raise InputError(f"config key 'seg_train.encoder' / 'seg_train.output_stride': segmentation-models-pytorch "
+                         f"cannot build DeepLabV3+ with encoder {t['encoder']!r} at output stride "
+                         f"{t['output_stride']} ({e}); use e.g. resnet101 and 16") from e
+
+
+def init_encoder(cfg, net, log=None):
+    """Load seg_train.encoder_weights (a torchvision ImageNet state dict; its `fc` is dropped) into the
+    encoder. `random` keeps random init; a file that leaves encoder tensors unset is refused."""
+    from psa_eader.adversary import load_backbone_weights
+    path = weights_file(cfg, "seg_train.encoder_weights")
+    if path is None:
+        if log:
+            log.info("seg_train.encoder_weights is %s: encoder from random init", cfg["seg_train"]["encoder_weights"])
+        return
+    rep = load_backbone_weights(net.encoder, path)
+    # a file of another architecture (e.g. resnet34 for resnet18) leaves tensors out or brings extra ones
+    bad = [k for k in rep["missing"] if not k.endswith("num_batches_tracked")] + rep["mismatched"] + rep["unexpected"]
+    if bad:
+        raise InputError(f"seg_train.encoder_weights: {path} does not fit the {cfg['seg_train']['encoder']} "
+                         f"encoder ({len(bad)} tensors missing, extra or of the wrong shape, e.g. {bad[:3]}); give the "
+                         f"torchvision ImageNet file of that architecture (`psa-eader weights list`)")
+    if log:
+        log.info("encoder weights: %d tensors from %s", rep["loaded"], path)
+
+
+class PolySGD(torch.optim.SGD):
+    """SGD with lr = initial_lr * (1 - step / max_step) ** power; the step is saved with the state, so a
+    resumed run continues the schedule where it stopped."""
+
+    def __init__(self, groups, max_step, momentum, weight_decay, power=0.9):
+        for g in groups:
+            g["initial_lr"] = g["lr"]
+        super().__init__(groups, lr=groups[0]["lr"], momentum=momentum, weight_decay=weight_decay)
+        self.max_step, self.power, self.global_step = max_step, power, 0
+
+    def step(self, closure=None):
+        f = max(0.0, 1 - self.global_step / self.max_step) ** self.power
+        for g in self.param_groups:
+            g["lr"] = g["initial_lr"] * f
+        out = super().step(closure)
+        self.global_step += 1
+        return out
+
+    def state_dict(self):
+        return {**super().state_dict(), "global_step": self.global_step}
+
+    def load_state_dict(self, sd):
+        sd = dict(sd)
+        self.global_step = sd.pop("global_step", 0)
+        super().load_state_dict(sd)
+
+
+def seg_optimizer(cfg, net, total):
+    t = cfg["seg_train"]
+    enc = list(net.encoder.parameters())
+    enc_ids = {id(p) for p in enc}
+    rest = [p for p in net.parameters() if id(p) not in enc_ids]
+    groups = [{"params": enc, "lr": t["lr"] * t["encoder_lr_mult"]}, {"params": rest, "lr": t["lr"]}]
+    return PolySGD(groups, total, t["momentum"], t["weight_decay"], t["poly_power"])
+
+
+def read_pair(root, label_dir, img_id):
+    """(image HxWx3 uint8, label HxW uint8) checked to be the same size."""
+    img = root.read_image(img_id)
+    path = label_dir / f"{img_id}.png"
+    lab = voc.read_label_png(path, img_id)
+    if lab.shape != img.shape[:2]:
+        raise InputError(f"label {path} is {lab.shape[1]}x{lab.shape[0]} (WxH) but image {root.image_path(img_id)} "
+                         f"is {img.shape[1]}x{img.shape[0]}; rerun make-pseudo --force")
+    return img, lab
+
+
+def resize(a, h, w, nearest=False):
+    import cv2
+    return cv2.resize(a, (w, h), interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR)
+
+
+class SegTrainDataset(torch.utils.data.Dataset):
+    """(id, image float32[3, crop, crop], label int64[crop, crop]) for DeepLabV3+ training.
+
+    The public recipe's augmentation: random scale in scale_range (image bilinear, label nearest),
+    random crop (padded: image with the mean colour, label with 255), horizontal flip, ImageNet
+    normalisation. Item i of epoch e draws from a generator seeded by (seed, e, i), so a resumed run sees
+    the same crops as an unbroken one.
+    """
+
+    def __init__(self, root, ids, label_dir, crop, scale_range, flip=True, seed=0):
+        self.root, self.ids, self.label_dir = root, list(ids), label_dir
+        self.crop, self.scale_range, self.flip, self.seed = crop, tuple(scale_range), flip, int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch):
+        self.epoch = int(epoch)
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, index):
+        img_id = self.ids[index]
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        img, lab = read_pair(self.root, self.label_dir, img_id)
+        s = rng.uniform(*self.scale_range)
+        h, w = max(1, round(img.shape[0] * s)), max(1, round(img.shape[1] * s))
+        x = voc.normalize(resize(img, h, w))
+        lab = resize(lab, h, w, nearest=True)
+        c = self.crop
+        sy, sx, dy, dx, ch, cw = voc.random_crop_offsets(h, w, c, rng)
+        out = torch.zeros(3, c, c)  # 0 after normalising = the mean colour
+        out[:, dy:dy + ch, dx:dx + cw] = x[:, sy:sy + ch, sx:sx + cw]
+        target = torch.full((c, c), IGNORE, dtype=torch.int64)
+        target[dy:dy + ch, dx:dx + cw] = torch.from_numpy(lab[sy:sy + ch, sx:sx + cw].astype(np.int64))
+        if self.flip and rng.random() < 0.5:
+            out, target = out.flip(2), target.flip(1)
+        return img_id, out, target
+
+
+def seg_loss(logits, target):
+    """Cross-entropy over labelled pixels (255 ignored); 0 (with a graph) for a crop without any."""
+    if not (target != IGNORE).any():
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits.float(), target, ignore_index=IGNORE)
+
+
+def stride_of(net):
+    return int(getattr(net.encoder, "output_stride", 32))
+
+
+def _forward_padded(net, x, stride):
+    """Logits for x (1, 3, h, w): zero-padded (the mean colour) at the bottom/right to a multiple of the
+    encoder's stride, which the model needs, and cropped back."""
+    h, w = x.shape[2:]
+    xp = F.pad(x, (0, -(-w // stride) * stride - w, 0, -(-h // stride) * stride - h))
+    return net(xp)[:, :, :h, :w].float()
+
+
+@torch.no_grad()
+def predict_probs(net, img, scales=(1.0,), flip=False, device="cpu", amp=None):
+    """Softmax (21, H, W) float32 of one HxWx3 uint8 image, averaged over scales (and flips)."""
+    import contextlib
+    amp = amp or contextlib.nullcontext
+    H, W = img.shape[:2]
+    stride = stride_of(net)
+    total = torch.zeros(N_OUT, H, W)
+    n = 0
+    for s in scales:
+        h, w = max(1, round(H * s)), max(1, round(W * s))
+        x = voc.normalize(img if (h, w) == (H, W) else resize(img, h, w))[None].to(device)
+        for flipped in ((False, True) if flip else (False,)):
+            with amp():
+                logits = _forward_padded(net, x.flip(3) if flipped else x, stride)
+            if flipped:
+                logits = logits.flip(3)
+            logits = F.interpolate(logits, size=(H, W), mode="bilinear", align_corners=False)
+            total += torch.softmax(logits, 1)[0].cpu()
+            n += 1
+    return (total / n).numpy()
+
+
+def probs_to_label(probs, img=None, crf=False, crf_scale_factor=1.0, name="image"):
+    """argmax of the class probabilities, after PSA's dense CRF when crf is true."""
+    if crf:
+        from psa_baseline.crf import crf_inference
+        probs = crf_inference(img, probs, scale_factor=crf_scale_factor, name=name)
+    return probs.argmax(0).astype(np.uint8)

@@ -1,0 +1,224 @@
+"""Stage 3: export of the pseudo labels for a public DeepLabV3+ trainer, and the built-in DeepLabV3+
+(train-seg, make-seg, eval-seg --target seg) on the demo data with a tiny random-init network. The pseudo
+labels are faked from the ground truth (degraded) so that the tests need not run stages 1 and 2."""
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import tiny_cfg
+from psa_baseline import voc
+from psa_baseline.errors import InputError
+from stages import eval_seg, export, make_seg, pipeline, train_seg
+from stages.cli import main as cli_main
+
+TRAIN, VAL = "ImageSets/Segmentation/train.txt", "ImageSets/Segmentation/val.txt"
+SEG = {"seg_train.encoder": "resnet18", "seg_train.encoder_weights": "random", "seg_train.iterations": 4,
+       "seg_train.batch_size": 2, "seg_train.crop": 64, "seg_train.scale_range": [0.75, 1.25],
+       "seg_train.checkpoint_every": 2, "seg_train.log_every": 1, "seg_train.num_workers": 0,
+       "seg_train.list": TRAIN}
+
+
+def _ids(root, split):
+    return (Path(root) / "ImageSets/Segmentation" / f"{split}.txt").read_text().split()
+
+
+def _gt(root, i):
+    return np.array(Image.open(Path(root) / "SegmentationClass" / f"{i}.png"))
+
+
+def fake_pseudo(cfg, root, ids, erase=None):
+    """Pseudo labels as make-pseudo writes them (palette PNGs + DONE.json): the ground truth with its
+    255 borders made background and the right quarter of every image set to background."""
+    d = Path(cfg["work_dir"]) / "baseline" / "make_pseudo"
+    for i in ids:
+        lab = _gt(root, i).copy()
+        lab[lab == 255] = 0
+        lab[:, lab.shape[1] * 3 // 4:] = 0
+        voc.save_label_png(d / "pseudo" / f"{i}.png", lab)
+    (d / "DONE.json").write_text(json.dumps({"stage": "make_pseudo", "fingerprint": "fake-pseudo"}))
+    return d / "pseudo"
+
+
+@pytest.fixture
+def seg_work(demo_root, tmp_path):
+    cfg = tiny_cfg(demo_root, tmp_path / "work", **SEG)
+    fake_pseudo(cfg, demo_root, _ids(demo_root, "train") + _ids(demo_root, "val"))
+    return cfg
+
+
+def _state(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# ---------------------------------------------------------------------------- built-in DeepLabV3+
+
+def test_train_make_eval_seg_end_to_end(seg_work, demo_root):
+    from stages.compare import load_run
+    cfg, work = seg_work, Path(seg_work["work_dir"])
+    net_path = train_seg.run(cfg)
+    assert net_path == work / "baseline/train_seg/seg_net.pth" and not (net_path.parent / "PARTIAL.json").exists()
+    pred = make_seg.run(cfg)
+    res = eval_seg.SEG.run(cfg)
+    val = _ids(demo_root, "val")
+    for i in val:  # palette PNGs of the image's size holding class indices
+        im = Image.open(pred / f"{i}.png")
+        assert im.mode == "P" and im.size[::-1] == _gt(demo_root, i).shape
+        assert set(np.unique(np.array(im)).tolist()) <= set(range(21))
+    seg = json.loads((work / "results.json").read_text())["baseline"]["seg"]
+    assert seg["n_images"] == len(val) and seg["split"] == VAL and 0 <= seg["miou"] <= 100
+    assert seg["miou"] == res["miou"] and "part_recall" in seg and set(seg["splits"]) == {VAL}
+    # per-image confusions where compare's bootstrap looks for them
+    per_image = load_run(work).per_image("seg")
+    assert per_image is not None and len(per_image["ids"]) == len(val)
+    assert (work / "baseline/eval_deeplab/seg_eval.json").is_file()
+    # a rerun skips every finished stage
+    done = sorted(work.glob("baseline/*/DONE.json"))
+    mtimes = [p.stat().st_mtime_ns for p in done]
+    train_seg.run(cfg), make_seg.run(cfg), eval_seg.SEG.run(cfg)
+    assert [p.stat().st_mtime_ns for p in done] == mtimes
+    # new pseudo labels (another upstream fingerprint) retrain
+    (work / "baseline/make_pseudo/DONE.json").write_text(json.dumps({"fingerprint": "other"}))
+    train_seg.run(cfg)
+    assert (work / "baseline/train_seg/DONE.json").stat().st_mtime_ns != mtimes[done.index(
+        work / "baseline/train_seg/DONE.json")]
+
+
+def test_train_seg_resume_after_stop_equals_unbroken_run(demo_root, tmp_path):
+    ids = _ids(demo_root, "train")
+    unbroken = tiny_cfg(demo_root, tmp_path / "a", **SEG)
+    fake_pseudo(unbroken, demo_root, ids)
+    broken = tiny_cfg(demo_root, tmp_path / "b", **SEG)
+    fake_pseudo(broken, demo_root, ids)
+    ref = _state(train_seg.run(unbroken))
+    assert train_seg.run(broken, stop_after=3) is None  # mid-epoch, off the checkpoint grid
+    ck = torch.load(tmp_path / "b/baseline/train_seg/checkpoint.pth", map_location="cpu", weights_only=False)
+    assert ck["step"] == 3 and ck["optimizer"]["global_step"] == 3
+    got = _state(train_seg.run(broken))
+    assert ref.keys() == got.keys()
+    for k in ref:
+        assert torch.equal(ref[k], got[k]), k
+
+
+def test_null_encoder_weights_refused_naming_the_key(demo_root, tmp_path):
+    cfg = tiny_cfg(demo_root, tmp_path / "w", **{**SEG, "seg_train.encoder_weights": None})
+    fake_pseudo(cfg, demo_root, _ids(demo_root, "train"))
+    with pytest.raises(InputError, match=r"'seg_train.encoder_weights' is null.*weights download resnet101"):
+        train_seg.run(cfg)
+    assert not (tmp_path / "w/baseline/train_seg").exists()
+    from stages.config import load_config
+    assert load_config("voc")["seg_train"]["encoder_weights"] is None  # the paper's config asks for the file
+
+
+def test_encoder_weights_from_a_torchvision_file(demo_root, tmp_path):
+    import torchvision
+    from stages.deeplab import build_deeplab, init_encoder
+    sd = torchvision.models.resnet18().state_dict()  # the layout of torchvision's ImageNet file, fc included
+    torch.save(sd, tmp_path / "resnet18.pth")
+    cfg = tiny_cfg(demo_root, tmp_path / "w", **{**SEG, "seg_train.encoder_weights": str(tmp_path / "resnet18.pth")})
+    net = build_deeplab(cfg)
+    init_encoder(cfg, net)
+    assert torch.equal(net.encoder.conv1.weight, sd["conv1.weight"])
+    assert torch.equal(net.encoder.layer4[1].bn2.running_var, sd["layer4.1.bn2.running_var"])
+    torch.save(torchvision.models.resnet34().state_dict(), tmp_path / "resnet34.pth")  # another architecture
+    cfg = tiny_cfg(demo_root, tmp_path / "w", **{**SEG, "seg_train.encoder_weights": str(tmp_path / "resnet34.pth")})
+    with pytest.raises(InputError, match="does not fit the resnet18 encoder"):
+        init_encoder(cfg, build_deeplab(cfg))
+
+
+def test_inference_options(demo_root, tmp_path):
+    from stages.deeplab import build_deeplab, predict_probs, probs_to_label
+    cfg = tiny_cfg(demo_root, tmp_path / "w", **SEG)
+    net = build_deeplab(cfg).eval()
+    img = voc.VOCRoot(demo_root).read_image(_ids(demo_root, "val")[0])  # 64 x 80: not a multiple of 16
+    one = predict_probs(net, img)
+    many = predict_probs(net, img, scales=(0.5, 1.0, 1.5), flip=True)
+    for p in (one, many):
+        assert p.shape == (21,) + img.shape[:2] and np.allclose(p.sum(0), 1, atol=1e-4)
+    assert not np.allclose(one, many)
+    plain, crf = probs_to_label(many), probs_to_label(many, img, crf=True)
+    assert plain.dtype == crf.dtype == np.uint8 and plain.shape == crf.shape == img.shape[:2]
+
+
+def test_seg_config_checks(demo_root, tmp_path):
+    for key, value, words in (("seg_train.crop", 100, "multiple of 32"), ("seg_train.batch_size", 1, "at least 2"),
+                              ("seg_train.output_stride", 32, "8 or 16"), ("seg_infer.scales", [], "non-empty")):
+        with pytest.raises(InputError, match=words):
+            train_seg.check_config(tiny_cfg(demo_root, tmp_path, **{**SEG, key: value}))
+
+
+def test_pipeline_until_seg_adds_the_deeplab_stages_and_default_stays_aff():
+    from stages.cli import parse_args
+    names = [n for n, _ in pipeline.UNTIL["seg"]]
+    assert names[:len(pipeline.UNTIL["aff"])] == [n for n, _ in pipeline.UNTIL["aff"]]
+    assert names[-3:] == ["train-seg", "make-seg", "eval-seg"]
+    assert parse_args(["pipeline"]).until == "aff" and parse_args(["pipeline", "--until", "seg"]).until == "seg"
+
+
+# ---------------------------------------------------------------------------- export
+
+def _vainf_voc_items(data_root, image_set):
+    """(image, mask) paths as VainF/DeepLabV3Plus-Pytorch's VOCSegmentation(root, year='2012_aug', image_set)
+    finds them (datasets/voc.py): train from <root>/train_aug.txt and SegmentationClassAug, otherwise
+    ImageSets/Segmentation/<image_set>.txt and SegmentationClass, under <root>/VOCdevkit/VOC2012."""
+    voc_root = Path(data_root) / "VOCdevkit/VOC2012"
+    if image_set == "train":
+        mask_dir, split_f = voc_root / "SegmentationClassAug", Path(data_root) / "train_aug.txt"
+    else:
+        mask_dir, split_f = voc_root / "SegmentationClass", voc_root / "ImageSets/Segmentation" / f"{image_set}.txt"
+    names = [x.strip() for x in split_f.read_text().splitlines()]
+    return [(voc_root / "JPEGImages" / f"{n}.jpg", mask_dir / f"{n}.png") for n in names]
+
+
+@pytest.mark.parametrize("copy", [False, True])
+def test_export_layout_for_a_public_trainer(seg_work, demo_root, tmp_path, copy):
+    out = tmp_path / "export"
+    export.run(seg_work, out, copy=copy, say=lambda m: None)
+    train, val = _ids(demo_root, "train"), _ids(demo_root, "val")
+    pseudo = Path(seg_work["work_dir"]) / "baseline/make_pseudo/pseudo"
+    items = _vainf_voc_items(out, "train")
+    assert len(items) == len(train)
+    for (img, mask), i in zip(items, train):
+        assert img.is_symlink() != copy and img.read_bytes() == (demo_root / "JPEGImages" / f"{i}.jpg").read_bytes()
+        with Image.open(mask) as m:
+            assert m.mode == "P" and np.array_equal(np.array(m), np.array(Image.open(pseudo / f"{i}.png")))
+    items = _vainf_voc_items(out, "val")
+    assert [p.stem for p, _ in items] == val
+    for (img, mask), i in zip(items, val):  # the official ground truth, 255 borders kept
+        assert mask.is_symlink() != copy and np.array_equal(np.array(Image.open(mask)), _gt(demo_root, i))
+        assert img.is_file()
+    sets = out / "VOCdevkit/VOC2012/ImageSets/Segmentation"
+    assert (sets / "train_aug.txt").read_text().split() == train and (sets / "val.txt").read_text().split() == val
+    rec = json.loads((out / "EXPORT.json").read_text())
+    assert rec["complete"] and rec["n_train"] == len(train) and rec["variant"] == "baseline"
+    export.run(seg_work, out, copy=copy, say=lambda m: None)  # an earlier export is replaced
+    assert len(_vainf_voc_items(out, "train")) == len(train)
+
+
+def test_export_refuses_incomplete_pseudo_labels(seg_work, demo_root, tmp_path):
+    train = _ids(demo_root, "train")
+    pseudo = Path(seg_work["work_dir"]) / "baseline/make_pseudo/pseudo"
+    out = tmp_path / "export"
+    def args(to):
+        return ["export", "--config", "demo", "--voc-root", str(demo_root), "--work-dir", seg_work["work_dir"],
+                "--out", str(to), f"seg_train.list={TRAIN}"]
+    (pseudo / f"{train[3]}.png").unlink()
+    with pytest.raises(InputError, match=rf"1 of {len(train)} ids .* no pseudo label .*{train[3]}"):
+        export.run(seg_work, out)
+    assert cli_main(args(out)) == 2 and not out.exists()  # nothing written
+    fake_pseudo(seg_work, demo_root, [train[3]])
+    (pseudo / f"{train[5]}.png").write_bytes(b"\x89PNG\r\n\x1a\n not a png")
+    with pytest.raises(InputError, match=rf"1 of {len(train)} pseudo labels .* cannot be used: {train[5]} "):
+        export.run(seg_work, out)
+    assert not out.exists()
+    fake_pseudo(seg_work, demo_root, [train[5]])
+    out.mkdir()
+    (out / "mine.txt").write_text("not an export")
+    with pytest.raises(InputError, match="not empty and holds no EXPORT.json"):
+        export.run(seg_work, out)
+    assert cli_main(args(out)) == 2 and (out / "mine.txt").is_file()
+    assert cli_main(args(tmp_path / "ok")) == 0 and (tmp_path / "ok/train_aug.txt").is_file()
