@@ -79,16 +79,40 @@ def make_loader(dataset, sampler, batch_size, num_workers, device, seed):
                                        generator=torch.Generator().manual_seed(seed))
 
 
-def epoch_loader(dataset, batch_size, num_workers, device, seed, sampler_factory=None, key="cam_train"):
-    """(sampler, loader, steps per epoch) for a training stage. sampler_factory(n, seed) -> an
-    EpochSampler-like sampler (DDP passes a sharded one). `key` names the config section in the error."""
+def rank_and_world():
+    """(rank, world size) of torch.distributed, (0, 1) when no process group is up."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def per_rank_batch(batch_size, world, key="cam_train"):
+    """The global batch split over `world` processes: each rank's batch is batch_size / world, so the
+    global batch, the steps per epoch and the lr schedule are those of one process."""
     from .errors import InputError
-    sampler = (sampler_factory or EpochSampler)(len(dataset), seed)
-    steps_per_epoch = len(sampler) // batch_size
+    if batch_size % world:
+        raise InputError(f"{key}.batch_size {batch_size} is the global batch and must divide evenly over "
+                         f"{world} processes: choose a multiple of {world} (or another --nproc_per_node)")
+    return batch_size // world
+
+
+def epoch_loader(dataset, batch_size, num_workers, device, seed, sampler_factory=None, key="cam_train"):
+    """(sampler, loader, steps per epoch) for a training stage; batch_size is the global batch.
+
+    Under torch.distributed each rank takes every world-th image of the epoch's order (EpochSampler)
+    in batches of batch_size / world: the ranks' batch k together are exactly one process's batch k.
+    sampler_factory(n, seed) -> an EpochSampler-like sampler replaces that. `key` names the config
+    section in errors."""
+    from .errors import InputError
+    r, world = rank_and_world()
+    local = per_rank_batch(batch_size, world, key)
+    sampler = sampler_factory(len(dataset), seed) if sampler_factory else EpochSampler(len(dataset), seed,
+                                                                                         rank=r, world=world)
+    steps_per_epoch = len(sampler) // local
     if steps_per_epoch == 0:
         raise InputError(f"{len(dataset)} training images are fewer than one batch of {batch_size}: "
                          f"lower {key}.batch_size")
-    return sampler, make_loader(dataset, sampler, batch_size, num_workers, device, seed), steps_per_epoch
+    return sampler, make_loader(dataset, sampler, local, num_workers, device, seed), steps_per_epoch
 
 
 def autocast(device, bf16):
@@ -97,9 +121,11 @@ def autocast(device, bf16):
 
 
 def ddp_wrap(net):
-    """The model to train: net itself, or DDP around it when torch.distributed is initialised."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.nn.parallel.DistributedDataParallel(net)
+    """The model to train: net itself, or DDP around it when torch.distributed is initialised (DDP
+    averages the gradients over the ranks; equal per-rank batches make that the global batch's mean)."""
+    if rank_and_world()[1] > 1:
+        dev = next(net.parameters()).device
+        return torch.nn.parallel.DistributedDataParallel(net, device_ids=[dev] if dev.type == "cuda" else None)
     return net
 
 
@@ -119,7 +145,8 @@ def resume(ckpt_path, device, model, optimizer, log=None, total=None, fingerprin
             log.info("checkpoint %s was saved under another config or inputs (fingerprint %s, now %s); "
                      "discarding it and starting at step 0", ckpt_path, ck.get("fingerprint") or "unknown",
                      fingerprint)
-        Path(ckpt_path).unlink()
+        if rank_and_world()[0] == 0:  # rank 0 writes (and removes); the others just start over too
+            Path(ckpt_path).unlink(missing_ok=True)
         return 0, None
     model.load_state_dict(ck["model"])
     optimizer.load_state_dict(ck["optimizer"])
@@ -133,8 +160,9 @@ def run_steps(loader, sampler, dataset, step_fn, *, step, total, steps_per_epoch
               log, log_every, checkpoint_every, lr, desc, stop_after=None, show=("loss",), progress=True):
     """Train from `step` to `total`: step_fn(batch) -> {name: float} does one optimiser step.
 
-    Epoch e, batch k is always the same data (sampler.set_epoch(e, k * batch_size), dataset.set_epoch(e)),
-    so a resumed run continues exactly where an unbroken one would be. checkpoint(step) is called every
+    Epoch e, batch k is always the same data (sampler.set_epoch(e, k * the loader's batch),
+    dataset.set_epoch(e)), so a resumed run continues exactly where an unbroken one would be, with any
+    number of processes: batch_size is the global batch, the loader's the per-rank one. checkpoint(step) is called every
     `checkpoint_every` steps, at every epoch end and when stopping early; lr() gives the logged lr.
     stop_after: end (with a checkpoint) after this many steps. Returns the step reached (< total when
     stopped early).
@@ -146,7 +174,7 @@ def run_steps(loader, sampler, dataset, step_fn, *, step, total, steps_per_epoch
     running = {}
     while step < total:
         epoch, in_epoch = divmod(step, steps_per_epoch)
-        sampler.set_epoch(epoch, in_epoch * batch_size)
+        sampler.set_epoch(epoch, in_epoch * (loader.batch_size or batch_size))
         dataset.set_epoch(epoch)
         for batch in loader:
             stats = step_fn(batch)

@@ -35,8 +35,21 @@ during the adversary's turn; the loop then checks `eader.trains_localizer`:
 Modes: EADER never calls .train()/.eval(). The authors keep both networks in train mode through
 training, so the adversary's BatchNorm running statistics are also updated by its forward in the
 localizer's turn (buffers, not parameters; no gradient from L_am reaches its parameters).
+
+Several processes (torch.distributed, one shard of each global batch per rank): each rank erases its
+own images, so the ranks hold different numbers of (image, class) pairs, possibly none. Every loss
+that is a mean over pairs (L_am 'authors', L_reg, the adversary's BCE) is therefore weighted by
+world * pairs_here / pairs_everywhere (one all-reduce of the counts): once the gradients are averaged
+over the ranks (DDP for the localizer, sync_gradients below for the adversary) they are the gradients
+of the mean over all pairs of the global batch, as one process computes it. The adversary is kept in
+step by hand rather than by a DDP wrapper, with DDP's semantics: after its backward every rank
+all-reduces (sums) its gradients, zeros where it had no pair, and divides by the world size; after
+each adversary forward the ranks take rank 0's BatchNorm buffers (DDP's broadcast_buffers). A DDP
+wrapper would need a forward and backward on every rank, which a rank without pairs does not have,
+and it would see the frozen forward of the localizer's turn as a step. BatchNorm batch statistics stay
+per rank, as with DDP (and PSA's DataParallel).
 """
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Optional
 
@@ -66,6 +79,7 @@ class EaderConfig:
     adv_phase_steps: Optional[int] = None  # adversary turn length; None -> phase_steps (authors: 200/200)
     loc_in_adv_turn: bool = False  # not the authors': also train the localizer on L_loc in the adversary's turn
     att_norm: str = "max"        # attention scaled to max 1: 'max' (PSA's CAMs) or 'minmax' (the authors' Grad-CAM)
+    autocast: bool = False       # run the hook (adversary, masks) under the localizer's autocast (bf16) too
     num_classes: int = 20
 
 
@@ -101,6 +115,9 @@ class EADER:
         self.adversary = adversary
         self.adv_optimizer = adv_optimizer
         self.step = 0  # global steps taken (advance() calls), across epochs
+        # context factory for the hook's forwards: the training loop sets its autocast here when
+        # cfg.autocast (train_cam.train_step); float32 otherwise
+        self.amp = nullcontext
 
     # ---- schedule -------------------------------------------------------------------------
     @property
@@ -140,20 +157,24 @@ class EADER:
         if not cfg.enabled:
             return loss, stats
         if cfg.alpha > 0:
-            erased, _, cls_idx = erase_pairs(x, y, att, cfg.omega, cfg.psi, cfg.att_norm)
+            with self.amp():
+                erased, _, cls_idx = erase_pairs(x, y, att, cfg.omega, cfg.psi, cfg.att_norm)
             stats["num_erased"] = int(cls_idx.numel())
+            # 'authors' is a mean over pairs, 'paper' a sum over the (equal) per-rank batch
+            share = pair_share(cls_idx.numel(), x.device) if cfg.am_form == "authors" else 1.0
             if cls_idx.numel():
-                with frozen(self.adversary):
-                    adv_logits = self.adversary(erased)
+                with frozen(self.adversary), self.amp():
+                    adv_logits = self.adversary(erased).float()
                 l_am = attention_mining_loss(adv_logits, cls_idx, cfg.am_form, cfg.num_classes, x.shape[0])
-                loss = loss + cfg.alpha * l_am
+                loss = loss + cfg.alpha * share * l_am
                 stats["l_am"] = float(l_am.detach())
                 stats["adv_acc"] = erased_class_accuracy(adv_logits, cls_idx)
+            sync_buffers(self.adversary)
         if cfg.beta > 0:
             # at the attention's own resolution: a bilinear upsample keeps the mean (up to borders),
             # so this matches the authors' full-resolution mean without K full-size maps
             l_reg = regularisation_loss(normalise_attention(att, norm=cfg.att_norm), y)
-            loss = loss + cfg.beta * l_reg
+            loss = loss + cfg.beta * pair_share(int((y > 0.5).sum()), x.device) * l_reg
             stats["l_reg"] = float(l_reg.detach())
         stats["loss"] = float(loss.detach())
         return loss, stats
@@ -166,19 +187,25 @@ class EADER:
         """
         if self.phase != "adversary" or self.adversary is None:
             raise RuntimeError("adversary_step called outside the adversary's turn")
-        with torch.no_grad():
+        with torch.no_grad(), self.amp():
             erased, img_idx, cls_idx = erase_pairs(x, y, att.detach(), self.cfg.omega, self.cfg.psi,
                                                    self.cfg.att_norm)
-        stats = {"num_erased": int(cls_idx.numel())}
-        if not cls_idx.numel():
+        n = int(cls_idx.numel())
+        stats = {"num_erased": n}
+        share, total = pair_share(n, x.device, with_total=True)
+        if not total:  # no rank has a pair: every rank skips the step
             return stats
         self.adv_optimizer.zero_grad(set_to_none=True)
-        adv_logits = self.adversary(erased)
-        loss = adversary_loss(adv_logits, y[img_idx])
-        loss.backward()
+        if n:
+            with self.amp():
+                adv_logits = self.adversary(erased).float()
+            loss = adversary_loss(adv_logits, y[img_idx])
+            (loss * share if share != 1.0 else loss).backward()
+            stats["adv_loss"] = float(loss.detach())
+            stats["adv_acc"] = erased_class_accuracy(adv_logits, cls_idx)
+        sync_gradients(self.adversary)
         self.adv_optimizer.step()
-        stats["adv_loss"] = float(loss.detach())
-        stats["adv_acc"] = erased_class_accuracy(adv_logits, cls_idx)
+        sync_buffers(self.adversary)
         return stats
 
     # ---- checkpoints ----------------------------------------------------------------------
@@ -196,6 +223,53 @@ class EADER:
             self.adversary.load_state_dict(sd["adversary"])
         if self.adv_optimizer is not None and sd.get("adv_optimizer") is not None:
             self.adv_optimizer.load_state_dict(sd["adv_optimizer"])
+
+
+# ---- several processes (see the module's docstring) ------------------------------------------------
+
+def _world():
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def pair_share(count, device, with_total=False):
+    """world * count / (count summed over the ranks): the weight that turns this rank's mean over its
+    `count` items into its part of the mean over all ranks' items, once gradients are averaged over the
+    ranks. 1.0 (and no communication) with one process; 0.0 when no rank has an item."""
+    world = _world()
+    if world == 1:
+        return (1.0, count) if with_total else 1.0
+    t = torch.tensor([float(count)], device=device)
+    torch.distributed.all_reduce(t)
+    total = int(t.item())
+    share = world * count / total if total else 0.0
+    return (share, total) if with_total else share
+
+
+def sync_gradients(module):
+    """Average the gradients of `module`'s trainable parameters over the ranks (one all-reduce of them
+    flattened); a rank without a backward contributes zeros. No-op with one process."""
+    world = _world()
+    if world == 1:
+        return
+    params = [p for p in module.parameters() if p.requires_grad]
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    torch.distributed.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad = flat[offset:offset + n].view_as(p).clone()
+        offset += n
+
+
+def sync_buffers(module):
+    """Every rank takes rank 0's buffers (BatchNorm running statistics), as DDP's broadcast_buffers."""
+    if module is None or _world() == 1:
+        return
+    for b in module.buffers():
+        torch.distributed.broadcast(b, src=0)
 
 
 def erased_class_accuracy(adv_logits, cls_idx):

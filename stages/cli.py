@@ -89,7 +89,10 @@ def parse_args(argv):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    from .common import end_distributed, init_distributed, launched_world_size
     try:
+        if launched_world_size() > 1:  # under torchrun: join its process group first
+            init_distributed(config_from_args(args)["device"])
         m = importlib.import_module(f"stages.{STAGES[args.stage]}")
         m.main(args) if hasattr(m, "main") else m.run(config_from_args(args), force=args.force)
     except InputError as e:
@@ -98,6 +101,8 @@ def main(argv=None):
     except KeyboardInterrupt:
         print(f"psa-eader {args.stage}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        end_distributed()
     return 0
 
 

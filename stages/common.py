@@ -10,6 +10,7 @@ fingerprint its files were made under; a rerun under another fingerprint clears 
 per work dir: the first holds <work>/.psa-eader.lock (flock, released when the process ends, crash
 included). Only rank 0 writes.
 """
+import contextlib
 import fcntl
 import json
 import logging
@@ -31,8 +32,26 @@ from demo.data import dataset_identity
 from .config import PROJECT_DIR, fingerprint, variant_name
 
 
+_solo = []  # non-empty while this rank works alone (see solo())
+
+
 def _dist():
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
+    return not _solo and torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+@contextlib.contextmanager
+def solo():
+    """Rank 0 alone does the block as a one-process run (rank 0 of world 1); the other ranks skip it and
+    all meet after it. For the pipeline's steps that need no sharing out (demo data, scoring)."""
+    lead = rank() == 0
+    if lead:
+        _solo.append(True)
+    try:
+        yield lead
+    finally:
+        if lead:
+            _solo.pop()
+        barrier()
 
 
 def rank():
@@ -48,10 +67,97 @@ def barrier():
         torch.distributed.barrier()
 
 
+def launched_world_size():
+    """WORLD_SIZE as torchrun sets it (1 when not launched by torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def init_distributed(device_name):
+    """Join torchrun's process group once per process: NCCL on CUDA (each rank on cuda:LOCAL_RANK),
+    gloo on CPU. Nothing to do outside torchrun or with one process. Untested on GPUs (NCCL): the CI
+    runs gloo on the CPU."""
+    if launched_world_size() <= 1 or _dist():
+        return
+    cuda = str(device_name).startswith("cuda")
+    if cuda:
+        if not torch.cuda.is_available():
+            raise InputError(f"device '{device_name}' asked for, but CUDA is not available here: use --device cpu")
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    torch.distributed.init_process_group("nccl" if cuda else "gloo")
+
+
+def end_distributed():
+    if _dist():
+        torch.distributed.destroy_process_group()
+
+
 def resolve_device(name):
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"device '{name}' asked for, but CUDA is not available here: use --device cpu")
+    if name == "cuda" and _dist():  # one GPU per rank: torchrun's LOCAL_RANK picks it
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device(name)
+
+
+def agree(error):
+    """Raise on every rank if rank 0 found `error` (an InputError or None): the other ranks of a run
+    would otherwise wait forever for a rank 0 that has stopped."""
+    if _dist():
+        box = [error]
+        torch.distributed.broadcast_object_list(box, src=0)
+        error = box[0]
+    if error is not None:
+        raise InputError(str(error))
+
+
+def from_rank0(value):
+    """Rank 0's `value` on every rank (an object broadcast); `value` itself with one process."""
+    if not _dist():
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def add_shard_argument(p):
+    p.add_argument("--shard", metavar="I/N", help="do only shard I of N of the images (0 <= I < N): for N "
+                   "separate jobs (other machines) sharing one work dir; each skips what is on disk, and "
+                   "the last to finish writes DONE.json")
+
+
+def finish_when_complete(st, missing, **outputs):
+    """After this process's share of an inference stage: DONE.json if no output is missing any more
+    (missing() -> the ids without output); otherwise another --shard job still has images to do and
+    the last one to finish writes it. Returns whether the stage is done."""
+    barrier()
+    left = from_rank0(missing() if rank() == 0 else None)  # one answer for all ranks of this run
+    if left:
+        st.log.info("this share is done; %d images of other shards are still missing (e.g. %s): the last "
+                    "shard to finish writes %s", len(left), left[0], st.done_file.name)
+        return False
+    st.finish(**outputs)
+    return True
+
+
+def parse_shard(text):
+    """'i/n' (0 <= i < n) -> (i, n); None -> None. For separate jobs that split one stage's images."""
+    if text is None:
+        return None
+    try:
+        i, n = (int(v) for v in str(text).split("/"))
+    except ValueError:
+        i, n = -1, 0
+    if not 0 <= i < n:
+        raise InputError(f"--shard {text}: expected i/n with 0 <= i < n, e.g. 0/4")
+    return i, n
+
+
+def my_share(ids, shard=None):
+    """This process's part of `ids`: shard i of n (separate jobs), split again over the ranks of a
+    torchrun. Every id belongs to exactly one (shard, rank)."""
+    i, n = shard or (0, 1)
+    parts = n * world_size()
+    return list(ids)[i * world_size() + rank()::parts]
 
 
 def seed_everything(seed):
@@ -100,11 +206,17 @@ LOCK_NAME = ".psa-eader.lock"
 _locks = {}  # resolved work dir -> open lock file; held until this process ends
 
 
-def lock_work_dir(work_dir):
+def lock_name(shard=None):
+    """The run's lock file; a `--shard i/n` job has its own, so the n jobs of one stage can run together
+    (each writes only its own images)."""
+    return LOCK_NAME if shard is None else f".psa-eader.shard-{shard[0]}-of-{shard[1]}.lock"
+
+
+def lock_work_dir(work_dir, name=LOCK_NAME):
     """Hold <work_dir>/.psa-eader.lock for the rest of this process, or stop at once if another process
     holds it: two runs on one work dir would run the same stages and resume each other's checkpoints."""
-    path = Path(work_dir) / LOCK_NAME
-    key = str(Path(work_dir).resolve())
+    path = Path(work_dir) / name
+    key = str(Path(work_dir).resolve() / name)
     held = _locks.get(key)
     if held is not None:  # ours already, unless the folder was removed and made anew since
         try:
@@ -136,19 +248,25 @@ def lock_work_dir(work_dir):
 class Stage:
     """One stage run: its folder, log, fingerprint and DONE record."""
 
-    def __init__(self, cfg, name, depends=(), force=False):
+    def __init__(self, cfg, name, depends=(), force=False, shard=None):
         self.cfg, self.name, self.force = cfg, name, force
         self.variant = variant_name(cfg)
         self.work_dir = Path(cfg["work_dir"])
         self.dir = self.folder(cfg, name)
-        if rank() == 0:  # the other ranks of a DDP run share rank 0's lock
-            prepare_work_dir(self.work_dir)
-            lock_work_dir(self.work_dir)
+        error = None
+        if rank() == 0:  # one lock per run: the other ranks of a torchrun share rank 0's
+            try:
+                prepare_work_dir(self.work_dir)
+                lock_work_dir(self.work_dir, lock_name(shard))
+            except InputError as e:
+                error = e
+        agree(error)  # every rank stops when rank 0 cannot have the work dir
         # demo data: its identity (seed, params, generator version), so regenerated data is not taken
         # for the data a finished stage used; None (left out) for other datasets
         ident = dataset_identity(cfg["voc_root"])
         self.fp = fingerprint(name, *depends, *([ident] if ident else []))
         self.log = self._logger()
+        self.log.info("world size %d%s", world_size(), f", shard {shard[0]}/{shard[1]}" if shard else "")
 
     @staticmethod
     def folder(cfg, name):
@@ -171,6 +289,8 @@ class Stage:
             log.addHandler(fh)
         sh = logging.StreamHandler(sys.stderr)
         sh.setFormatter(fmt)
+        if rank() != 0:  # rank 0 tells the story; the others speak only of trouble
+            sh.setLevel(logging.WARNING)
         log.addHandler(sh)
         for lib in ("psa_baseline", "psa_eader"):  # library loggers go to the same places
             lg = logging.getLogger(lib)
@@ -240,13 +360,17 @@ class Stage:
         return self.dir / filename
 
     def finish(self, **outputs):
+        """DONE.json, by rank 0; every rank of a run calls it and waits there, so that the next stage,
+        on any rank, finds the record."""
         if rank() != 0:
+            barrier()
             return
         rec = {"stage": self.name, "variant": self.variant, "fingerprint": self.fp,
                "finished": time.strftime("%Y-%m-%d %H:%M:%S"), **outputs}
         write_json(self.done_file, rec)
         self.partial_file.unlink(missing_ok=True)
         self.log.info("finished; record in %s", self.done_file)
+        barrier()
 
 
 def resumable_training(st, device, net, opt, total, extra=None):

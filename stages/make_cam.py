@@ -13,7 +13,8 @@ from psa_baseline.cam_infer import multiscale_cam
 from psa_baseline.fileio import save_npy
 from psa_baseline.progress import with_progress
 from .builders import build_cam_net, labels_for, split_ids, voc_root
-from .common import Stage, barrier, rank, resolve_device, upstream_fp, world_size
+from .common import (Stage, add_shard_argument, finish_when_complete, my_share, parse_shard, rank, resolve_device,
+                     upstream_fp)
 
 NAME = "make_cam"
 
@@ -28,9 +29,14 @@ def infer_ids(cfg):
     return ids
 
 
-def run(cfg, force=False):
+def add_arguments(p):
+    add_shard_argument(p)
+
+
+def run(cfg, force=False, shard=None):
+    """shard (i, n): only shard i of n of the images (separate jobs); see common.my_share."""
     deps = [upstream_fp(cfg, "train_cam"), cfg["cam_infer"], cfg["data"]["infer_lists"]]
-    st = Stage(cfg, NAME, deps, force)
+    st = Stage(cfg, NAME, deps, force, shard)
     cam_dir = st.dir / "cams"
     if st.is_done():
         return cam_dir
@@ -47,7 +53,7 @@ def run(cfg, force=False):
     if device.type == "cuda":
         net = net.to(memory_format=torch.channels_last)
 
-    mine = ids[rank()::world_size()]  # each rank takes its share; files are per image
+    mine = my_share(ids, shard)  # each rank (and --shard job) takes its share; files are per image
     todo = [i for i in mine if not (cam_dir / f"{i}.npy").exists()]
     st.log.info("CAMs for %d images (%d already on disk), scales %s, flip %s -> %s", len(mine),
                 len(mine) - len(todo), cfg["cam_infer"]["scales"], cfg["cam_infer"]["flip"], cam_dir)
@@ -58,9 +64,14 @@ def run(cfg, force=False):
         save_npy(cam_dir / f"{i}.npy", cams)
     dt = time.time() - t0
     st.log.info("%d CAMs in %.1f s (%.3f s/image)", len(todo), dt, dt / max(1, len(todo)))
-    barrier()
-    st.finish(cam_dir="cams", n_images=len(ids), seconds=round(dt, 1))
+    finish_when_complete(st, lambda: [i for i in ids if not (cam_dir / f"{i}.npy").exists()],
+                         cam_dir="cams", n_images=len(ids), seconds=round(dt, 1))
     return cam_dir
+
+
+def main(args):
+    from .cli import config_from_args
+    return run(config_from_args(args), force=args.force, shard=parse_shard(args.shard))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ from psa_baseline.evaluation import load_cam_dict
 from psa_baseline.progress import with_progress
 from psa_baseline.fileio import save_npy
 from .builders import labels_for, split_ids, voc_root
-from .common import Stage, barrier, rank, resolve_data_path, upstream_fp, world_size
+from .common import (Stage, add_shard_argument, finish_when_complete, my_share, parse_shard, rank,
+                     resolve_data_path, upstream_fp)
 from .config import variant_name
 
 NAME = "make_crf"
@@ -35,6 +36,7 @@ def add_arguments(p):
                    "instead of this variant's make-cam output (the folder counts by its path: after changing "
                    "its files, rerun with --force)")
     p.add_argument("--workers", type=int, help="CRF processes (default crf.workers)")
+    add_shard_argument(p)
 
 
 def check_config(cfg):
@@ -110,13 +112,13 @@ def make_tasks(root, ids, labels, cam_dir, out_dir, alphas, scale_factor=1.0):
     return tasks
 
 
-def run(cfg, force=False, cam_dir=None):
+def run(cfg, force=False, cam_dir=None, shard=None):
     check_config(cfg)
     c = cfg["crf"]
     src, src_fp = cam_source(cfg, cam_dir)
     deps = [src_fp, {k: c[k] for k in ("alpha_la", "alpha_ha", "scale_factor", "list")}, cfg["voc_root"],
             cfg["data"]["cls_labels"]]  # not workers: they do not change the output
-    st = Stage(cfg, NAME, deps, force)
+    st = Stage(cfg, NAME, deps, force, shard)
     if st.is_done():
         return st.dir
     root = voc_root(cfg)
@@ -126,7 +128,7 @@ def run(cfg, force=False, cam_dir=None):
     voc.check_dataset(root, ids, need_seg=False, labels=labels)
     require_cams(src, ids, c["list"], default=cam_dir is None)
 
-    mine = ids[rank()::world_size()]
+    mine = my_share(ids, shard)
     tasks = make_tasks(root, mine, labels, src, st.dir, (c["alpha_la"], c["alpha_ha"]), c["scale_factor"])
     st.log.info("la/ha CRF (alphas %s/%s) for %d images (%d already on disk) from %s, %d workers",
                 c["alpha_la"], c["alpha_ha"], len(mine), len(mine) - len(tasks), src, c["workers"])
@@ -134,8 +136,8 @@ def run(cfg, force=False, cam_dir=None):
     crf_many(tasks, c["workers"], desc=f"make-crf[{st.variant}]", progress=rank() == 0)
     dt = time.time() - t0
     st.log.info("%d images in %.1f s (%.2f images/s)", len(tasks), dt, len(tasks) / max(dt, 1e-9))
-    barrier()
-    st.finish(la_dir=LA, ha_dir=HA, cam_dir=str(src), n_images=len(ids), seconds=round(dt, 1))
+    finish_when_complete(st, lambda: [t[0] for t in make_tasks(root, ids, labels, src, st.dir, (0, 0))],
+                         la_dir=LA, ha_dir=HA, cam_dir=str(src), n_images=len(ids), seconds=round(dt, 1))
     return st.dir
 
 
@@ -143,7 +145,7 @@ def main(args):
     from .cli import config_from_args
     if args.workers is not None:
         args.set = list(args.set) + [("crf.workers", args.workers)]
-    return run(config_from_args(args), force=args.force, cam_dir=args.cam_dir)
+    return run(config_from_args(args), force=args.force, cam_dir=args.cam_dir, shard=parse_shard(args.shard))
 
 
 if __name__ == "__main__":

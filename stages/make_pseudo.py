@@ -23,7 +23,8 @@ from psa_baseline.progress import with_progress
 from psa_baseline.fileio import save_npy
 from psa_baseline.random_walk import propagate_cams, random_walk_sparse
 from .builders import labels_for, res38_spec, voc_root
-from .common import Stage, barrier, rank, resolve_device, upstream_fp, world_size
+from .common import (Stage, add_shard_argument, finish_when_complete, my_share, parse_shard, rank, resolve_device,
+                     upstream_fp)
 from .make_cam import infer_ids
 from .make_crf import cam_source, require_cams
 
@@ -33,6 +34,7 @@ NAME = "make_pseudo"
 def add_arguments(p):
     p.add_argument("--cam-dir", help="walk the <id>.npy CAM dicts of this folder (PSA, SEAM, OC-CSE, ...) "
                    "instead of this variant's make-cam output")
+    add_shard_argument(p)
 
 
 def check_config(cfg):
@@ -92,12 +94,12 @@ def load_aff_net(cfg, path, device):
     return net.to(device).eval()
 
 
-def run(cfg, force=False, cam_dir=None):
+def run(cfg, force=False, cam_dir=None, shard=None):
     check_config(cfg)
     src, src_fp = cam_source(cfg, cam_dir)
     r = cfg["rw"]
     deps = [src_fp, upstream_fp(cfg, "train_aff"), r, cfg["data"]["infer_lists"], cfg["voc_root"]]
-    st = Stage(cfg, NAME, deps, force)
+    st = Stage(cfg, NAME, deps, force, shard)
     out_dir, score_dir = st.dir / "pseudo", st.dir / "scores"
     if st.is_done():
         return out_dir
@@ -112,7 +114,7 @@ def run(cfg, force=False, cam_dir=None):
     def done(i):
         return (out_dir / f"{i}.png").exists() and (not r["save_scores"] or (score_dir / f"{i}.npy").exists())
 
-    mine = ids[rank()::world_size()]
+    mine = my_share(ids, shard)
     todo = [i for i in mine if not done(i)]
     st.log.info("random walk (beta %s, t %s, alpha %s) for %d images (%d already on disk) -> %s", r["beta"],
                 r["t"], r["alpha"], len(mine), len(mine) - len(todo), out_dir)
@@ -132,15 +134,15 @@ def run(cfg, force=False, cam_dir=None):
         voc.save_label_png(out_dir / f"{i}.png", label)
     dt = time.time() - t0
     st.log.info("%d pseudo labels in %.1f s (%.3f s/image)", len(todo), dt, dt / max(1, len(todo)))
-    barrier()
-    st.finish(pseudo_dir="pseudo", scores_dir="scores" if r["save_scores"] else None, cam_dir=str(src),
-              n_images=len(ids), seconds=round(dt, 1))
+    finish_when_complete(st, lambda: [i for i in ids if not done(i)], pseudo_dir="pseudo",
+                         scores_dir="scores" if r["save_scores"] else None, cam_dir=str(src),
+                         n_images=len(ids), seconds=round(dt, 1))
     return out_dir
 
 
 def main(args):
     from .cli import config_from_args
-    return run(config_from_args(args), force=args.force, cam_dir=args.cam_dir)
+    return run(config_from_args(args), force=args.force, cam_dir=args.cam_dir, shard=parse_shard(args.shard))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import (eval_cam, eval_seg, make_cam, make_crf, make_pseudo, make_seg, train_adv, train_aff, train_cam,
                train_seg)
+from .common import rank, solo
 from .report import results_path
 
 CAM_STAGES = (("train-adv", train_adv), ("train-cam", train_cam), ("make-cam", make_cam), ("eval-cam", eval_cam))
@@ -18,6 +19,9 @@ AFF_STAGES = (("make-crf", make_crf), ("train-aff", train_aff), ("make-pseudo", 
               ("eval-seg", eval_seg))
 SEG_STAGES = (("train-seg", train_seg), ("make-seg", make_seg), ("eval-seg", eval_seg.SEG))
 UNTIL = {"cam": CAM_STAGES, "aff": CAM_STAGES + AFF_STAGES, "seg": CAM_STAGES + AFF_STAGES + SEG_STAGES}
+# under torchrun these run on rank 0 alone (scoring is quick and writes shared summaries); training
+# stages train with every rank, inference stages share their images out
+ALONE = ("eval-cam", "eval-seg")
 
 
 def add_arguments(p):
@@ -40,14 +44,21 @@ def run_variants(cfg, eader="off", force=False, log=print, until="aff"):
             mod.check_config(cfg)
     from demo import pretrain
     if pretrain.named_in(cfg):  # the demo's stand-in for ImageNet: verified, made once if absent
-        pretrain.ensure(say=log)
+        with solo() as lead:
+            if lead:
+                pretrain.ensure(say=log)
     for enabled in variants:
         vcfg = merge(cfg, {"eader": {"enabled": enabled}})
         for name, mod in stages:
             if hasattr(mod, "enabled") and not mod.enabled(vcfg):  # e.g. train-adv: EADER only, optional
                 continue
             log(f"== {name} [{'eader' if enabled else 'baseline'}] ==")
-            mod.run(vcfg, force=force)
+            if name in ALONE:
+                with solo() as lead:
+                    if lead:
+                        mod.run(vcfg, force=force)
+            else:
+                mod.run(vcfg, force=force)
 
 
 def main(args):
@@ -61,9 +72,15 @@ def main(args):
         return run_check(cfg, args.eader, args.until, out=lambda m: print(m, flush=True))
     t0 = time.time()
     if cfg["name"] == "demo":
-        print("== demo-data ==", flush=True)
-        demo_data.run(cfg)
-    run_variants(cfg, args.eader, force=args.force, log=lambda m: print(m, flush=True), until=args.until)
+        with solo() as lead:  # one rank writes the data; the others wait for it
+            if lead:
+                print("== demo-data ==", flush=True)
+                demo_data.run(cfg)
+    lead = rank() == 0
+    run_variants(cfg, args.eader, force=args.force, log=lambda m: print(m, flush=True) if lead else None,
+                 until=args.until)
+    if not lead:
+        return
     report = Path(cfg["work_dir"]) / "report.md"
     print(report.read_text())
     print(f"results: {results_path(cfg['work_dir'])}\nreport:  {report}\n"

@@ -5,6 +5,7 @@ EADER on and adv_pretrain.epochs > 0, train-adv's adversary.pth).
 Writes: <work>/<variant>/train_cam/{checkpoint.pth, cam_net.pth, DONE.json}, logs/<variant>.train_cam.log.
 A rerun resumes from checkpoint.pth (model, optimisers, schedule step, EADER turn, RNG states).
 """
+import contextlib
 import time
 
 import torch
@@ -23,11 +24,20 @@ NAME = "train_cam"
 def depends(cfg):
     # EADER's settings cannot change a run with the hook off
     keys = ("seed", "net", "cam_train") + (("eader",) if cfg["eader"]["enabled"] else ())
-    deps = [{k: cfg[k] for k in keys}, cls_train_inputs(cfg),
+    deps = [{k: eader_section(cfg) if k == "eader" else cfg[k] for k in keys}, cls_train_inputs(cfg),
             weights_identity(cfg, ["net.weights"] + (["eader.adv_weights"] if cfg["eader"]["enabled"] else []))]
     if train_adv.enabled(cfg):
         deps.append(upstream_fp(cfg, "train_adv"))
     return deps
+
+
+def eader_section(cfg):
+    """The eader section as fingerprinted: eader.autocast only when on, so runs from before the key
+    existed (and runs with it off) keep their fingerprints."""
+    e = dict(cfg["eader"])
+    if not e.get("autocast"):
+        e.pop("autocast", None)
+    return e
 
 
 def build_eader(cfg, device, pretrained=None):
@@ -109,6 +119,8 @@ def run(cfg, force=False, sampler_factory=None, stop_after=None):
 def train_step(model, opt, eader, x, y, amp):
     """One step of the baseline classifier, or of whichever network's turn it is under EADER."""
     adversary_turn = eader is not None and eader.phase == "adversary"
+    if eader is not None:  # the hook under the step's autocast only when eader.autocast says so
+        eader.amp = amp if eader.cfg.autocast else contextlib.nullcontext
     if adversary_turn and not eader.trains_localizer:  # the authors' schedule: localizer only looks
         with torch.no_grad(), amp():
             cams = unwrap(model).forward_cam(x)

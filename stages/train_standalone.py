@@ -41,15 +41,15 @@ from psa_baseline.cam_infer import normalise_batch, resize_image, to_cam_dict
 from psa_baseline.evaluation import CamSweep
 from psa_baseline.fileio import save_npy, write_json
 from psa_baseline.progress import with_progress
-from psa_baseline.training import autocast, epoch_loader, resume, run_steps, save_checkpoint
+from psa_baseline.training import autocast, ddp_wrap, epoch_loader, resume, run_steps, save_checkpoint
 from psa_baseline.errors import InputError
 from psa_eader.masks import NORMS, normalise_attention
 from psa_eader.standalone import AuthorsAugment, StandaloneLocalizer
 from .builders import (cls_train_dataset, cls_train_inputs, labels_for, require_weights, split_ids, voc_root,
                        weights_file, weights_identity)
-from .common import Stage, resolve_device, seed_everything, upstream_fp
+from .common import Stage, rank, resolve_device, seed_everything, solo, upstream_fp
 from .config import merge
-from .train_cam import build_eader, train_step
+from .train_cam import build_eader, eader_section, train_step
 
 TRAIN = "standalone_train"
 EVAL = "standalone_eval"
@@ -90,7 +90,7 @@ def depends(cfg):
     baseline is not retrained when an unused EADER setting changes)."""
     e = eader_cfg(cfg)["eader"]
     return [{"seed": cfg["seed"], "data": cls_train_inputs(cfg),
-             "standalone": train_keys(cfg), "eader": e if e["enabled"] else {"enabled": False}},
+             "standalone": train_keys(cfg), "eader": eader_section(eader_cfg(cfg)) if e["enabled"] else {"enabled": False}},
             weights_identity(cfg, ["standalone.weights"] + (["eader.adv_weights"] if e["enabled"] else []))]
 
 
@@ -171,10 +171,12 @@ def run_train(cfg, force=False, stop_after=None):
     step, ck = resume(ckpt_path, device, model, opt, st.log, total)
     if ck is not None and eader is not None:
         eader.load_state_dict(ck["eader"])
+    trained = ddp_wrap(model)  # DDP under torchrun (model itself with one process)
 
     def checkpoint(step):
-        save_checkpoint(ckpt_path, model=model.state_dict(), optimizer=opt.state_dict(),
-                        eader=eader.state_dict() if eader else None, step=step)
+        if rank() == 0:
+            save_checkpoint(ckpt_path, model=model.state_dict(), optimizer=opt.state_dict(),
+                            eader=eader.state_dict() if eader else None, step=step)
 
     amp = autocast(device, s["bf16"])
     st.log.info("variant %s: %d training images; %d steps (%d epochs x %d), batch %d, crop %d, augment %s, "
@@ -189,12 +191,13 @@ def run_train(cfg, force=False, stop_after=None):
         _, x, y = batch
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with model.labelled(y):
-            return train_step(model, opt, eader, x, y, amp)
+            return train_step(trained, opt, eader, x, y, amp)
 
     step = run_steps(loader, sampler, dataset, step_fn, step=step, total=total, steps_per_epoch=steps_per_epoch,
                      batch_size=s["batch_size"], checkpoint=checkpoint, log=st.log, log_every=s["log_every"],
                      checkpoint_every=s["checkpoint_every"], lr=lambda: opt.param_groups[0]["lr"],
-                     desc=f"standalone[{st.variant}]", stop_after=stop_after, show=("loss", "l_cls", "adv_acc"))
+                     desc=f"standalone[{st.variant}]", stop_after=stop_after, show=("loss", "l_cls", "adv_acc"),
+                     progress=rank() == 0)
     if step < total:
         return None
     return st.finish_training("localizer.pth", model.loc.state_dict(), total, t0)
@@ -304,7 +307,8 @@ def run(cfg, force=False, stop_after=None):
     """Train (resumable) then evaluate; returns the metrics dict (None if stopped early)."""
     if run_train(cfg, force=force, stop_after=stop_after) is None:
         return None
-    return run_eval(cfg, force=force)
+    with solo() as lead:  # under torchrun rank 0 scores alone; the others wait
+        return run_eval(cfg, force=force) if lead else None
 
 
 def add_arguments(p):

@@ -1,0 +1,194 @@
+"""Several processes (torch.distributed, gloo on the CPU), as `torchrun --nproc_per_node 2` runs them.
+
+Each test spawns its processes with torch.multiprocessing and joins torchrun's environment variables
+(MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK) through stages.common.init_distributed, the same call
+`psa-eader` makes under torchrun. Runs on the tiny config of the stage tests.
+
+Equality with one process needs the same arithmetic in both: BatchNorm frozen (net.frozen_bn=true; a
+trained BN normalises each rank's half batch by its own statistics) and dropout off (its masks come from
+each process's RNG, drawn for a half batch). Everything else - data order, augmentation, the global
+batch, the lr schedule, gradient averaging - is what the tests compare.
+"""
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from conftest import tiny_cfg
+
+# bf16 inference off: its rounding turns the float-noise differences of the weights into 1e-2 ones
+EQUAL_OVER = {"net.frozen_bn": True, "cam_train.epochs": 2, "cam_infer.bf16": False}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def join_group(rank, world, port):
+    """What torchrun gives a worker, then the process group as `psa-eader` sets it up."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from stages.common import init_distributed
+    init_distributed("cpu")
+
+
+def spawn(fn, world, *args):
+    mp.spawn(fn, args=(world, free_port(), *args), nprocs=world, join=True)
+
+
+def _train_and_infer(rank, world, port, root, work, over, stop_after, out):
+    join_group(rank, world, port)
+    torch.nn.Dropout2d.forward = lambda self, x: x  # see the module's docstring
+    from stages import make_cam, train_cam
+    from stages.common import end_distributed
+    try:
+        cfg = tiny_cfg(root, work, **over)
+        if train_cam.run(cfg, stop_after=stop_after) is None or out is None:
+            return
+        written = []
+        save = make_cam.save_npy
+        make_cam.save_npy = lambda path, obj: (written.append(Path(path).name), save(path, obj))
+        make_cam.run(cfg)
+        Path(out, f"written.{rank}.json").write_text(json.dumps(written))
+    finally:
+        end_distributed()
+
+
+def weights(work, variant="baseline"):
+    return torch.load(Path(work) / variant / "train_cam" / "cam_net.pth", weights_only=True)
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6, msg=k)
+
+
+def test_two_processes_train_the_weights_of_one_and_write_every_cam_once(demo_root, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    spawn(_train_and_infer, 1, str(demo_root), str(one), EQUAL_OVER, None, str(tmp_path))
+    spawn(_train_and_infer, 2, str(demo_root), str(two), EQUAL_OVER, None, str(tmp_path))
+    assert_same_weights(weights(one), weights(two))
+    log = (two / "logs" / "baseline.train_cam.log").read_text()
+    assert "world size 2" in log and "step 8/8" in log  # 16 images, global batch 4: 4 steps x 2 epochs
+    written = [json.loads((tmp_path / f"written.{r}.json").read_text()) for r in (0, 1)]
+    cams = sorted(p.name for p in (two / "baseline" / "make_cam" / "cams").glob("*.npy"))
+    assert sorted(written[0] + written[1]) == cams and not set(written[0]) & set(written[1])
+    assert written[0] and written[1] and (two / "baseline" / "make_cam" / "DONE.json").exists()
+    from psa_baseline.safe_npy import load_dict
+    for name in cams:  # same weights, same CAMs
+        a = load_dict(one / "baseline" / "make_cam" / "cams" / name, "cam", int, "", "")
+        b = load_dict(two / "baseline" / "make_cam" / "cams" / name, "cam", int, "", "")
+        assert a.keys() == b.keys() and all(abs(a[k] - b[k]).max() < 1e-4 for k in a)
+
+
+def test_one_process_run_resumed_by_two_ends_with_the_same_weights(demo_root, tmp_path):
+    ref, mixed = tmp_path / "ref", tmp_path / "mixed"
+    spawn(_train_and_infer, 1, str(demo_root), str(ref), EQUAL_OVER, None, None)
+    spawn(_train_and_infer, 1, str(demo_root), str(mixed), EQUAL_OVER, 3, None)  # stops mid-epoch
+    spawn(_train_and_infer, 2, str(demo_root), str(mixed), EQUAL_OVER, None, None)
+    assert "resumed from" in (mixed / "logs" / "baseline.train_cam.log").read_text()
+    assert_same_weights(weights(ref), weights(mixed))
+
+
+def test_a_global_batch_that_does_not_split_is_refused():
+    from psa_baseline.errors import InputError
+    from psa_baseline.training import per_rank_batch
+    assert per_rank_batch(16, 4) == 4
+    with pytest.raises(InputError, match="multiple of 2"):
+        per_rank_batch(5, 2, "aff_train")
+
+
+def _eader_run(rank, world, port, root, work, stop_after, out):
+    join_group(rank, world, port)
+    from stages import train_cam
+    from stages.common import end_distributed
+    built = []
+    build = train_cam.build_eader
+    train_cam.build_eader = lambda *a, **k: built.append(build(*a, **k)) or built[-1]
+    try:
+        over = {"eader.enabled": True, "eader.phase_steps": 2, "eader.adv_width": 0.25}
+        train_cam.run(tiny_cfg(root, work, **over), stop_after=stop_after)
+        torch.save(built[0].adversary.state_dict(), Path(out, f"adv.rank{rank}.pth"))
+    finally:
+        end_distributed()
+
+
+def _adversary_steps(rank, world, port, out):
+    """The adversary's update on a batch whose erased pairs fall unevenly on the ranks (rank 0 gets
+    `split` images, rank 1 the rest; with split 0 rank 0 has none), against one process's update."""
+    join_group(rank, world, port)
+    from psa_eader.hook import EADER, EaderConfig
+    from stages.common import end_distributed
+    try:
+        for split in (1, 0):
+            torch.manual_seed(0)
+            x = torch.randn(4, 3, 16, 16)
+            y = torch.zeros(4, 20)
+            y[0, [1, 2, 3]] = y[1, 4] = y[2, [5, 6]] = y[3, 7] = 1
+            att = torch.rand(4, 20, 4, 4)
+            adv = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                      torch.nn.Flatten(), torch.nn.Linear(8, 20))
+            e = EADER(EaderConfig(enabled=True, phase_steps=1), adv, torch.optim.SGD(adv.parameters(), lr=0.5))
+            e.step = 1  # the adversary's turn
+            if world == 1:
+                torch.save(adv.state_dict(), Path(out, f"adv.init.{split}.pth"))
+            mine = slice(0, 4) if world == 1 else slice(0, split) if rank == 0 else slice(split, 4)
+            e.adversary_step(x[mine], y[mine], att[mine])
+            if world == 1 or rank == 1:
+                torch.save(adv.state_dict(), Path(out, f"adv.{world}.{split}.pth"))
+    finally:
+        end_distributed()
+
+
+def test_adversary_gradients_are_the_mean_over_all_ranks_pairs(tmp_path):
+    spawn(_adversary_steps, 1, str(tmp_path))
+    spawn(_adversary_steps, 2, str(tmp_path))
+    for split in (1, 0):  # 3 of 7 pairs on rank 0; none on rank 0
+        one = torch.load(tmp_path / f"adv.1.{split}.pth", weights_only=True)
+        two = torch.load(tmp_path / f"adv.2.{split}.pth", weights_only=True)
+        assert_same_weights(one, two)
+        init = torch.load(tmp_path / f"adv.init.{split}.pth", weights_only=True)
+        assert not torch.equal(one["4.weight"], init["4.weight"])  # a step was taken
+
+
+def test_eader_trains_under_two_processes_and_resumes(demo_root, tmp_path):
+    work = tmp_path / "w"
+    spawn(_eader_run, 2, str(demo_root), str(work), 3, str(tmp_path))  # stops in the adversary's turn
+    spawn(_eader_run, 2, str(demo_root), str(work), 6, str(tmp_path))  # resumes: adversary, localizer turns
+    ranks = [torch.load(tmp_path / f"adv.rank{r}.pth", weights_only=True) for r in (0, 1)]
+    ck = torch.load(work / "eader" / "train_cam" / "checkpoint.pth", weights_only=False)
+    assert ck["step"] == 6 and ck["eader"]["step"] == 6
+    for k in ranks[0]:  # the ranks' adversaries stay identical (gradients and BN buffers synchronised)
+        assert torch.equal(ranks[0][k], ranks[1][k]) and torch.equal(ranks[0][k], ck["eader"]["adversary"][k]), k
+    log = (work / "logs" / "eader.train_cam.log").read_text()
+    assert "world size 2" in log and "resumed from" in log and "at step 3/8" in log
+
+
+def _locked_stage(rank, world, port, root, work, out):
+    join_group(rank, world, port)
+    from psa_baseline.errors import InputError
+    from stages.common import Stage, end_distributed
+    try:
+        Stage(tiny_cfg(root, work), "make_cam")
+    except InputError as e:
+        Path(out, f"refused.{rank}").write_text(str(e))
+    finally:
+        end_distributed()
+
+
+def test_a_locked_work_dir_stops_every_rank(demo_root, tmp_path):
+    from stages.common import lock_work_dir
+    work = tmp_path / "w"
+    work.mkdir()
+    lock_work_dir(work)  # this test process is "another run"
+    spawn(_locked_stage, 2, str(demo_root), str(work), str(tmp_path))
+    for r in (0, 1):
+        assert "in use by another psa-eader run" in (tmp_path / f"refused.{r}").read_text()
