@@ -37,7 +37,7 @@ LOG_BYTES = 1 << 20
 def add_arguments(p):
     p.add_argument("--eader", choices=tuple(VARIANTS), default="off",
                    help="variants to check: baseline (off), EADER (on) or both, as for pipeline")
-    p.add_argument("--until", choices=("cam", "aff"), default="aff",
+    p.add_argument("--until", choices=("cam", "aff", "seg"), default="aff",
                    help="last stage group of the planned run, as for pipeline (default aff)")
 
 
@@ -95,6 +95,8 @@ def needed_lists(cfg, stage_names):
     roles.append((d["eval_list"], "data.eval_list"))
     if "make-crf" in stage_names:
         roles.append((cfg["crf"]["list"], "crf.list"))
+    if "train-seg" in stage_names:
+        roles.append((cfg["seg_train"]["list"], "seg_train.list"))
     lists = {}
     for rel, key in roles:
         lists[rel] = f"{lists[rel]}, {key}" if rel in lists else key
@@ -219,6 +221,18 @@ def check_crf_list(cfg, ids_by_list, f):
                   f"{few(missing)}; add crf.list to data.infer_lists")
 
 
+def check_seg_list(cfg, ids_by_list, f):
+    """train-seg reads the pseudo labels of seg_train.list: make-pseudo writes them for data.infer_lists."""
+    seg = ids_by_list.get(cfg["seg_train"]["list"])
+    if seg is None:
+        return
+    inferred = {i for rel in cfg["data"]["infer_lists"] for i in ids_by_list.get(rel, [])}
+    missing = [i for i in seg if i not in inferred]
+    if missing:
+        f.problem(f"{len(missing)} ids of seg_train.list {cfg['seg_train']['list']} get no pseudo labels (not in "
+                  f"data.infer_lists): {few(missing)}; add seg_train.list to data.infer_lists")
+
+
 def check_part_masks(cfg, root, f):
     pm = cfg["data"]["part_masks"]
     if pm and not (root.root / pm).is_dir():
@@ -231,10 +245,12 @@ def meta_nets(cfg):
     """The networks as configured, on the meta device (shapes only)."""
     from psa_baseline.cam_net import CAMNet
     from psa_eader.adversary import build_resnet
+    from .deeplab import build_deeplab
     with torch.device("meta"):
         return {"net.weights": CAMNet(res38_spec(cfg)),
                 "eader.adv_weights": build_resnet("resnet18", cfg["eader"]["adv_width"]),
-                "standalone.weights": build_resnet(cfg["standalone"]["arch"], cfg["standalone"]["width"])}
+                "standalone.weights": build_resnet(cfg["standalone"]["arch"], cfg["standalone"]["width"]),
+                "seg_train.encoder_weights": build_deeplab(cfg).encoder}
 
 
 def load_report(key, net, path):
@@ -245,10 +261,12 @@ def load_report(key, net, path):
         warnings.simplefilter("ignore")  # copying into meta tensors is a no-op, and torch says so
         if key == "net.weights":
             missing = [k for k in load_weights(net, path).missing if k.startswith("backbone.")]
-            mismatched = []
+            mismatched, extra = [], []
         else:
             rep = load_backbone_weights(net, path)
             missing, mismatched = rep["missing"], rep["mismatched"]
+            # train-seg also refuses extra tensors: a deeper ResNet's file fits a shallower encoder's keys
+            extra = rep["unexpected"] if key == "seg_train.encoder_weights" else []
     out = []
     if missing:
         out.append(f"{key}: {path} leaves {len(missing)} tensors of the network uninitialised "
@@ -256,6 +274,9 @@ def load_report(key, net, path):
     if mismatched:
         out.append(f"{key}: {path} has {len(mismatched)} tensors of the wrong shape ({few(mismatched, 3)}); "
                    f"the file is for another architecture or width")
+    if extra:
+        out.append(f"{key}: {path} has {len(extra)} tensors the network does not have ({few(extra, 3)}); the file "
+                   f"is for another architecture")
     return out
 
 
@@ -307,12 +328,13 @@ def image_stats(root, ids, table):
 
 
 def model_bytes(cfg):
-    """float32 bytes of the CAM network, AffinityNet and the adversary as configured."""
+    """float32 bytes of the CAM network, AffinityNet, the adversary and DeepLabV3+ as configured."""
     from psa_baseline.affinity import AffinityNet
     from psa_eader.adversary import build_resnet
+    from .deeplab import build_deeplab
     with torch.device("meta"):
         nets = {"cam": meta_nets(cfg)["net.weights"], "aff": AffinityNet(res38_spec(cfg)),
-                "adv": build_resnet("resnet18", cfg["eader"]["adv_width"])}
+                "adv": build_resnet("resnet18", cfg["eader"]["adv_width"]), "seg": build_deeplab(cfg)}
     return {k: 4 * sum(p.numel() for p in n.parameters()) for k, n in nets.items()}
 
 
@@ -321,7 +343,8 @@ def stage_estimates(cfg, plan, ids_by_list, pixels, classes):
     d = cfg["data"]
     infer = list(dict.fromkeys(i for rel in d["infer_lists"] for i in ids_by_list.get(rel, [])))
     n = {"train": len(ids_by_list.get(d["train_list"], [])), "infer": len(infer),
-         "eval": len(ids_by_list.get(d["eval_list"], [])), "crf": len(ids_by_list.get(cfg["crf"]["list"], []))}
+         "eval": len(ids_by_list.get(d["eval_list"], [])), "crf": len(ids_by_list.get(cfg["crf"]["list"], [])),
+         "seg": len(ids_by_list.get(cfg["seg_train"]["list"], []))}
     m = model_bytes(cfg)
     rows = []
     for vcfg, name, _ in plan:
@@ -337,6 +360,8 @@ def stage_estimates(cfg, plan, ids_by_list, pixels, classes):
             "make-pseudo": (n["infer"], n["infer"] * pixels * (PNG_BYTES_PER_PIXEL + (
                 (1 + classes) * 4 / 64 if vcfg["rw"]["save_scores"] else 0))),
             "eval-seg": (n["eval"], n["eval"] * EVAL_BYTES_PER_IMAGE),
+            "train-seg": (n["seg"], 3 * m["seg"]),
+            "make-seg": (n["eval"], n["eval"] * pixels * PNG_BYTES_PER_PIXEL),
         }[name]
         rows.append((variant_name(vcfg), name, images, int(size + LOG_BYTES)))
     return rows
@@ -408,6 +433,8 @@ def run_check(cfg, eader="off", until="aff", out=print):
         check_part_masks(cfg, root, f)
     if "make-crf" in names:
         check_crf_list(cfg, ids_by_list, f)
+    if "train-seg" in names:
+        check_seg_list(cfg, ids_by_list, f)
     check_weight_files(cfg, plan, f)
     every = list(dict.fromkeys(i for ids in ids_by_list.values() for i in ids))
     pixels, classes = image_stats(root, every, table) if root is not None else (TYPICAL_PIXELS, TYPICAL_CLASSES)

@@ -222,3 +222,22 @@ def test_export_refuses_incomplete_pseudo_labels(seg_work, demo_root, tmp_path):
         export.run(seg_work, out)
     assert cli_main(args(out)) == 2 and (out / "mine.txt").is_file()
     assert cli_main(args(tmp_path / "ok")) == 0 and (tmp_path / "ok/train_aug.txt").is_file()
+
+
+def test_check_plans_the_deeplab_stages(demo_root, tmp_path):
+    import torchvision
+    from stages.check import run_check
+    lines = []
+    run_check(tiny_cfg(demo_root, tmp_path / "w", **SEG), "off", "seg", out=lines.append)
+    plan = "\n".join(lines)
+    assert "train-seg" in plan and "make-seg" in plan and "ready" in plan
+    with pytest.raises(InputError, match="seg_train.encoder_weights' is null, so train-seg"):
+        run_check(tiny_cfg(demo_root, tmp_path / "w", **{**SEG, "seg_train.encoder_weights": None}), "off", "seg",
+                  out=lambda m: None)
+    torch.save(torchvision.models.resnet34().state_dict(), tmp_path / "resnet34.pth")  # not the resnet18 encoder's
+    with pytest.raises(InputError, match="seg_train.encoder_weights: .*resnet34.pth"):
+        run_check(tiny_cfg(demo_root, tmp_path / "w", **{**SEG, "seg_train.encoder_weights": str(tmp_path / "resnet34.pth")}),
+                  "off", "seg", out=lambda m: None)
+    with pytest.raises(InputError, match=r"16 ids of seg_train.list \S+ get no pseudo labels \(not in data.infer_lists\)"):
+        run_check(tiny_cfg(demo_root, tmp_path / "w", **{**SEG, "data.infer_lists": [VAL]}), "off", "seg",
+                  out=lambda m: None)
