@@ -192,3 +192,99 @@ def test_a_locked_work_dir_stops_every_rank(demo_root, tmp_path):
     spawn(_locked_stage, 2, str(demo_root), str(work), str(tmp_path))
     for r in (0, 1):
         assert "in use by another psa-eader run" in (tmp_path / f"refused.{r}").read_text()
+
+
+# ---------------------------------------------------------------------------- the other stages
+
+AFF = {"aff_train.batch_size": 4, "aff_train.epochs": 1, "aff_train.crop": 80, "crf.workers": 1,
+       "cam_train.epochs": 1}
+STANDALONE = {"standalone.arch": "resnet18", "standalone.width": 0.0625, "standalone.batch_size": 4,
+              "standalone.epochs": 1, "standalone.crop": 64, "standalone.resize_long": [56, 80],
+              "standalone.num_workers": 0, "standalone.phase_steps": 2, "standalone.adv_width": 0.0625,
+              "eader.enabled": True}
+
+
+def _aff_and_standalone(rank, world, port, root, work, out):
+    join_group(rank, world, port)
+    from psa_baseline import voc
+    from stages import make_cam, make_crf, make_pseudo, train_aff, train_cam, train_standalone
+    from stages.common import end_distributed
+    written = []
+    save = voc.save_label_png
+    voc.save_label_png = lambda path, label: (written.append(Path(path).name), save(path, label))
+    try:
+        cfg = tiny_cfg(root, work, **AFF)
+        for m in (train_cam, make_cam, make_crf, train_aff, make_pseudo):
+            m.run(cfg)
+        Path(out, f"pseudo.{rank}.json").write_text(json.dumps(written))
+        train_standalone.run_train(tiny_cfg(root, work, **STANDALONE))
+    finally:
+        end_distributed()
+
+
+def test_affinity_stages_and_standalone_run_under_two_processes(demo_root, tmp_path):
+    work = tmp_path / "w"
+    spawn(_aff_and_standalone, 2, str(demo_root), str(work), str(tmp_path))
+    for stage in ("train_cam", "make_cam", "make_crf", "train_aff", "make_pseudo"):
+        assert (work / "baseline" / stage / "DONE.json").exists(), stage
+        assert "world size 2" in (work / "logs" / f"baseline.{stage}.log").read_text()
+    assert (work / "eader" / "standalone_train" / "localizer.pth").exists()
+    written = [json.loads((tmp_path / f"pseudo.{r}.json").read_text()) for r in (0, 1)]
+    pngs = sorted(p.name for p in (work / "baseline" / "make_pseudo" / "pseudo").glob("*.png"))
+    assert len(pngs) == 24 and sorted(written[0] + written[1]) == pngs  # each label written by one rank, once
+    crf = sorted(p.name for p in (work / "baseline" / "make_crf" / "crf_la").glob("*.npy"))
+    assert len(crf) == 16  # the train list
+
+
+def test_torchrun_runs_a_stage_with_two_processes(demo_root, tmp_path):
+    """The command line of the README: torchrun ... -m stages.cli train-cam."""
+    import subprocess
+    import sys
+    from conftest import ROOT
+    over = ["net.width=0.0625", "net.blocks=[1,1,1,1]", "cam_train.batch_size=4", "cam_train.epochs=1",
+            "cam_train.crop=64", "cam_train.resize_long=[56,80]", "adv_pretrain.epochs=0", "net.weights=random"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+           "stages.cli", "train-cam", "--config", "demo", "--voc-root", str(demo_root), "--work-dir",
+           str(tmp_path / "w"), "--device", "cpu", *over]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = (tmp_path / "w" / "logs" / "baseline.train_cam.log").read_text()
+    assert "world size 2" in log and "step 4/4" in log
+    assert (tmp_path / "w" / "baseline" / "train_cam" / "DONE.json").exists()
+    # a global batch that does not split over the processes is refused, by every rank, exit 2
+    r = subprocess.run(cmd + ["cam_train.batch_size=3", "--force"], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode != 0 and "must divide evenly over 2 processes" in r.stderr
+
+
+# ---------------------------------------------------------------------------- --shard i/n
+
+def test_shards_split_make_cam_and_the_last_one_finishes(demo_root, tmp_path, monkeypatch):
+    from stages import make_cam, train_cam
+    from stages.common import my_share, parse_shard
+    cfg = tiny_cfg(demo_root, tmp_path / "w", **{"cam_train.epochs": 1})
+    train_cam.run(cfg)
+    ids = make_cam.infer_ids(cfg)
+    cam_dir = tmp_path / "w" / "baseline" / "make_cam" / "cams"
+    assert parse_shard("1/2") == (1, 2) and sorted(my_share(ids, (0, 2)) + my_share(ids, (1, 2))) == sorted(ids)
+    # shard 0 is killed after two images; its rerun does only the rest of its share
+    calls = []
+    save = make_cam.save_npy
+
+    def dying(path, obj):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(Path(path).stem)
+        save(path, obj)
+    monkeypatch.setattr(make_cam, "save_npy", dying)
+    with pytest.raises(KeyboardInterrupt):
+        make_cam.run(cfg, shard=(0, 2))
+    monkeypatch.setattr(make_cam, "save_npy", lambda path, obj: (calls.append(Path(path).stem), save(path, obj)))
+    make_cam.run(cfg, shard=(0, 2))
+    assert sorted(calls) == sorted(my_share(ids, (0, 2)))  # nothing done twice
+    assert not (cam_dir.parent / "DONE.json").exists()  # shard 1's images are still missing
+    make_cam.run(cfg, shard=(1, 2))
+    assert sorted(calls) == sorted(ids) and (cam_dir.parent / "DONE.json").exists()
+    log = (tmp_path / "w" / "logs" / "baseline.make_cam.log").read_text()
+    assert "shard 0/2" in log and "(2 already on disk)" in log and "other shards are still missing" in log
