@@ -46,3 +46,47 @@ def test_fusion_matches_hand_computation_with_flip():
     # the flip matters: a flip-less fusion differs on this asymmetric image
     noflip = multiscale_cam(FakeNet(), img, label, scales=(1.0,), flip=False)
     assert not np.allclose(noflip[3], got[3], atol=1e-3)
+
+
+def all_classes_cam(net, img, label, scales, bf16):
+    """multiscale_cam as it was before issue 12: every class upsampled and fused, NCHW input."""
+    from psa_baseline.cam_infer import fuse_cams, to_cam_dict
+    h, w = img.shape[:2]
+    cams, flips = [], []
+    amp = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else torch.autocast("cpu", enabled=False)
+    with torch.inference_mode():
+        for s in scales:
+            im = resize_image(img, s)
+            with amp:
+                out = net.forward_cam(normalise_batch(np.stack([im, im[:, ::-1]]), "cpu"))
+            out = F.interpolate(out.float(), (h, w), mode="bilinear", align_corners=False)
+            cams += [out[0], out[1]]
+            flips += [False, True]
+    return to_cam_dict(fuse_cams(cams, torch.as_tensor(label), flips), label)
+
+
+def test_present_classes_and_channels_last_give_the_same_cams_as_before():
+    """make-cam's path (present classes only, channels_last input and net) against the all-classes NCHW
+    path: the very numbers under bf16 autocast and in float32 NCHW; float32 channels_last differs by float
+    noise (another conv kernel on these narrow layers; bit-identical on the demo's width-0.125 network)."""
+    from psa_baseline.cam_net import CAMNet
+    from conftest import tiny_spec
+    torch.manual_seed(0)
+    net = CAMNet(tiny_spec()).eval()
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 256, (37, 45, 3), dtype=np.uint8)
+    label = np.zeros(20, np.float32)
+    label[[2, 9, 14]] = 1
+    for bf16 in (False, True):
+        want = all_classes_cam(net, img, label, (1.0, 0.5), bf16)
+        for cl in (False, True):
+            n = net.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
+            got = multiscale_cam(n, img, label, scales=(1.0, 0.5), flip=True, bf16=bf16, channels_last=cl)
+            assert sorted(got) == sorted(want) == [2, 9, 14]
+            for c in got:
+                assert got[c].dtype == np.float32, c
+                if bf16 or not cl:
+                    assert np.array_equal(got[c], want[c]), (bf16, cl, c)
+                else:
+                    assert np.abs(got[c] - want[c]).max() < 1e-5, c
+    assert multiscale_cam(net, img, np.zeros(20, np.float32), scales=(1.0,)) == {}

@@ -1,0 +1,113 @@
+"""make-cam's per-image work (read, multi-scale + flip CAMs, write the .npy), images/s: before and after.
+
+"before" is psa_baseline/cam_infer.py at git revision --reference (loaded from `git show`, NCHW net and
+input, every class upsampled); "after" is this tree's make-cam path (present classes, channels_last).
+Each runs in float32 and under bf16 autocast, round-robin in one process, one warm-up image, order rotated
+each round, so a busy machine slows all settings alike; images/s from each setting's median round. The CAM
+net and scales come from the config and a trained cam_net.pth. With --save-dir, each setting's CAMs of the
+last round go to SAVE_DIR/<setting>/ (score them with `psa-eader eval-cam --cam-dir`), and the largest
+difference between before and after is printed per dtype.
+
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_cam.py --config demo --voc-root /tmp/spd/data \\
+        --model /tmp/spd/w2/baseline/train_cam/cam_net.pth --images 60 --rounds 3 --save-dir /tmp/spd/cams
+"""
+import argparse
+import importlib.util
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def module_at(rev, rel):
+    """The module file `rel` as it was at git revision `rev`."""
+    src = subprocess.run(["git", "show", f"{rev}:{rel}"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    path = Path(tempfile.mkdtemp()) / Path(rel).name
+    path.write_text(src)
+    package = str(Path(rel).parent).replace("/", ".")  # its relative imports resolve in this tree's package
+    spec = importlib.util.spec_from_file_location(f"{package}.ref_{Path(rel).stem}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="demo")
+    p.add_argument("--voc-root", required=True)
+    p.add_argument("--model", required=True, help="a trained cam_net.pth of this config's network")
+    p.add_argument("--list", default="ImageSets/Segmentation/val.txt", help="ids, under the VOC root")
+    p.add_argument("--images", type=int, default=60)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--reference", default="a7b10a1", help="git revision of the 'before' cam_infer.py")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--save-dir")
+    args = p.parse_args(argv)
+
+    import numpy as np
+    import torch
+    from psa_baseline import cam_infer
+    from psa_baseline.fileio import save_npy
+    from psa_baseline.voc import VOCRoot
+    from stages.builders import build_cam_net
+    from stages.config import load_config, merge
+    torch.set_num_threads(args.threads)
+    cfg = load_config(args.config, [("voc_root", args.voc_root)])
+    ref = module_at(args.reference, "psa_baseline/cam_infer.py")
+    net = build_cam_net(merge(cfg, {"net": {"weights": None}}))
+    net.load_state_dict(torch.load(args.model, map_location="cpu", weights_only=True))
+    net.eval()
+    root = VOCRoot(args.voc_root)
+    ids = (Path(args.voc_root) / args.list).read_text().split()[:args.images]
+    labels = np.load(Path(args.voc_root) / "cls_labels.npy", allow_pickle=True).item()
+    scales, flip = cfg["cam_infer"]["scales"], cfg["cam_infer"]["flip"]
+    out = Path(args.save_dir or tempfile.mkdtemp())
+
+    def before(bf16):
+        net.to(memory_format=torch.contiguous_format)
+        return lambda img, lab: ref.multiscale_cam(net, img, lab, scales, flip, "cpu", bf16)
+
+    def after(bf16):
+        net.to(memory_format=torch.channels_last)
+        return lambda img, lab: cam_infer.multiscale_cam(net, img, lab, scales, flip, "cpu", bf16, channels_last=True)
+
+    settings = {"before_fp32": (before, False), "before_bf16": (before, True),
+                "after_fp32": (after, False), "after_bf16": (after, True)}
+    times = {s: [] for s in settings}
+    names = list(settings)
+    for r in range(args.rounds):
+        for s in names[r % len(names):] + names[:r % len(names)]:
+            make, bf16 = settings[s]
+            fn = make(bf16)
+            fn(root.read_image(ids[0]), labels[ids[0]])  # warm-up
+            t0 = time.perf_counter()
+            for i in ids:
+                save_npy(out / s / f"{i}.npy", fn(root.read_image(i), labels[i]))
+            times[s].append(time.perf_counter() - t0)
+    base = len(ids) / statistics.median(times["before_fp32"])
+    print(f"{len(ids)} images of {args.list}, scales {scales} flip {flip}, {args.threads} thread(s), "
+          f"{args.rounds} rounds; before = cam_infer.py at {args.reference}")
+    print("| setting | images/s | vs before_fp32 |\n|---|---|---|")
+    for s in names:
+        ips = len(ids) / statistics.median(times[s])
+        print(f"| {s} | {ips:.2f} | {ips / base:.2f}x |")
+    for d in ("fp32", "bf16"):
+        diff = 0.0
+        for i in ids:
+            a = np.load(out / f"before_{d}" / f"{i}.npy", allow_pickle=True).item()
+            b = np.load(out / f"after_{d}" / f"{i}.npy", allow_pickle=True).item()
+            assert a.keys() == b.keys(), i
+            diff = max([diff] + [float(np.abs(a[k] - b[k]).max()) for k in a])
+        print(f"largest |before - after| over the CAMs, {d}: {diff:.3g}")
+    if args.save_dir:
+        print(f"CAMs in {out}/<setting>/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
