@@ -7,6 +7,10 @@ the A^beta-weighted mean of v over j's neighbours (itself included):
     v'_j = sum_i A_ij^beta v_i / sum_i A_ij^beta.
 The sparse path applies that neighbourhood mean t = 2^logt times: O(t * N * K) with K = 2P + 1
 neighbours instead of the dense O(logt * N^3) time and O(N^2) memory.
+
+Every step runs on the device of the affinities (a GPU when AffinityNet ran there: the operator, the
+t SpMMs over the present classes at once, the upsampling and the argmax), and only the label comes
+back to the CPU; on the CPU the arithmetic is what it always was.
 """
 import warnings
 
@@ -27,7 +31,8 @@ def _aff_pn(aff, h, w, radius, psa_crop):
         raise InputError(f"neighbour affinities have shape {tuple(aff.shape)}, expected (P, N) = "
                          f"{tuple(to_idx.shape)} for a {h} x {w} grid at radius {radius}; compute them "
                          "with AffinityNet.affinities on the padded image of this CAM")
-    aff = aff.detach().cpu()
+    aff = aff.detach()  # stays on its device
+    to_idx, valid = to_idx.to(aff.device), valid.to(aff.device)
     return (aff if aff.is_floating_point() else aff.float()), to_idx, valid
 
 
@@ -35,8 +40,8 @@ def dense_affinity_matrix(aff, h, w, radius=5, psa_crop=True):
     """N x N matrix as PSA's `forward(to_dense=True)`: pair affinities both ways, diagonal 1, else 0."""
     aff, to_idx, valid = _aff_pn(aff, h, w, radius, psa_crop)
     n = h * w
-    frm = torch.arange(n).expand_as(to_idx)
-    mat = torch.zeros(n, n, dtype=aff.dtype)
+    frm = torch.arange(n, device=aff.device).expand_as(to_idx)
+    mat = torch.zeros(n, n, dtype=aff.dtype, device=aff.device)
     mat[frm[valid], to_idx[valid]] = aff[valid]
     mat[to_idx[valid], frm[valid]] = aff[valid]
     mat.diagonal().fill_(1.0)
@@ -50,7 +55,7 @@ def random_walk_dense(aff_dense, cams, beta=8, logt=8):
     for _ in range(logt):
         trans = trans @ trans
     c = cams.shape[0]
-    return (cams.reshape(c, -1).to(trans.dtype) @ trans).reshape(cams.shape)
+    return (cams.reshape(c, -1).to(trans.device, trans.dtype) @ trans).reshape(cams.shape)
 
 
 def sparse_transition(aff, h, w, radius=5, beta=8, psa_crop=True):
@@ -62,16 +67,17 @@ def sparse_transition(aff, h, w, radius=5, beta=8, psa_crop=True):
     """
     aff, to_idx, valid = _aff_pn(aff, h, w, radius, psa_crop)
     p, n = to_idx.shape
-    frm = torch.arange(n).expand(p, n)
-    a = torch.where(valid, aff ** beta, torch.zeros((), dtype=aff.dtype))
+    dev = aff.device
+    frm = torch.arange(n, device=dev).expand(p, n)
+    a = torch.where(valid, aff ** beta, torch.zeros((), dtype=aff.dtype, device=dev))
     # backward slots: for pair (i -> j = to[p, i]) store neighbour i and weight a[p, i] at pixel j
-    rows = torch.arange(p).unsqueeze(1).expand(p, n)
+    rows = torch.arange(p, device=dev).unsqueeze(1).expand(p, n)
     back_nbr = frm.clone()
-    back_w = torch.zeros(p, n, dtype=aff.dtype)
+    back_w = torch.zeros(p, n, dtype=aff.dtype, device=dev)
     back_nbr[rows[valid], to_idx[valid]] = frm[valid]
     back_w[rows[valid], to_idx[valid]] = a[valid]
-    nbr = torch.cat([torch.arange(n).unsqueeze(0), to_idx, back_nbr])
-    wgt = torch.cat([torch.ones(1, n, dtype=aff.dtype), a, back_w])
+    nbr = torch.cat([torch.arange(n, device=dev).unsqueeze(0), to_idx, back_nbr])
+    wgt = torch.cat([torch.ones(1, n, dtype=aff.dtype, device=dev), a, back_w])
     return nbr, wgt / wgt.sum(0, keepdim=True)
 
 
@@ -79,7 +85,7 @@ def transition_csr(nbr, wgt):
     """The K-neighbour lists as a sparse CSR matrix M (N x N) with v'^T = M @ v^T (M = T^T)."""
     k, n = nbr.shape
     keep = wgt > 0  # drop empty slots (invalid pairs); COO coalesce sorts each row's columns
-    rows = torch.arange(n).expand(k, n)
+    rows = torch.arange(n, device=nbr.device).expand(k, n)
     coo = torch.sparse_coo_tensor(torch.stack([rows[keep], nbr[keep]]), wgt[keep], (n, n),
                                   check_invariants=True).coalesce()
     with warnings.catch_warnings():  # torch flags CSR as beta; SpMM on CSR is the fast CPU path
@@ -90,7 +96,8 @@ def transition_csr(nbr, wgt):
 def random_walk_sparse(aff, cams, beta=8, t=256, radius=5, psa_crop=True):
     """Same operator as `random_walk_dense` (t = 2^logt), applied t times as a sparse mat-vec.
 
-    aff: (P, N) or (1, P, N) neighbour affinities from `AffinityNet.affinities`; cams (C, h, w).
+    aff: (P, N) or (1, P, N) neighbour affinities from `AffinityNet.affinities`; cams (C, h, w), moved
+    to aff's device; the result is there too.
     Each step is the K-neighbour weighted sum of `sparse_transition`, done by a CSR SpMM (a plain
     gather-and-sum over (C, K, N) gives the same numbers but is ~20x slower on CPU).
     Each SpMM is small, so one intra-op thread is fastest on a busy 2-core CPU (measured 0.12 s vs
@@ -98,7 +105,7 @@ def random_walk_sparse(aff, cams, beta=8, t=256, radius=5, psa_crop=True):
     """
     c, h, w = cams.shape
     m = transition_csr(*sparse_transition(aff, h, w, radius, beta, psa_crop))
-    vt = cams.reshape(c, -1).to(m.dtype).T.contiguous()
+    vt = cams.reshape(c, -1).to(m.device, m.dtype).T.contiguous()
     for _ in range(t):
         vt = m @ vt
     return vt.T.reshape(c, h, w)
@@ -133,6 +140,6 @@ def propagate_cams(cam_dict, aff, image_shape, alpha_bg=16, beta=8, t=256, radiu
     else:
         rw = random_walk_sparse(aff, grid, beta, t, radius, psa_crop)
     up = F.interpolate(rw[None], size=(h * 8, w * 8), mode="bilinear", align_corners=False)[0]
-    pred = up.argmax(0)[:H, :W].numpy()
+    pred = up.argmax(0)[:H, :W].cpu().numpy()
     ids = np.asarray([0] + [int(k) + 1 for k in keys], np.uint8)
     return ids[pred]

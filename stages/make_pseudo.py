@@ -81,8 +81,8 @@ def walk_scores(cam_dict, aff, shape, alpha, beta, t):
     rw = random_walk_sparse(aff, grid, beta, t)
     up = F.interpolate(rw[None], size=(h * 8, w * 8), mode="bilinear", align_corners=False)[0]
     ids = np.asarray([0] + [int(k) + 1 for k in keys], np.uint8)
-    label = ids[up.argmax(0)[:H, :W].numpy()]
-    return label, {int(c): rw[i].numpy().astype(np.float32) for i, c in enumerate(ids)}
+    label = ids[up.argmax(0)[:H, :W].cpu().numpy()]
+    return label, {int(c): rw[i].cpu().numpy().astype(np.float32) for i, c in enumerate(ids)}
 
 
 def load_aff_net(cfg, path, device):

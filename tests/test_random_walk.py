@@ -105,3 +105,28 @@ def test_propagate_cams_fills_object_region():
         propagate_cams({2: cam}, aff[:, :-1], (H, W, 3))
     with pytest.raises(InputError):
         propagate_cams({2: cam}, aff, (H, W, 3), dense=True, t=100)
+
+
+def _demo_walk_inputs(seed):
+    H, W = 61, 90
+    g = torch.Generator().manual_seed(seed)
+    aff = feature_affinities(torch.randn(1, 6, -(-H // 8), -(-W // 8), generator=g))[0]
+    rng = np.random.default_rng(seed)
+    cams = {c: rng.random((H, W)).astype(np.float32) for c in (4, 11)}
+    return cams, aff, (H, W, 3)
+
+
+def test_walk_runs_where_the_affinities_are_and_returns_a_cpu_label():
+    cams, aff, shape = _demo_walk_inputs(0)
+    grid = torch.rand(3, 8, 12)
+    assert random_walk_sparse(aff, grid, t=4).device == aff.device
+    label = propagate_cams(cams, aff, shape)
+    assert isinstance(label, np.ndarray) and label.shape == shape[:2]
+    assert set(np.unique(label)) <= {0, 5, 12}  # background and the present classes only
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (the walk on the device)")
+def test_walk_on_the_gpu_gives_the_labels_of_the_cpu_walk():
+    for seed in range(5):
+        cams, aff, shape = _demo_walk_inputs(seed)
+        assert np.array_equal(propagate_cams(cams, aff.cuda(), shape), propagate_cams(cams, aff, shape)), seed
