@@ -42,6 +42,10 @@ def run_variants(cfg, eader="off", force=False, log=print, until="aff"):
     for _, mod in stages:  # config errors of late stages show up now, not hours later
         if hasattr(mod, "check_config"):
             mod.check_config(cfg)
+    from .builders import require_weights
+    for enabled in variants:  # so do null weights keys (e.g. seg_train.encoder_weights for train-seg)
+        for name, _ in stages:
+            require_weights(merge(cfg, {"eader": {"enabled": enabled}}), name)
     from demo import pretrain
     if pretrain.named_in(cfg):  # the demo's stand-in for ImageNet: verified, made once if absent
         with solo() as lead:

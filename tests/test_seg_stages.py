@@ -241,3 +241,10 @@ def test_check_plans_the_deeplab_stages(demo_root, tmp_path):
     with pytest.raises(InputError, match=r"16 ids of seg_train.list \S+ get no pseudo labels \(not in data.infer_lists\)"):
         run_check(tiny_cfg(demo_root, tmp_path / "w", **{**SEG, "data.infer_lists": [VAL]}), "off", "seg",
                   out=lambda m: None)
+
+
+def test_pipeline_refuses_null_encoder_weights_before_any_stage(demo_root, tmp_path):
+    cfg = tiny_cfg(demo_root, tmp_path / "w", **{**SEG, "seg_train.encoder_weights": None})
+    with pytest.raises(InputError, match="'seg_train.encoder_weights' is null, so train-seg"):
+        pipeline.run_variants(cfg, "off", until="seg", log=lambda m: None)
+    assert not (tmp_path / "w").exists()  # not after hours of the earlier stages
