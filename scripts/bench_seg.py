@@ -9,7 +9,6 @@ and flip on a random image of --image-size. Nothing is written.
     .venv/bin/python scripts/bench_seg.py --config voc --device cuda --image-size 500 375   # the paper's setting
 """
 import argparse
-import contextlib
 import os
 import sys
 import time
@@ -71,7 +70,7 @@ def main(argv=None):
     for i in range(args.images + 1):
         sync(device)
         t0 = time.perf_counter()
-        predict_probs(net, img, inf["scales"], inf["flip"], device, amp if t["bf16"] else contextlib.nullcontext)
+        predict_probs(net, img, inf["scales"], inf["flip"], device, amp)
         sync(device)
         if i >= 1:
             times.append(time.perf_counter() - t0)
