@@ -2,7 +2,6 @@
 (train-seg, make-seg, eval-seg --target seg) on the demo data with a tiny random-init network. The pseudo
 labels are faked from the ground truth (degraded) so that the tests need not run stages 1 and 2."""
 import json
-import os
 from pathlib import Path
 
 import numpy as np
