@@ -9,7 +9,6 @@ cross-entropy with 255 ignored, 30k iterations, output stride 16. A rerun resume
 """
 import time
 
-
 from psa_baseline import voc
 from psa_baseline.errors import InputError
 from psa_baseline.training import autocast, epoch_loader, run_steps, unwrap
