@@ -57,7 +57,8 @@ KNOWN = {
         sha256="f37072fd47e89c5e827621c5baffa7500819f7896bbacec160b1a16c560e07ec", size=46830571),
     "resnet101": Published(
         "resnet101-63fe2227.pth", "https://download.pytorch.org/models/resnet101-63fe2227.pth",
-        "standalone.weights", "the standalone localizer (torchvision ResNet101_Weights.IMAGENET1K_V1)",
+        "standalone.weights", "the standalone localizer, and DeepLabV3+'s encoder as seg_train.encoder_weights "
+        "(torchvision ResNet101_Weights.IMAGENET1K_V1)",
         sha256_prefix="63fe2227", note="full SHA-256 not published (torchvision checks the 8-digit prefix)"),
 }
 
