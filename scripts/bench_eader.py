@@ -48,13 +48,13 @@ def maxrss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def build(setting, mode, batch, device):
-    """(cfg, model, opt, eader, x, y, body, labelled) for one measurement."""
+def build(setting, mode, batch, device, overrides=()):
+    """(cfg, model, opt, eader, x, y, body, labelled) for one measurement; overrides: key=value strings."""
     import torch
     from stages.config import load_config, merge
     from stages.train_cam import build_eader
     standalone = setting.startswith("standalone")
-    cfg = load_config("demo" if setting.endswith("demo") else "voc", [("device", str(device))])
+    cfg = load_config("demo" if setting.endswith("demo") else "voc", [("device", str(device)), *overrides])
     cfg = merge(cfg, {"eader": {"enabled": mode != "baseline"}})
     if standalone:
         from stages.train_standalone import GradCamModel, build_localizer, eader_cfg
@@ -118,7 +118,7 @@ def child(spec):
     torch.manual_seed(0)
     timing = spec["kind"] == "timing"
     cfg, model, opt, eader, x, y, body, labelled = build(spec["setting"], "eader_loc" if timing else spec["mode"],
-                                                         spec["batch"], device)
+                                                         spec["batch"], device, spec.get("set", ()))
     amp = ((lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if spec["dtype"] == "bf16"
            else contextlib.nullcontext)
     counts = {"localizer_body": 0, "adversary": 0}
@@ -221,6 +221,8 @@ def main(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--timeout", type=float, default=7200, help="seconds per measurement")
     p.add_argument("--out", default="work/bench_eader", help="writes OUT.json and OUT.md")
+    p.add_argument("--set", nargs="*", default=[], metavar="key=value",
+                   help="config overrides for every measurement, e.g. eader.autocast=true")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -231,7 +233,8 @@ def main(argv=None):
     from psa_baseline.fileio import write_json, write_text
     for s in args.settings:
         for d in args.dtypes:
-            base = {"setting": s, "dtype": d, "batch": args.batch, "threads": args.threads, "device": args.device}
+            base = {"setting": s, "dtype": d, "batch": args.batch, "threads": args.threads, "device": args.device,
+                    "set": args.set}
             jobs = [{**base, "kind": "timing", "steps": args.rounds, "warmup": 1}]
             jobs += [{**base, "kind": "memory", "mode": m, "steps": 1, "warmup": 1} for m in MODES]
             for spec in jobs:

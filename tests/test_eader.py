@@ -513,3 +513,31 @@ def test_masks_follow_att_norm_in_both_turns(norm):
         assert erased[0, :, :2].abs().max() < 1e-3  # the peak half is erased either way
         kept = erased[0, :, 2:].mean().item()
         assert kept == pytest.approx(0.0 if norm == "max" else 1.0, abs=1e-3)
+
+
+def test_eader_autocast_runs_the_hook_under_the_steps_bf16_only_when_asked():
+    """eader.autocast: the adversary's forwards follow the localizer step's bf16 autocast (both turns);
+    off (the default) they stay float32 as before."""
+    from contextlib import nullcontext
+    from conftest import tiny_spec
+    from psa_eader.hook import EADER, EaderConfig
+    from stages.train_cam import train_step
+    torch.manual_seed(0)
+    net = CAMNet(tiny_spec())
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    x, y = torch.randn(2, 3, 32, 32), torch.zeros(2, 20)
+    y[0, 3] = y[1, 5] = 1
+    amp = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
+    for on in (False, True):
+        adv = build_adversary(width=0.25)
+        e = EADER(EaderConfig(enabled=True, phase_steps=1, autocast=on), adv,
+                  adversary_optimizer(adv, 0.01, 0.9, 1e-4))
+        seen = []
+        adv.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+        stats = [train_step(net, opt, e, x, y, amp) for _ in range(2)]  # a localizer then an adversary turn
+        want = torch.bfloat16 if on else torch.float32
+        assert seen == [want, want] and all(math.isfinite(s[k]) for s in stats for k in ("loss_loc", "adv_loss")
+                                            if k in s)
+        assert e.amp is (amp if on else nullcontext)
+    from stages.config import load_config
+    assert EaderConfig().autocast is False and load_config("voc")["eader"]["autocast"] is False  # off by default
