@@ -91,7 +91,7 @@ def run(cfg, out, copy=False, pseudo_dir=None, say=print):
     variant = variant_name(cfg)
     if pseudo_dir is None:
         upstream_fp(cfg, "make_pseudo")  # the variant's pseudo labels must be finished
-        pseudo = Path(cfg["work_dir"]) / variant / "make_pseudo" / "pseudo"
+        pseudo = (Path(cfg["work_dir"]) / variant / "make_pseudo" / "pseudo").resolve()
     else:
         pseudo = Path(pseudo_dir).resolve()
         if not pseudo.is_dir():
