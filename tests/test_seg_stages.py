@@ -80,6 +80,20 @@ def test_train_make_eval_seg_end_to_end(seg_work, demo_root):
     mtimes = [p.stat().st_mtime_ns for p in done]
     train_seg.run(cfg), make_seg.run(cfg), eval_seg.SEG.run(cfg)
     assert [p.stat().st_mtime_ns for p in done] == mtimes
+    # a make-seg run cut short (PARTIAL.json, no DONE.json) redoes only the missing predictions
+    done_rec = json.loads((pred.parent / "DONE.json").read_text())
+    (pred.parent / "DONE.json").unlink()
+    (pred.parent / "PARTIAL.json").write_text(json.dumps({"stage": "make_seg", "fingerprint": done_rec["fingerprint"]}))
+    for i in val[:2]:
+        (pred / f"{i}.png").unlink()
+    kept = {i: (pred / f"{i}.png").stat().st_mtime_ns for i in val[2:]}
+    make_seg.run(cfg)
+    assert all((pred / f"{i}.png").is_file() for i in val[:2]) and (pred.parent / "DONE.json").is_file()
+    assert {i: (pred / f"{i}.png").stat().st_mtime_ns for i in val[2:]} == kept
+    # the command line: eval-seg --target seg scores the same predictions
+    assert cli_main(["eval-seg", "--config", "demo", "--voc-root", str(demo_root), "--work-dir", str(work),
+                     "--target", "seg", "--force"] + [f"{k}={v}" for k, v in SEG.items()]) == 0
+    assert json.loads((work / "results.json").read_text())["baseline"]["seg"]["miou"] == res["miou"]
     # new pseudo labels (another upstream fingerprint) retrain
     (work / "baseline/make_pseudo/DONE.json").write_text(json.dumps({"fingerprint": "other"}))
     train_seg.run(cfg)
