@@ -441,6 +441,8 @@ def run_check(cfg, eader="off", until="aff", out=print):
     rows = stage_estimates(cfg, plan, ids_by_list, pixels, classes)
     need, free = check_disk(cfg, rows, f)
     out("\n".join(plan_lines(cfg, rows, need, free)))
+    from .costs import wall_time_lines
+    out("\n".join(wall_time_lines(cfg, plan, rows)))
     for note in f.notes:
         out(f"note: {note}")
     if f.problems:

@@ -1,0 +1,75 @@
+"""Measured costs per training step and per image, and the wall time they give a planned run.
+
+Only settings that were measured have costs; a stage without one is named as such, not guessed.
+  demo on the CPU: README, `time ./run_pipeline.sh` on the 2-core CPU (bf16 as configs/demo.yaml):
+    train-cam 229 s / 930 steps, make-cam 43 s / 650 images, make-crf 33 s / 500 images (2 workers),
+    train-aff 63 s / 186 steps, make-pseudo 35 s / 650 images
+  voc on one H100 (issue 12, VOCmini images, full WideResNet-38, batch 16, crop 448): a train-cam step
+    0.187 s float32 / 0.096 s bf16, an EADER 200/200 cycle 0.84x / 1.02x of that; make-cam 0.128 s per
+    image float32 (bf16 about 2.3x faster); make-pseudo 0.19 s per image (with the walk on the CPU; it now
+    runs on the GPU, not yet measured); make-crf 9 images/s with 8 workers (CPU)
+Under torchrun with N processes the training and inference stages take about 1/N of this (not measured).
+"""
+
+# (config name, device type) -> {stage: (seconds, per, bf16 or None)}; per is "step" or "image";
+# bf16 None: the cost does not depend on it; cycle: EADER's train-cam factor by bf16
+COSTS = {
+    ("demo", "cpu"): {"train-cam": {True: 229 / 930}, "make-cam": {True: 43 / 650}, "make-crf": {None: 33 / 500},
+                      "train-aff": {True: 63 / 186}, "make-pseudo": {None: 35 / 650}},
+    ("voc", "cuda"): {"train-cam": {False: 0.187, True: 0.096}, "make-cam": {False: 0.128, True: 0.128 / 2.3},
+                      "make-crf": {None: 1 / 9}, "make-pseudo": {None: 0.19}},
+}
+# README, scripts/bench_eader.py --settings demo (cycle ratio bf16 1.90, fp32 1.59)
+EADER_CYCLE = {("voc", "cuda"): {False: 0.84, True: 1.02}, ("demo", "cpu"): {True: 1.90, False: 1.59}}
+MEASURED_CRF_WORKERS = {("demo", "cpu"): 2, ("voc", "cuda"): 8}
+TRAINING = {"train-cam": "cam_train", "train-aff": "aff_train", "train-adv": "adv_pretrain"}
+BF16_KEY = {"train-cam": ("cam_train", "bf16"), "make-cam": ("cam_infer", "bf16"), "train-aff": ("aff_train", "bf16")}
+
+
+def stage_seconds(cfg, vcfg, stage, images):
+    """Estimated seconds of `stage` over `images` images, or None when its cost was not measured here."""
+    key = (cfg["name"], str(cfg["device"]).split(":")[0])
+    by_bf16 = COSTS.get(key, {}).get(stage)
+    if not by_bf16:
+        return None
+    bf16 = bool(vcfg[BF16_KEY[stage][0]][BF16_KEY[stage][1]]) if stage in BF16_KEY else None
+    cost = by_bf16.get(bf16, by_bf16.get(None))
+    if cost is None:
+        return None
+    if stage in TRAINING:
+        t = vcfg[TRAINING[stage]]
+        steps = images // t["batch_size"] * t["epochs"]
+        if stage == "train-cam" and vcfg["eader"]["enabled"]:
+            factor = EADER_CYCLE.get(key, {}).get(bf16)
+            if factor is None:
+                return None
+            cost *= factor
+        return steps * cost
+    if stage == "make-crf":
+        cost *= MEASURED_CRF_WORKERS[key] / max(1, vcfg["crf"]["workers"])
+    return images * cost
+
+
+def human_seconds(s):
+    return f"{s / 3600:.1f} h" if s >= 5400 else f"{s / 60:.0f} min" if s >= 90 else f"{s:.0f} s"
+
+
+def wall_time_lines(cfg, plan, rows):
+    """Lines for the check's output: estimated time per planned stage from the measured costs.
+    plan: [(variant config, stage, module)]; rows: [(variant, stage, images, bytes)] in the same order."""
+    known, unknown = [], []
+    for (vcfg, name, _), (variant, _, images, _) in zip(plan, rows):
+        s = stage_seconds(cfg, vcfg, name, images)
+        if s is None:
+            if not name.startswith("eval-"):  # scoring takes seconds to minutes
+                unknown.append(f"{variant} {name}")
+        else:
+            known.append((variant, name, s))
+    if not known:
+        return [f"estimated wall time: no measured costs for config {cfg['name']} on {cfg['device']} "
+                "(stages/costs.py lists the measured settings)"]
+    lines = [f"estimated wall time on {cfg['device']} from measured costs (stages/costs.py; one process):"]
+    lines += [f"  {variant:<10} {name:<12} {human_seconds(s):>8}" for variant, name, s in known]
+    total = sum(s for _, _, s in known)
+    lines.append(f"  total {human_seconds(total)}" + (f"; not measured: {', '.join(unknown)}" if unknown else ""))
+    return lines
