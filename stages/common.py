@@ -11,6 +11,7 @@ per work dir: the first holds <work>/.psa-eader.lock (flock, released when the p
 included). Only rank 0 writes.
 """
 import contextlib
+import datetime
 import fcntl
 import json
 import logging
@@ -83,7 +84,9 @@ def init_distributed(device_name):
         if not torch.cuda.is_available():
             raise InputError(f"device '{device_name}' asked for, but CUDA is not available here: use --device cpu")
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    # long: the other ranks wait at a barrier while rank 0 alone scores (eval-cam on VOC val takes
+    # minutes) and NCCL's default would give up after 10
+    torch.distributed.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(hours=2))
 
 
 def end_distributed():
