@@ -121,42 +121,59 @@ def _eader_run(rank, world, port, root, work, stop_after, out):
         end_distributed()
 
 
-def _adversary_steps(rank, world, port, out):
-    """The adversary's update on a batch whose erased pairs fall unevenly on the ranks (rank 0 gets
-    `split` images, rank 1 the rest; with split 0 rank 0 has none), against one process's update."""
+def _hook_batch(case):
+    """4 images with 7 (image, class) pairs; case 'none': image 0 (rank 0's share) has no class."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 16, 16)
+    y = torch.zeros(4, 20)
+    y[1, 4] = y[2, [5, 6]] = y[3, 7] = 1
+    if case == "uneven":
+        y[0, [1, 2, 3]] = 1
+    att = torch.rand(4, 20, 4, 4)
+    adv = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(8, 20))  # no BatchNorm: exact comparison
+    return x, y, att, adv
+
+
+def _hook_steps(rank, world, port, out):
+    """Both turns of the hook on one batch split over the ranks (rank 0: image 0, rank 1: images 1-3),
+    against one process on the whole batch: the adversary after its step, and the gradient that the
+    localizer's EADER losses (L_am 'authors' and L_reg, means over pairs) send into the attention."""
     join_group(rank, world, port)
     from psa_eader.hook import EADER, EaderConfig
     from stages.common import end_distributed
+    mine = slice(0, 4) if world == 1 else slice(0, 1) if rank == 0 else slice(1, 4)
     try:
-        for split in (1, 0):
-            torch.manual_seed(0)
-            x = torch.randn(4, 3, 16, 16)
-            y = torch.zeros(4, 20)
-            y[0, [1, 2, 3]] = y[1, 4] = y[2, [5, 6]] = y[3, 7] = 1
-            att = torch.rand(4, 20, 4, 4)
-            adv = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
-                                      torch.nn.Flatten(), torch.nn.Linear(8, 20))
-            e = EADER(EaderConfig(enabled=True, phase_steps=1), adv, torch.optim.SGD(adv.parameters(), lr=0.5))
-            e.step = 1  # the adversary's turn
+        for case in ("uneven", "none"):
+            x, y, att, adv = _hook_batch(case)
+            e = EADER(EaderConfig(enabled=True, phase_steps=1, beta=0.01), adv,
+                      torch.optim.SGD(adv.parameters(), lr=0.5))
+            a = att[mine].clone().requires_grad_()
+            loss, _ = e.localizer_loss(x[mine], y[mine], a, torch.zeros(()))
+            loss.backward()
+            torch.save(a.grad / world, Path(out, f"att_grad.{world}.{rank}.{case}.pth"))  # / world: DDP's mean
             if world == 1:
-                torch.save(adv.state_dict(), Path(out, f"adv.init.{split}.pth"))
-            mine = slice(0, 4) if world == 1 else slice(0, split) if rank == 0 else slice(split, 4)
+                torch.save(adv.state_dict(), Path(out, f"adv.init.{case}.pth"))
+            e.advance()  # the adversary's turn
             e.adversary_step(x[mine], y[mine], att[mine])
-            if world == 1 or rank == 1:
-                torch.save(adv.state_dict(), Path(out, f"adv.{world}.{split}.pth"))
+            torch.save(adv.state_dict(), Path(out, f"adv.{world}.{rank}.{case}.pth"))
     finally:
         end_distributed()
 
 
-def test_adversary_gradients_are_the_mean_over_all_ranks_pairs(tmp_path):
-    spawn(_adversary_steps, 1, str(tmp_path))
-    spawn(_adversary_steps, 2, str(tmp_path))
-    for split in (1, 0):  # 3 of 7 pairs on rank 0; none on rank 0
-        one = torch.load(tmp_path / f"adv.1.{split}.pth", weights_only=True)
-        two = torch.load(tmp_path / f"adv.2.{split}.pth", weights_only=True)
-        assert_same_weights(one, two)
-        init = torch.load(tmp_path / f"adv.init.{split}.pth", weights_only=True)
-        assert not torch.equal(one["4.weight"], init["4.weight"])  # a step was taken
+def test_hook_gradients_are_those_of_the_whole_batch_however_pairs_fall_on_the_ranks(tmp_path):
+    spawn(_hook_steps, 1, str(tmp_path))
+    spawn(_hook_steps, 2, str(tmp_path))
+    for case in ("uneven", "none"):  # rank 0 has 3 of 7 pairs; rank 0 has none
+        def load(name):
+            return torch.load(tmp_path / name, weights_only=True)
+        one = load(f"att_grad.1.0.{case}.pth")
+        two = torch.cat([load(f"att_grad.2.0.{case}.pth"), load(f"att_grad.2.1.{case}.pth")])
+        assert one.abs().max() > 0
+        torch.testing.assert_close(two, one, rtol=1e-5, atol=1e-9)
+        for r in (0, 1):  # the adversary moved, identically on both ranks and as one process moves it
+            assert_same_weights(load(f"adv.1.0.{case}.pth"), load(f"adv.2.{r}.{case}.pth"))
+        assert not torch.equal(load(f"adv.1.0.{case}.pth")["4.weight"], load(f"adv.init.{case}.pth")["4.weight"])
 
 
 def test_eader_trains_under_two_processes_and_resumes(demo_root, tmp_path):
