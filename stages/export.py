@@ -33,7 +33,7 @@ BASE = Path("VOCdevkit") / "VOC2012"
 
 
 def add_arguments(p):
-    p.add_argument("--out", required=True, help="folder to write (new, empty, or an earlier export)")
+    p.add_argument("--out", help="folder to write (new, empty, or an earlier export); required")
     p.add_argument("--copy", action="store_true", help="copy images and ground truth instead of symlinking them")
     p.add_argument("--pseudo-dir", help="export this folder of <id>.png label maps instead of the variant's "
                    "make-pseudo output")
@@ -134,6 +134,8 @@ def run(cfg, out, copy=False, pseudo_dir=None, say=print):
 
 def main(args):
     from .cli import config_from_args
+    if not args.out:  # checked here, not by argparse, so that errors keep psa-eader's form and exit 2
+        raise InputError("--out DIR is required: the folder to write the dataset to")
     return run(config_from_args(args), args.out, copy=args.copy, pseudo_dir=args.pseudo_dir)
 
 

@@ -223,6 +223,7 @@ def test_export_refuses_incomplete_pseudo_labels(seg_work, demo_root, tmp_path):
     with pytest.raises(InputError, match=rf"1 of {len(train)} ids .* no pseudo label .*{train[3]}"):
         export.run(seg_work, out)
     assert cli_main(args(out)) == 2 and not out.exists()  # nothing written
+    assert cli_main(args(out)[:-3] + args(out)[-1:]) == 2  # no --out
     fake_pseudo(seg_work, demo_root, [train[3]])
     (pseudo / f"{train[5]}.png").write_bytes(b"\x89PNG\r\n\x1a\n not a png")
     with pytest.raises(InputError, match=rf"1 of {len(train)} pseudo labels .* cannot be used: {train[5]} "):
