@@ -2,6 +2,7 @@
 (train-seg, make-seg, eval-seg --target seg) on the demo data with a tiny random-init network. The pseudo
 labels are faked from the ground truth (degraded) so that the tests need not run stages 1 and 2."""
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -262,3 +263,16 @@ def test_pipeline_refuses_null_encoder_weights_before_any_stage(demo_root, tmp_p
     with pytest.raises(InputError, match="'seg_train.encoder_weights' is null, so train-seg"):
         pipeline.run_variants(cfg, "off", until="seg", log=lambda m: None)
     assert not (tmp_path / "w").exists()  # not after hours of the earlier stages
+
+
+def test_pipeline_until_seg_runs_to_deeplab_scores(demo_root, tmp_path):
+    """The real wiring: CAM, affinity and DeepLabV3+ stages in order, on a seconds-long tiny config."""
+    from test_aff_stages import AFF
+    work = tmp_path / "work"
+    pipeline.run_variants(tiny_cfg(demo_root, work, **AFF, **SEG), "off", until="seg", log=lambda m: None)
+    res = json.loads((work / "results.json").read_text())["baseline"]
+    assert {"cam", "aff", "seg"} <= set(res) and res["seg"]["n_images"] == len(_ids(demo_root, "val"))
+    for stage in ("train_seg", "make_seg", "eval_deeplab", "eval_seg"):
+        assert (work / "baseline" / stage / "DONE.json").is_file(), stage
+    # Table 2's row has every column, DeepLabV3+ last
+    assert re.search(r"\| baseline \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+ \|", (work / "report.md").read_text())
