@@ -174,7 +174,7 @@ def run_steps(loader, sampler, dataset, step_fn, *, step, total, steps_per_epoch
     running = {}
     while step < total:
         epoch, in_epoch = divmod(step, steps_per_epoch)
-        sampler.set_epoch(epoch, in_epoch * (loader.batch_size or batch_size))
+        sampler.set_epoch(epoch, in_epoch * (getattr(loader, "batch_size", None) or batch_size))
         dataset.set_epoch(epoch)
         for batch in loader:
             stats = step_fn(batch)

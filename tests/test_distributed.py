@@ -108,14 +108,17 @@ def test_a_global_batch_that_does_not_split_is_refused():
 
 def _eader_run(rank, world, port, root, work, stop_after, out):
     join_group(rank, world, port)
-    from stages import train_cam
+    from stages import train_adv, train_cam
     from stages.common import end_distributed
     built = []
     build = train_cam.build_eader
     train_cam.build_eader = lambda *a, **k: built.append(build(*a, **k)) or built[-1]
     try:
-        over = {"eader.enabled": True, "eader.phase_steps": 2, "eader.adv_width": 0.25}
-        train_cam.run(tiny_cfg(root, work, **over), stop_after=stop_after)
+        over = {"eader.enabled": True, "eader.phase_steps": 2, "eader.adv_width": 0.25, "adv_pretrain.epochs": 1,
+                "adv_pretrain.batch_size": 4}
+        cfg = tiny_cfg(root, work, **over)
+        train_adv.run(cfg)  # the adversary's pre-training, DDP too (done in the first run, skipped after)
+        train_cam.run(cfg, stop_after=stop_after)
         torch.save(built[0].adversary.state_dict(), Path(out, f"adv.rank{rank}.pth"))
     finally:
         end_distributed()
@@ -187,6 +190,8 @@ def test_eader_trains_under_two_processes_and_resumes(demo_root, tmp_path):
         assert torch.equal(ranks[0][k], ranks[1][k]) and torch.equal(ranks[0][k], ck["eader"]["adversary"][k]), k
     log = (work / "logs" / "eader.train_cam.log").read_text()
     assert "world size 2" in log and "resumed from" in log and "at step 3/8" in log
+    assert "world size 2" in (work / "logs" / "eader.train_adv.log").read_text()
+    assert (work / "eader" / "train_adv" / "DONE.json").exists()
 
 
 def _locked_stage(rank, world, port, root, work, out):
