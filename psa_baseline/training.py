@@ -1,6 +1,7 @@
 """Training-loop pieces shared by the CAM and affinity stages: a resumable sampler and checkpoints."""
 import contextlib
 import random
+import time
 
 import numpy as np
 import torch
@@ -156,6 +157,27 @@ def resume(ckpt_path, device, model, optimizer, log=None, total=None, fingerprin
     return ck["step"], ck
 
 
+def timed(loader, clock):
+    """The loader's batches; the seconds spent waiting for each are added to clock["wait"]."""
+    it = iter(loader)
+    while True:
+        t0 = time.perf_counter()
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        clock["wait"] += time.perf_counter() - t0
+        yield batch
+
+
+def data_wait_share(clock):
+    """Percent of the time since the last call spent waiting for data; restarts the count."""
+    now = time.perf_counter()
+    share = 100 * clock["wait"] / max(now - clock["since"], 1e-9)
+    clock["wait"], clock["since"] = 0.0, now
+    return share
+
+
 def run_steps(loader, sampler, dataset, step_fn, *, step, total, steps_per_epoch, batch_size, checkpoint,
               log, log_every, checkpoint_every, lr, desc, stop_after=None, show=("loss",), progress=True):
     """Train from `step` to `total`: step_fn(batch) -> {name: float} does one optimiser step.
@@ -165,18 +187,20 @@ def run_steps(loader, sampler, dataset, step_fn, *, step, total, steps_per_epoch
     number of processes: batch_size is the global batch, the loader's the per-rank one. checkpoint(step) is called every
     `checkpoint_every` steps, at every epoch end and when stopping early; lr() gives the logged lr.
     stop_after: end (with a checkpoint) after this many steps. Returns the step reached (< total when
-    stopped early).
+    stopped early). Each log line ends with the share of the time since the last one spent waiting for
+    the loader ("data wait"): above a few percent, more loader workers would keep the device busier.
     """
     from tqdm import tqdm
     from .progress import on_terminal
     # a bar only on a terminal: a log file gets the log_every lines below, not the bar's redraws
     bar = tqdm(total=total, initial=step, desc=desc, disable=not (progress and on_terminal()), dynamic_ncols=True)
     running = {}
+    clock = {"wait": 0.0, "since": time.perf_counter()}
     while step < total:
         epoch, in_epoch = divmod(step, steps_per_epoch)
         sampler.set_epoch(epoch, in_epoch * (getattr(loader, "batch_size", None) or batch_size))
         dataset.set_epoch(epoch)
-        for batch in loader:
+        for batch in timed(loader, clock):
             stats = step_fn(batch)
             for k, v in stats.items():
                 running[k] = running.get(k, 0.0) * 0.9 + v * 0.1 if k in running else v
@@ -184,8 +208,8 @@ def run_steps(loader, sampler, dataset, step_fn, *, step, total, steps_per_epoch
             bar.update(1)
             if step % log_every == 0 or step == total:
                 bar.set_postfix({k: f"{v:.3g}" for k, v in running.items() if k in show})
-                log.info("step %d/%d epoch %d lr %.5g %s", step, total, epoch, lr(),
-                         " ".join(f"{k} {v:.4g}" for k, v in running.items()))
+                log.info("step %d/%d epoch %d lr %.5g %s data wait %.0f%%", step, total, epoch, lr(),
+                         " ".join(f"{k} {v:.4g}" for k, v in running.items()), data_wait_share(clock))
             if step % checkpoint_every == 0 or step % steps_per_epoch == 0:
                 checkpoint(step)
             if step >= total or (stop_after is not None and step >= stop_after):
