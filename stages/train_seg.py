@@ -78,6 +78,10 @@ def run(cfg, force=False, sampler_factory=None, stop_after=None):
     dataset = SegTrainDataset(root, ids, labels, t["crop"], t["scale_range"], flip=t["flip"], seed=cfg["seed"])
     sampler, loader, steps_per_epoch = epoch_loader(dataset, t["batch_size"], t["num_workers"], device,
                                                     cfg["seed"], sampler_factory, "seg_train")
+    if loader.batch_size < 2:  # the global batch split over torchrun's processes
+        raise InputError(f"config key 'seg_train.batch_size': {t['batch_size']} over the processes of this run gives "
+                         f"{loader.batch_size} image per process; DeepLabV3+'s BatchNorm needs at least 2 per "
+                         f"process: raise it or use fewer processes")
     total = t["iterations"]
 
     net = build_deeplab(cfg)

@@ -276,3 +276,35 @@ def test_pipeline_until_seg_runs_to_deeplab_scores(demo_root, tmp_path):
         assert (work / "baseline" / stage / "DONE.json").is_file(), stage
     # Table 2's row has every column, DeepLabV3+ last
     assert re.search(r"\| baseline \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+ \|", (work / "report.md").read_text())
+
+
+
+def _seg_two_ranks(rank, world, port, root, work, over):
+    from test_distributed import join_group
+    from stages.common import end_distributed
+    join_group(rank, world, port)
+    try:
+        cfg = tiny_cfg(root, work, **over)
+        train_seg.run(cfg)
+        written, save = [], voc.save_label_png
+        voc.save_label_png = lambda path, label: (written.append(Path(path).name), save(path, label))
+        make_seg.run(cfg)
+        Path(work, f"written.{rank}.json").write_text(json.dumps(written))
+    finally:
+        end_distributed()
+
+
+def test_two_processes_train_seg_and_write_every_prediction_once(demo_root, tmp_path):
+    """Under torchrun (2 gloo processes): a global batch of 2 would give 1 image per process, on which
+    DeepLabV3+'s BatchNorm cannot train, so it is refused; a batch of 4 trains and make-seg writes each
+    prediction once."""
+    from test_distributed import spawn
+    work = tmp_path / "w"
+    fake_pseudo(tiny_cfg(demo_root, work, **SEG), demo_root, _ids(demo_root, "train"))
+    with pytest.raises(Exception, match="at least 2 per process"):
+        spawn(_seg_two_ranks, 2, str(demo_root), str(work), SEG)
+    spawn(_seg_two_ranks, 2, str(demo_root), str(work), {**SEG, "seg_train.batch_size": 4})
+    written = [n for r in (0, 1) for n in json.loads((work / f"written.{r}.json").read_text())]
+    assert sorted(written) == sorted(f"{i}.png" for i in _ids(demo_root, "val"))
+    assert (work / "baseline/make_seg/DONE.json").is_file()
+    assert "world size 2" in (work / "logs/baseline.train_seg.log").read_text()
