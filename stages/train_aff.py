@@ -155,7 +155,8 @@ def build_aff_net(cfg, log=None):
 
 
 def run(cfg, force=False, sampler_factory=None, stop_after=None):
-    """sampler_factory(n, seed) -> EpochSampler-like (set_epoch(epoch, start)); DDP passes a sharded one.
+    """sampler_factory(n, seed) -> EpochSampler-like (set_epoch(epoch, start)) replaces the default, an
+    EpochSampler sharded over the ranks of a torchrun (psa_baseline.training.epoch_loader).
     stop_after: end (with a checkpoint) after this many steps; for tests and debugging."""
     check_config(cfg)
     require_weights(cfg, "train-aff")
