@@ -8,7 +8,9 @@ A stage is skipped when its DONE.json carries the same fingerprint (the config s
 plus its inputs' fingerprints), unless forced. An unfinished stage's folder carries PARTIAL.json with the
 fingerprint its files were made under; a rerun under another fingerprint clears them. One run at a time
 per work dir: the first holds <work>/.psa-eader.lock (flock, released when the process ends, crash
-included). Only rank 0 writes.
+included). Under torchrun (several ranks) only rank 0 writes the shared files (DONE.json, PARTIAL.json,
+checkpoints, weights, logs) and holds the lock for all ranks; in inference stages each rank writes its
+own images (my_share). A `--shard i/n` job holds its own lock, .psa-eader.shard-i-of-n.lock.
 """
 import contextlib
 import datetime
@@ -206,7 +208,7 @@ def prepare_work_dir(work_dir):
 
 
 LOCK_NAME = ".psa-eader.lock"
-_locks = {}  # resolved work dir -> open lock file; held until this process ends
+_locks = {}  # resolved lock file path -> open lock file; held until this process ends
 
 
 def lock_name(shard=None):
