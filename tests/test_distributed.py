@@ -310,3 +310,13 @@ def test_shards_split_make_cam_and_the_last_one_finishes(demo_root, tmp_path, mo
     assert sorted(calls) == sorted(ids) and (cam_dir.parent / "DONE.json").exists()
     log = (tmp_path / "w" / "logs" / "baseline.make_cam.log").read_text()
     assert "shard 0/2" in log and "(2 already on disk)" in log and "other shards are still missing" in log
+    # make-crf the same way: shard 1 first, then shard 0 completes the stage
+    from stages import make_crf
+    crf = tmp_path / "w" / "baseline" / "make_crf"
+    cfg = tiny_cfg(demo_root, tmp_path / "w", **{"cam_train.epochs": 1, "crf.workers": 1})
+    make_crf.run(cfg, shard=(1, 2))
+    train = (demo_root / "ImageSets/Segmentation/train.txt").read_text().split()
+    assert sorted(p.stem for p in (crf / "crf_la").glob("*.npy")) == sorted(my_share(train, (1, 2)))
+    assert not (crf / "DONE.json").exists()
+    make_crf.run(cfg, shard=(0, 2))
+    assert len(list((crf / "crf_ha").glob("*.npy"))) == len(train) and (crf / "DONE.json").exists()
