@@ -289,9 +289,13 @@ def test_pipeline_until_seg_runs_to_deeplab_scores(demo_root, tmp_path):
 
 
 def _seg_two_ranks(rank, world, port, root, work, over):
-    from test_distributed import join_group
-    from stages.common import end_distributed
-    join_group(rank, world, port)
+    """One torchrun worker: its environment, the process group as psa-eader sets it up, the two stages."""
+    import os
+    from stages.common import end_distributed, init_distributed
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    init_distributed("cpu")
     try:
         cfg = tiny_cfg(root, work, **over)
         train_seg.run(cfg)
@@ -307,12 +311,19 @@ def test_two_processes_train_seg_and_write_every_prediction_once(demo_root, tmp_
     """Under torchrun (2 gloo processes): a global batch of 2 would give 1 image per process, on which
     DeepLabV3+'s BatchNorm cannot train, so it is refused; a batch of 4 trains and make-seg writes each
     prediction once."""
-    from test_distributed import spawn
+    import socket
+    import torch.multiprocessing as mp
+
+    def spawn(*args):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        mp.spawn(_seg_two_ranks, args=(2, port, *args), nprocs=2, join=True)
     work = tmp_path / "w"
     fake_pseudo(tiny_cfg(demo_root, work, **SEG), demo_root, _ids(demo_root, "train"))
     with pytest.raises(Exception, match="at least 2 per process"):
-        spawn(_seg_two_ranks, 2, str(demo_root), str(work), SEG)
-    spawn(_seg_two_ranks, 2, str(demo_root), str(work), {**SEG, "seg_train.batch_size": 4})
+        spawn(str(demo_root), str(work), SEG)
+    spawn(str(demo_root), str(work), {**SEG, "seg_train.batch_size": 4})
     written = [n for r in (0, 1) for n in json.loads((work / f"written.{r}.json").read_text())]
     assert sorted(written) == sorted(f"{i}.png" for i in _ids(demo_root, "val"))
     assert (work / "baseline/make_seg/DONE.json").is_file()
