@@ -223,6 +223,7 @@ AFF = {"aff_train.batch_size": 4, "aff_train.epochs": 1, "aff_train.crop": 80, "
 STANDALONE = {"standalone.arch": "resnet18", "standalone.width": 0.0625, "standalone.batch_size": 4,
               "standalone.epochs": 1, "standalone.crop": 64, "standalone.resize_long": [56, 80],
               "standalone.num_workers": 0, "standalone.phase_steps": 2, "standalone.adv_width": 0.0625,
+              "standalone.sweep": [0.1, 0.3, 0.1],
               "eader.enabled": True}
 
 
@@ -239,7 +240,7 @@ def _aff_and_standalone(rank, world, port, root, work, out):
         for m in (train_cam, make_cam, make_crf, train_aff, make_pseudo):
             m.run(cfg)
         Path(out, f"pseudo.{rank}.json").write_text(json.dumps(written))
-        train_standalone.run_train(tiny_cfg(root, work, **STANDALONE))
+        train_standalone.run(tiny_cfg(root, work, **STANDALONE))  # trains with both ranks, scores on rank 0
     finally:
         end_distributed()
 
@@ -251,6 +252,8 @@ def test_affinity_stages_and_standalone_run_under_two_processes(demo_root, tmp_p
         assert (work / "baseline" / stage / "DONE.json").exists(), stage
         assert "world size 2" in (work / "logs" / f"baseline.{stage}.log").read_text()
     assert (work / "eader" / "standalone_train" / "localizer.pth").exists()
+    assert (work / "eader" / "standalone_eval" / "metrics.json").exists()
+    assert "world size 2" in (work / "logs" / "eader.standalone_train.log").read_text()
     written = [json.loads((tmp_path / f"pseudo.{r}.json").read_text()) for r in (0, 1)]
     pngs = sorted(p.name for p in (work / "baseline" / "make_pseudo" / "pseudo").glob("*.png"))
     assert len(pngs) == 24 and sorted(written[0] + written[1]) == pngs  # each label written by one rank, once
