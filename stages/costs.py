@@ -3,7 +3,8 @@
 Only settings that were measured have costs; a stage without one is named as such, not guessed.
   demo on the CPU: README, `time ./run_pipeline.sh` on the 2-core CPU (bf16 as configs/demo.yaml):
     train-cam 229 s / 930 steps, make-cam 43 s / 650 images, make-crf 33 s / 500 images (2 workers),
-    train-aff 63 s / 186 steps, make-pseudo 35 s / 650 images
+    train-aff 63 s / 186 steps, make-pseudo 35 s / 650 images; train-seg 266 s / 500 steps and make-seg
+    11.4 s / 150 images (`pipeline --until seg`, one thread, other runs sharing the 2 cores)
   voc on one H100 (issue 12, VOCmini images, full WideResNet-38, batch 16, crop 448): a train-cam step
     0.187 s float32 / 0.096 s bf16, an EADER 200/200 cycle 0.84x / 1.02x of that; make-cam 0.128 s per
     image float32 (bf16 about 2.3x faster); make-pseudo 0.19 s per image (with the walk on the CPU; it now
@@ -15,7 +16,8 @@ Under torchrun with N processes the training and inference stages take about 1/N
 # bf16 None: the cost does not depend on it; cycle: EADER's train-cam factor by bf16
 COSTS = {
     ("demo", "cpu"): {"train-cam": {True: 229 / 930}, "make-cam": {True: 43 / 650}, "make-crf": {None: 33 / 500},
-                      "train-aff": {True: 63 / 186}, "make-pseudo": {None: 35 / 650}},
+                      "train-aff": {True: 63 / 186}, "make-pseudo": {None: 35 / 650},
+                      "train-seg": {True: 266 / 500}, "make-seg": {True: 11.4 / 150}},
     ("voc", "cuda"): {"train-cam": {False: 0.187, True: 0.096}, "make-cam": {False: 0.128, True: 0.128 / 2.3},
                       "make-crf": {None: 1 / 9}, "make-pseudo": {None: 0.19}},
 }
@@ -23,7 +25,8 @@ COSTS = {
 EADER_CYCLE = {("voc", "cuda"): {False: 0.84, True: 1.02}, ("demo", "cpu"): {True: 1.90, False: 1.59}}
 MEASURED_CRF_WORKERS = {("demo", "cpu"): 2, ("voc", "cuda"): 8}
 TRAINING = {"train-cam": "cam_train", "train-aff": "aff_train", "train-adv": "adv_pretrain"}
-BF16_KEY = {"train-cam": ("cam_train", "bf16"), "make-cam": ("cam_infer", "bf16"), "train-aff": ("aff_train", "bf16")}
+BF16_KEY = {"train-cam": ("cam_train", "bf16"), "make-cam": ("cam_infer", "bf16"), "train-aff": ("aff_train", "bf16"),
+            "train-seg": ("seg_train", "bf16"), "make-seg": ("seg_train", "bf16")}
 
 
 def stage_seconds(cfg, vcfg, stage, images):
@@ -36,6 +39,8 @@ def stage_seconds(cfg, vcfg, stage, images):
     cost = by_bf16.get(bf16, by_bf16.get(None))
     if cost is None:
         return None
+    if stage == "train-seg":  # a number of iterations, not epochs
+        return vcfg["seg_train"]["iterations"] * cost
     if stage in TRAINING:
         t = vcfg[TRAINING[stage]]
         steps = images // t["batch_size"] * t["epochs"]

@@ -255,6 +255,8 @@ def test_check_plans_the_deeplab_stages(demo_root, tmp_path):
     run_check(tiny_cfg(demo_root, tmp_path / "w", **SEG), "off", "seg", out=lines.append)
     plan = "\n".join(lines)
     assert "train-seg" in plan and "make-seg" in plan and "ready" in plan
+    wall = plan[plan.index("estimated wall time"):]  # from the measured demo costs: 4 iterations, 8 images
+    assert re.search(r"train-seg +2 s\n", wall) and re.search(r"make-seg +1 s\n", wall), wall
     with pytest.raises(InputError, match="seg_train.encoder_weights' is null, so train-seg"):
         run_check(tiny_cfg(demo_root, tmp_path / "w", **{**SEG, "seg_train.encoder_weights": None}), "off", "seg",
                   out=lambda m: None)
