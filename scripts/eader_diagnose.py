@@ -100,7 +100,7 @@ def measure(net, eader, x, y, segs, parts, acc, with_grads, data_classes):
         params = [p for p in net.parameters() if p.requires_grad]
         head = [p for n, p in net.named_parameters() if p.requires_grad and n.startswith("fc8")]
         l_cls = F.multilabel_soft_margin_loss(logits, y)
-        l_am = attention_mining_loss(adv_erased, cls_idx, cfg.am_form, cfg.num_classes)
+        l_am = attention_mining_loss(adv_erased, cls_idx, cfg.am_form, cfg.num_classes, x.shape[0])
         l_reg = regularisation_loss(normalise_attention(cams), y)
         g_cls, g_am = grad_norm(l_cls, params), grad_norm(cfg.alpha * l_am, params)
         g_am_head = grad_norm(cfg.alpha * l_am, head) if head else float("nan")
