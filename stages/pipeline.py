@@ -46,6 +46,10 @@ def run_variants(cfg, eader="off", force=False, log=print, until="aff"):
     for enabled in variants:  # so do null weights keys (e.g. seg_train.encoder_weights for train-seg)
         for name, _ in stages:
             require_weights(merge(cfg, {"eader": {"enabled": enabled}}), name)
+    from .builders import require_weights
+    for enabled in variants:  # a null weights key of the EADER variant stops now, not after the baseline
+        for name, _ in stages:
+            require_weights(merge(cfg, {"eader": {"enabled": enabled}}), name)
     from demo import pretrain
     if pretrain.named_in(cfg):  # the demo's stand-in for ImageNet: verified, made once if absent
         with solo() as lead:

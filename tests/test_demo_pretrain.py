@@ -114,3 +114,16 @@ def test_shipped_weights_verify_and_demo_config_points_at_them():
     manifest = json.loads((P.WEIGHTS_DIR / P.MANIFEST).read_text())
     assert cfg["net"]["width"] == manifest["recipe"]["wrn"]["width"]
     assert cfg["eader"]["adv_width"] == manifest["recipe"]["adv"]["width"]
+
+
+def test_pipeline_refuses_a_null_eader_weights_key_before_the_baseline_runs(tmp_path):
+    """--eader both with eader.adv_weights null stops before any stage of the baseline starts."""
+    from psa_baseline.errors import InputError as IE
+    from stages.config import load_config
+    from stages.pipeline import run_variants
+    cfg = load_config("demo", [("voc_root", str(tmp_path / "none")), ("work_dir", str(tmp_path / "w")),
+                               "eader.adv_weights=null"])
+    ran = []
+    with pytest.raises(IE, match="eader.adv_weights"):
+        run_variants(cfg, "both", log=ran.append)
+    assert ran == [] and not (tmp_path / "w").exists()
