@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from psa_baseline.errors import InputError
 from psa_baseline.fileio import save_torch, write_json
@@ -113,8 +112,8 @@ class AuxDataset(torch.utils.data.Dataset):
 def _train(name, net, dataset, val, lr, weight_decay, out_dir, recipe):
     """Plain multi-label classifier training (SGD momentum, poly lr, bf16 autocast), resumable from
     <out_dir>/.partial/<name>.pth. Returns the trained net and its val mean average precision."""
-    from psa_baseline.training import (EpochSampler, autocast, load_checkpoint, make_loader, resume, run_steps,
-                                       save_checkpoint)
+    from psa_baseline.training import (EpochSampler, autocast, load_checkpoint, make_loader, poly_classifier_step,
+                                       resume, run_steps, save_checkpoint)
     device = torch.device("cpu")
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=recipe["momentum"], weight_decay=weight_decay)
     total, bs = recipe["steps"], recipe["batch_size"]
@@ -126,21 +125,7 @@ def _train(name, net, dataset, val, lr, weight_decay, out_dir, recipe):
         ck_path.unlink()
     step, _ = resume(ck_path, device, net, opt, log, total)
     amp = autocast(device, recipe["bf16"])
-    state = {"step": step}
-
-    def step_fn(batch):
-        _, x, y = batch
-        for g in opt.param_groups:
-            g["lr"] = lr * (1 - state["step"] / total) ** recipe["poly_power"]
-        with amp():
-            logits = net(x)
-        loss = F.multilabel_soft_margin_loss(logits.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        state["step"] += 1
-        return {"loss": loss.item()}
-
+    step_fn = poly_classifier_step(net, opt, amp, lr, total, recipe["poly_power"], step)
     net.train()
     run_steps(loader, sampler, dataset, step_fn, step=step, total=total, steps_per_epoch=len(dataset) // bs,
               batch_size=bs, log=log, log_every=100, checkpoint_every=250, lr=lambda: opt.param_groups[0]["lr"],
@@ -211,29 +196,23 @@ def make(out_dir=WEIGHTS_DIR, recipe=RECIPE, which=("wrn", "adv")):
     log.info("aux set: %d train + %d val images of %d classes in %.0f s", recipe["n_train"], recipe["n_val"],
              recipe["n_classes"], time.time() - t0)
     dataset = AuxDataset(*train, recipe["crop"], recipe["resize_long"], recipe["aux_seed"])
+    w, a = recipe["wrn"], recipe["adv"]
+    nets = {  # key: (file, network, its lr and wd, classifier prefix left out of the file, what it is)
+        "wrn": (WRN_FILE, lambda: _WRN(w["width"], w["blocks"], recipe["n_classes"]), w, "fc8.",
+                "WideResNet-38 backbone (net.weights)"),
+        "adv": (ADV_FILE, lambda: _Adv(a["width"], recipe["n_classes"]), a, "fc.",
+                "ResNet-18 adversary without fc (eader.adv_weights)"),
+    }
     files = {}
-    if "wrn" in which:
+    for key in which:
+        fname, build, hp, head, what = nets[key]
         t = time.time()
-        w = recipe["wrn"]
-        net, ap = _train("wrn", _WRN(w["width"], w["blocks"], recipe["n_classes"]), dataset, val, w["lr"],
-                         w["weight_decay"], out_dir, recipe)
+        net, ap = _train(key, build(), dataset, val, hp["lr"], hp["weight_decay"], out_dir, recipe)
         sd = {k: v.half() if v.is_floating_point() else v for k, v in net.net.state_dict().items()
-              if not k.startswith("fc8.")}
-        save_torch(out_dir / WRN_FILE, sd)
-        files[WRN_FILE] = {"network": "WideResNet-38 backbone (net.weights)", "width": w["width"],
-                           "aux_val_map": ap, "seconds": round(time.time() - t)}
-        log.info("WideResNet-38 width %g: aux val mAP %.1f, %.0f s", w["width"], ap, time.time() - t)
-    if "adv" in which:
-        t = time.time()
-        a = recipe["adv"]
-        net, ap = _train("adv", _Adv(a["width"], recipe["n_classes"]), dataset, val, a["lr"], a["weight_decay"],
-                         out_dir, recipe)
-        sd = {k: v.half() if v.is_floating_point() else v for k, v in net.net.state_dict().items()
-              if not k.startswith("fc.")}
-        save_torch(out_dir / ADV_FILE, sd)
-        files[ADV_FILE] = {"network": "ResNet-18 adversary without fc (eader.adv_weights)", "width": a["width"],
-                           "aux_val_map": ap, "seconds": round(time.time() - t)}
-        log.info("ResNet-18 width %g: aux val mAP %.1f, %.0f s", a["width"], ap, time.time() - t)
+              if not k.startswith(head)}
+        save_torch(out_dir / fname, sd)
+        files[fname] = {"network": what, "width": hp["width"], "aux_val_map": ap, "seconds": round(time.time() - t)}
+        log.info("%s, width %g: aux val mAP %.1f, %.0f s", what, hp["width"], ap, time.time() - t)
     for name, info in files.items():
         info["sha256"] = sha256(out_dir / name)
     # one network per call is allowed (two processes in parallel): keep the other's entry of this recipe

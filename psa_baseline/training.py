@@ -221,3 +221,26 @@ def run_steps(loader, sampler, dataset, step_fn, *, step, total, steps_per_epoch
             return step
     bar.close()
     return step
+
+
+def poly_classifier_step(model, opt, amp, base_lr, total, power, start, device=None):
+    """step_fn for run_steps: one step of a plain multi-label classifier (train-adv, the demo's pre-training),
+    lr = base_lr * (1 - step / total) ** power recomputed from the step count, so a resume continues it."""
+    import torch.nn.functional as F
+    state = {"step": start}
+
+    def step_fn(batch):
+        _, x, y = batch
+        if device is not None:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        for g in opt.param_groups:
+            g["lr"] = base_lr * (1 - state["step"] / total) ** power
+        with amp():
+            logits = model(x)
+        loss = F.multilabel_soft_margin_loss(logits.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        state["step"] += 1
+        return {"loss": loss.item()}
+    return step_fn

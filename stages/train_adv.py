@@ -13,9 +13,8 @@ A rerun resumes from checkpoint.pth.
 """
 import time
 
-import torch.nn.functional as F
 
-from psa_baseline.training import autocast, epoch_loader, run_steps, unwrap
+from psa_baseline.training import autocast, epoch_loader, poly_classifier_step, run_steps, unwrap
 from .builders import cls_train_dataset, cls_train_inputs
 from .common import Stage, rank, resolve_device, resumable_training, seed_everything
 
@@ -61,21 +60,7 @@ def run(cfg, force=False, sampler_factory=None, stop_after=None):
                 p["epochs"], steps_per_epoch, p["batch_size"])
     model.train()
     t0 = time.time()
-    state = {"step": step}
-
-    def step_fn(batch):
-        _, x, y = batch
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        for g in opt.param_groups:  # poly schedule, recomputed from the step so a resume continues it
-            g["lr"] = p["lr"] * (1 - state["step"] / total) ** p["poly_power"]
-        with amp():
-            logits = model(x)
-        loss = F.multilabel_soft_margin_loss(logits.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        state["step"] += 1
-        return {"loss": loss.item()}
+    step_fn = poly_classifier_step(model, opt, amp, p["lr"], total, p["poly_power"], step, device)
 
     step = run_steps(loader, sampler, dataset, step_fn, step=step, total=total, steps_per_epoch=steps_per_epoch,
                      batch_size=p["batch_size"], checkpoint=checkpoint, log=st.log,
