@@ -31,6 +31,7 @@ import torch
 
 from psa_baseline.errors import InputError
 from psa_baseline.fileio import save_torch, write_json
+from psa_baseline.voc import EpochSeededDataset
 from . import data as demo_data
 
 log = logging.getLogger(__name__)
@@ -87,24 +88,18 @@ def render_aux(n_images, offset, designs, seed=AUX_SEED, size=demo_data.DEFAULT_
     return images, labels
 
 
-class AuxDataset(torch.utils.data.Dataset):
+class AuxDataset(EpochSeededDataset):
     """(index, augmented image, labels) from in-memory aux images; PSA's stage-1 augmentation without colour
-    jitter (as the demo's CAM training), item i of epoch e drawn from a generator seeded (seed, e, i)."""
+    jitter (as the demo's CAM training)."""
 
     def __init__(self, images, labels, crop, resize_long, seed):
         from psa_baseline.voc import ClsAugment
-        self.images, self.labels, self.seed, self.epoch = images, labels, seed, 0
+        self.images, self.labels, self.seed = images, labels, seed
+        self.ids = range(len(images))
         self.augment = ClsAugment(crop, resize_long=tuple(resize_long), jitter=False, flip=True)
 
-    def set_epoch(self, epoch):
-        self.epoch = int(epoch)
-
-    def __len__(self):
-        return len(self.images)
-
     def __getitem__(self, i):
-        x = self.augment(self.images[i], np.random.default_rng([self.seed, self.epoch, i]))
-        return i, x, torch.from_numpy(self.labels[i])
+        return i, self.augment(self.images[i], self.item_rng(i)), torch.from_numpy(self.labels[i])
 
 
 # ------------------------------------------------------------------------------------- training

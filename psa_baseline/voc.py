@@ -368,7 +368,24 @@ class ClsAugment:
 
 # --------------------------------------------------------------------------- datasets
 
-class ClsTrainDataset(torch.utils.data.Dataset):
+class EpochSeededDataset(torch.utils.data.Dataset):
+    """A training set whose item i of epoch e draws from a generator seeded (seed, e, i): runs are
+    reproducible whatever the number of workers, workers never share RNG state, and a resumed run sees
+    the crops of an unbroken one. Subclasses set self.ids and self.seed; call set_epoch(e) before each epoch."""
+
+    epoch = 0
+
+    def set_epoch(self, epoch):
+        self.epoch = int(epoch)
+
+    def __len__(self):
+        return len(self.ids)
+
+    def item_rng(self, index):
+        return np.random.default_rng([self.seed, self.epoch, index])
+
+
+class ClsTrainDataset(EpochSeededDataset):
     """(id, augmented image float32[3,crop,crop], labels float32[20]) for classification training.
 
     Item i of epoch e uses a generator seeded from (seed, e, i): runs are reproducible whatever the
@@ -382,18 +399,10 @@ class ClsTrainDataset(torch.utils.data.Dataset):
         self.labels = labels
         self.augment = augment
         self.seed = int(seed)
-        self.epoch = 0
-
-    def set_epoch(self, epoch):
-        self.epoch = int(epoch)
-
-    def __len__(self):
-        return len(self.ids)
 
     def __getitem__(self, index):
         img_id = self.ids[index]
-        rng = np.random.default_rng([self.seed, self.epoch, index])
-        img = self.augment(self.root.read_image(img_id), rng)
+        img = self.augment(self.root.read_image(img_id), self.item_rng(index))
         return img_id, img, torch.from_numpy(np.asarray(self.labels[img_id], dtype=np.float32))
 
 

@@ -101,7 +101,7 @@ def resize(a, h, w, nearest=False):
     return cv2.resize(a, (w, h), interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR)
 
 
-class SegTrainDataset(torch.utils.data.Dataset):
+class SegTrainDataset(voc.EpochSeededDataset):
     """(id, image float32[3, crop, crop], label int64[crop, crop]) for DeepLabV3+ training.
 
     The public recipe's augmentation: random scale in scale_range (image bilinear, label nearest),
@@ -113,17 +113,10 @@ class SegTrainDataset(torch.utils.data.Dataset):
     def __init__(self, root, ids, label_dir, crop, scale_range, flip=True, seed=0):
         self.root, self.ids, self.label_dir = root, list(ids), label_dir
         self.crop, self.scale_range, self.flip, self.seed = crop, tuple(scale_range), flip, int(seed)
-        self.epoch = 0
-
-    def set_epoch(self, epoch):
-        self.epoch = int(epoch)
-
-    def __len__(self):
-        return len(self.ids)
 
     def __getitem__(self, index):
         img_id = self.ids[index]
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+        rng = self.item_rng(index)
         img, lab = read_pair(self.root, self.label_dir, img_id)
         s = rng.uniform(*self.scale_range)
         h, w = max(1, round(img.shape[0] * s)), max(1, round(img.shape[1] * s))

@@ -81,7 +81,7 @@ def black_canvas(size):
     return voc.normalize(np.zeros((1, 1, 3), np.uint8)).expand(3, size, size).clone()
 
 
-class AffTrainDataset(torch.utils.data.Dataset):
+class AffTrainDataset(voc.EpochSeededDataset):
     """(id, image float32[3, crop, crop], label uint8[crop/8, crop/8]) for AffinityNet training.
 
     Colour jitter on the whole image, normalise, then the same random crop (padded with black for the
@@ -96,17 +96,10 @@ class AffTrainDataset(torch.utils.data.Dataset):
         self.crf_dir = Path(crf_dir)
         self.crop, self.flip, self.seed = crop, flip, int(seed)
         self.photo = voc.ClsAugment(crop=None, resize_long=None, jitter=jitter, flip=False)
-        self.epoch = 0
-
-    def set_epoch(self, epoch):
-        self.epoch = int(epoch)
-
-    def __len__(self):
-        return len(self.ids)
 
     def __getitem__(self, index):
         img_id = self.ids[index]
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+        rng = self.item_rng(index)
         img = self.root.read_image(img_id)
         H, W = img.shape[:2]
         la = load_crf_dict(self.crf_dir / LA / f"{img_id}.npy", (H, W), img_id)
