@@ -121,11 +121,19 @@ def autocast(device, bf16):
     return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
 
 
-def ddp_wrap(net):
+def ddp_wrap(net, sync_bn=False):
     """The model to train: net itself, or DDP around it when torch.distributed is initialised (DDP
-    averages the gradients over the ranks; equal per-rank batches make that the global batch's mean)."""
+    averages the gradients over the ranks; equal per-rank batches make that the global batch's mean).
+    sync_bn: BatchNorm statistics over the global batch instead of each rank's share (SyncBatchNorm,
+    CUDA only; the BN modules are replaced in place, so state-dict keys stay the same)."""
     if rank_and_world()[1] > 1:
         dev = next(net.parameters()).device
+        if sync_bn:
+            if dev.type != "cuda":
+                from .errors import InputError
+                raise InputError("SyncBatchNorm runs on CUDA only (torch refuses CPU tensors): set sync_bn=false "
+                                 "for a multi-process CPU run (each process then normalises its own share)")
+            net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
         return torch.nn.parallel.DistributedDataParallel(net, device_ids=[dev] if dev.type == "cuda" else None)
     return net
 

@@ -378,8 +378,9 @@ class Stage:
         barrier()
 
 
-def resumable_training(st, device, net, opt, total, extra=None):
-    """Resume `net` and `opt` from <stage dir>/checkpoint.pth if it exists, and wrap net for DDP.
+def resumable_training(st, device, net, opt, total, extra=None, sync_bn=False):
+    """Resume `net` and `opt` from <stage dir>/checkpoint.pth if it exists, and wrap net for DDP (with
+    SyncBatchNorm when sync_bn and more than one process).
 
     Returns (step, checkpoint dict or None, model, checkpoint): checkpoint(step) saves the model, the
     optimiser, extra() (e.g. {"eader": ...}) and the step, on rank 0 only.
@@ -387,7 +388,7 @@ def resumable_training(st, device, net, opt, total, extra=None):
     from psa_baseline.training import ddp_wrap, resume, save_checkpoint, unwrap
     path = st.dir / "checkpoint.pth"
     step, ck = resume(path, device, net, opt, st.log, total, fingerprint=st.fp)
-    model = ddp_wrap(net)
+    model = ddp_wrap(net, sync_bn)
 
     def checkpoint(step):
         if rank() == 0:

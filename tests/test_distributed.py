@@ -323,3 +323,41 @@ def test_shards_split_make_cam_and_the_last_one_finishes(demo_root, tmp_path, mo
     assert not (crf / "DONE.json").exists()
     make_crf.run(cfg, shard=(0, 2))
     assert len(list((crf / "crf_ha").glob("*.npy"))) == len(train) and (crf / "DONE.json").exists()
+
+
+def _sync_bn(rank, world, port, out):
+    join_group(rank, world, port)
+    from psa_baseline.errors import InputError
+    from psa_baseline.training import ddp_wrap
+    from stages.common import end_distributed
+    try:
+        net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
+        try:
+            ddp_wrap(net, sync_bn=True)
+            result = "wrapped"
+        except InputError as e:
+            result = str(e)
+        plain = ddp_wrap(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4)), sync_bn=False)
+        Path(out, f"r{rank}.json").write_text(json.dumps({"sync": result, "plain_bn": type(plain.module[1]).__name__}))
+    finally:
+        end_distributed()
+
+
+def test_sync_batchnorm_is_refused_on_cpu_processes_with_the_fix(tmp_path):
+    """seg_train.sync_bn asks for SyncBatchNorm, which torch runs on CUDA only: a CPU multi-process run must
+    stop with the key to set, not fail inside the first forward."""
+    spawn(_sync_bn, 2, str(tmp_path))
+    for r in (0, 1):
+        got = json.loads((tmp_path / f"r{r}.json").read_text())
+        assert "sync_bn=false" in got["sync"] and "CUDA" in got["sync"]
+        assert got["plain_bn"] == "BatchNorm2d"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="SyncBatchNorm needs CUDA")
+def test_sync_batchnorm_replaces_bn_in_place_and_keeps_state_dict_keys():
+    from psa_baseline.training import ddp_wrap
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4)).cuda()
+    keys = list(net.state_dict())
+    converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    assert isinstance(converted[1], torch.nn.SyncBatchNorm) and list(converted.state_dict()) == keys
+    assert ddp_wrap(net, sync_bn=True) is net  # one process: untouched
