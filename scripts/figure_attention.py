@@ -132,6 +132,22 @@ def figure(voc_root, cam_dirs, ids, titles=("image", "baseline CAM", "EADER CAM"
     return compose(rows, titles, cell_w, cell_h, row_names=list(ids))
 
 
+def save_figure(prog, build, out):
+    """build() -> (ids, RGB figure), written to `out` as a PNG; the exit status (2 on an InputError, which
+    is printed as `prog: error: ...`)."""
+    try:
+        ids, fig = build()
+        ok, png = cv2.imencode(".png", fig[..., ::-1])
+        if not ok:
+            raise InputError("PNG encoding failed")
+        write_bytes(out, png.tobytes())
+    except InputError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    print(f"{len(ids)} rows x {fig.shape[1]}x{fig.shape[0]} px -> {out}")
+    return 0
+
+
 def pick_ids(args):
     if args.ids:
         return args.ids
@@ -159,20 +175,14 @@ def main(argv=None):
     p.add_argument("--cell", type=int, nargs=2, default=[200, 150], metavar=("W", "H"), help="cell size")
     p.add_argument("--out", required=True, help="PNG to write")
     args = p.parse_args(argv)
-    try:
+
+    def build():
         ids = pick_ids(args)
-        fig = figure(args.voc_root, [args.baseline, args.eader], ids, ["image", *args.titles],
-                     gt=not args.no_gt, cell_w=args.cell[0], cell_h=args.cell[1], seg_dir=args.seg_dir,
-                     label_dirs=args.pseudo or (), label_titles=["baseline pseudo", "EADER pseudo"] if args.pseudo else ())
-        ok, png = cv2.imencode(".png", fig[..., ::-1])
-        if not ok:
-            raise InputError("PNG encoding failed")
-        write_bytes(args.out, png.tobytes())
-    except InputError as e:
-        print(f"figure_attention: error: {e}", file=sys.stderr)
-        return 2
-    print(f"{len(ids)} rows x {fig.shape[1]}x{fig.shape[0]} px -> {args.out}")
-    return 0
+        return ids, figure(args.voc_root, [args.baseline, args.eader], ids, ["image", *args.titles],
+                           gt=not args.no_gt, cell_w=args.cell[0], cell_h=args.cell[1], seg_dir=args.seg_dir,
+                           label_dirs=args.pseudo or (),
+                           label_titles=["baseline pseudo", "EADER pseudo"] if args.pseudo else ())
+    return save_figure("figure_attention", build, args.out)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 prediction], ground truth), for a fixed set of images (the first --n of data.eval_list, or --ids).
 
 Reads a work dir's <variant>/make_pseudo/pseudo and <variant>/make_seg/pred label PNGs and the VOC root;
-draws with scripts/figure_attention.py's layout (VOC palette, 255 white, letterboxed cells).
+draws and saves with scripts/figure_attention.py (VOC palette, 255 white, letterboxed cells).
 
     .venv/bin/python scripts/figure_seg.py --voc-root work/demo-data --work-dir work/demo \\
         --variants baseline eader --n 6 --out work/demo/figure_seg.png
@@ -11,14 +11,11 @@ import argparse
 import sys
 from pathlib import Path
 
-import cv2
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from figure_attention import figure  # noqa: E402
+from figure_attention import figure, save_figure  # noqa: E402
 from psa_baseline import voc  # noqa: E402
 from psa_baseline.errors import InputError  # noqa: E402
-from psa_baseline.fileio import write_bytes  # noqa: E402
 
 
 def label_dirs(work_dir, variants):
@@ -45,20 +42,13 @@ def main(argv=None):
     p.add_argument("--cell", type=int, nargs=2, default=[200, 150], metavar=("W", "H"), help="cell size")
     p.add_argument("--out", required=True, help="PNG to write")
     args = p.parse_args(argv)
-    try:
+
+    def build():
         dirs, titles = label_dirs(args.work_dir, args.variants)
         ids = args.ids or voc.read_split(args.split, args.voc_root)[:args.n]
-        fig = figure(args.voc_root, [], ids, ["image"], cell_w=args.cell[0], cell_h=args.cell[1],
-                     label_dirs=dirs, label_titles=titles)
-        ok, png = cv2.imencode(".png", fig[..., ::-1])
-        if not ok:
-            raise InputError("PNG encoding failed")
-        write_bytes(args.out, png.tobytes())
-    except InputError as e:
-        print(f"figure_seg: error: {e}", file=sys.stderr)
-        return 2
-    print(f"{len(ids)} rows x {fig.shape[1]}x{fig.shape[0]} px -> {args.out}")
-    return 0
+        return ids, figure(args.voc_root, [], ids, ["image"], cell_w=args.cell[0], cell_h=args.cell[1],
+                           label_dirs=dirs, label_titles=titles)
+    return save_figure("figure_seg", build, args.out)
 
 
 if __name__ == "__main__":
