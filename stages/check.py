@@ -209,28 +209,18 @@ def check_segmentation(cfg, root, ids_by_list, f):
                   f"that have it (data.eval_list)")
 
 
-def check_crf_list(cfg, ids_by_list, f):
-    """make-crf reads the CAMs of crf.list: they exist only for ids of data.infer_lists."""
-    crf = ids_by_list.get(cfg["crf"]["list"])
-    if crf is None:
+def check_inferred_list(cfg, section, outputs, ids_by_list, f):
+    """The ids of <section>.list must be in data.infer_lists, the only ids make-cam and make-pseudo write
+    `outputs` for (make-crf reads crf.list's CAMs, train-seg seg_train.list's pseudo labels)."""
+    rel = cfg[section]["list"]
+    ids = ids_by_list.get(rel)
+    if ids is None:
         return
-    inferred = {i for rel in cfg["data"]["infer_lists"] for i in ids_by_list.get(rel, [])}
-    missing = [i for i in crf if i not in inferred]
+    inferred = {i for r in cfg["data"]["infer_lists"] for i in ids_by_list.get(r, [])}
+    missing = [i for i in ids if i not in inferred]
     if missing:
-        f.problem(f"{len(missing)} ids of crf.list {cfg['crf']['list']} get no CAMs (not in data.infer_lists): "
-                  f"{few(missing)}; add crf.list to data.infer_lists")
-
-
-def check_seg_list(cfg, ids_by_list, f):
-    """train-seg reads the pseudo labels of seg_train.list: make-pseudo writes them for data.infer_lists."""
-    seg = ids_by_list.get(cfg["seg_train"]["list"])
-    if seg is None:
-        return
-    inferred = {i for rel in cfg["data"]["infer_lists"] for i in ids_by_list.get(rel, [])}
-    missing = [i for i in seg if i not in inferred]
-    if missing:
-        f.problem(f"{len(missing)} ids of seg_train.list {cfg['seg_train']['list']} get no pseudo labels (not in "
-                  f"data.infer_lists): {few(missing)}; add seg_train.list to data.infer_lists")
+        f.problem(f"{len(missing)} ids of {section}.list {rel} get no {outputs} (not in data.infer_lists): "
+                  f"{few(missing)}; add {section}.list to data.infer_lists")
 
 
 def check_part_masks(cfg, root, f):
@@ -432,9 +422,9 @@ def run_check(cfg, eader="off", until="aff", out=print):
         check_segmentation(cfg, root, ids_by_list, f)
         check_part_masks(cfg, root, f)
     if "make-crf" in names:
-        check_crf_list(cfg, ids_by_list, f)
+        check_inferred_list(cfg, "crf", "CAMs", ids_by_list, f)
     if "train-seg" in names:
-        check_seg_list(cfg, ids_by_list, f)
+        check_inferred_list(cfg, "seg_train", "pseudo labels", ids_by_list, f)
     check_weight_files(cfg, plan, f)
     every = list(dict.fromkeys(i for ids in ids_by_list.values() for i in ids))
     pixels, classes = image_stats(root, every, table) if root is not None else (TYPICAL_PIXELS, TYPICAL_CLASSES)
