@@ -2,8 +2,8 @@
 and crop (with its bf16 setting), the estimated time of seg_train.iterations, and make-seg's time per image.
 
 The network is the stage's own (stages.deeplab.build_deeplab, random init), trained by the stage's step
-(seg_loss, seg_optimizer) on random inputs and labels; inference is predict_probs at seg_infer's scales
-and flip on a random image of --image-size. Nothing is written.
+(stages.train_seg.seg_step, seg_optimizer) on random inputs and labels; inference is predict_probs at
+seg_infer's scales and flip on a random image of --image-size. Nothing is written.
 
     .venv/bin/python scripts/bench_seg.py --config demo [--steps 10] [--image-size 160 128]
     .venv/bin/python scripts/bench_seg.py --config voc --device cuda --image-size 500 375   # the paper's setting
@@ -19,7 +19,8 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from psa_baseline.training import autocast  # noqa: E402
 from stages.config import load_config  # noqa: E402
-from stages.deeplab import N_OUT, build_deeplab, predict_probs, seg_loss, seg_optimizer  # noqa: E402
+from stages.deeplab import N_OUT, build_deeplab, predict_probs, seg_optimizer  # noqa: E402
+from stages.train_seg import seg_step  # noqa: E402
 
 
 def sync(device):
@@ -49,12 +50,7 @@ def main(argv=None):
     for i in range(args.steps + 2):
         sync(device)
         t0 = time.perf_counter()
-        with amp():
-            logits = net(x)
-        loss = seg_loss(logits, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        seg_step(net, opt, amp, x, y)
         sync(device)
         if i >= 2:
             times.append(time.perf_counter() - t0)

@@ -51,6 +51,17 @@ def pseudo_dir(st):
     return st.work_dir / st.variant / "make_pseudo" / "pseudo"
 
 
+def seg_step(model, opt, amp, x, target):
+    """One training step on a batch already on the device; the loss tensor. scripts/bench_seg.py times it."""
+    with amp():
+        logits = model(x)
+    loss = seg_loss(logits, target)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss
+
+
 def run(cfg, force=False, sampler_factory=None, stop_after=None):
     """sampler_factory(n, seed) -> EpochSampler-like (set_epoch(epoch, start)); DDP passes a sharded one.
     stop_after: end (with a checkpoint) after this many steps; for tests and debugging."""
@@ -100,13 +111,7 @@ def run(cfg, force=False, sampler_factory=None, stop_after=None):
     def step_fn(batch):
         _, x, target = batch
         x, target = x.to(device, non_blocking=True), target.to(device, non_blocking=True)
-        with amp():
-            logits = model(x)
-        loss = seg_loss(logits, target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return {"loss": loss.item()}
+        return {"loss": seg_step(model, opt, amp, x, target).item()}
 
     step = run_steps(loader, sampler, dataset, step_fn, step=step, total=total, steps_per_epoch=steps_per_epoch,
                      batch_size=t["batch_size"], checkpoint=checkpoint, log=st.log, log_every=t["log_every"],
