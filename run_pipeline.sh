@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole pipeline. No arguments: the CPU demo (builds the demo dataset, then the CAM stage).
+# The whole pipeline. No arguments: the CPU demo (builds the demo dataset, then every stage to DeepLabV3+).
 # Paper setting: ./run_pipeline.sh --config voc --voc-root DIR --device cuda [--eader on|off|both]
 # Extra key=value arguments override config keys. --nproc N: N processes (torchrun). See README.md.
 set -euo pipefail

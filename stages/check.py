@@ -37,8 +37,8 @@ LOG_BYTES = 1 << 20
 def add_arguments(p):
     p.add_argument("--eader", choices=tuple(VARIANTS), default="off",
                    help="variants to check: baseline (off), EADER (on) or both, as for pipeline")
-    p.add_argument("--until", choices=("cam", "aff", "seg"), default="aff",
-                   help="last stage group of the planned run, as for pipeline (default aff)")
+    p.add_argument("--until", choices=("cam", "aff", "seg"), default="seg",
+                   help="last stage group of the planned run, as for pipeline (default seg)")
 
 
 class Findings:
@@ -406,7 +406,7 @@ def plan_lines(cfg, rows, need, free):
     return lines
 
 
-def run_check(cfg, eader="off", until="aff", out=print):
+def run_check(cfg, eader="off", until="seg", out=print):
     """Check everything; print the plan and notes; raise InputError listing every problem."""
     f = Findings()
     plan = planned_stages(cfg, eader, until)

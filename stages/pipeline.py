@@ -1,8 +1,8 @@
 """The orchestrator behind ./run_pipeline.sh: the stages in order, for each variant.
 
-No arguments: the CPU demo (demo config: builds the demo dataset, then the CAM stage and the affinity
-stage: make-crf, train-aff, make-pseudo, eval-seg). `--until cam` stops after the CAM stage; `--until seg`
-adds DeepLabV3+ on the pseudo labels (train-seg, make-seg, eval-seg of its predictions).
+No arguments: the CPU demo (demo config: builds the demo dataset, then the CAM stage, the affinity stage
+(make-crf, train-aff, make-pseudo, eval-seg) and DeepLabV3+ on the pseudo labels (train-seg, make-seg,
+eval-seg of its predictions)). `--until cam` stops after the CAM stage, `--until aff` after the pseudo labels.
 With --config voc --voc-root DIR --device cuda: the paper's setting. Every stage is skipped when it has
 already finished with the same config, so a rerun resumes where the last one stopped.
 """
@@ -27,15 +27,15 @@ ALONE = ("eval-cam", "eval-seg")
 def add_arguments(p):
     p.add_argument("--eader", choices=("off", "on", "both"), default="off",
                    help="baseline PSA (off), PSA with EADER (on), or both with the same seed and data")
-    p.add_argument("--until", choices=tuple(UNTIL), default="aff",
+    p.add_argument("--until", choices=tuple(UNTIL), default="seg",
                    help="last stage group to run: cam (train-cam .. eval-cam), aff (also make-crf, "
-                        "train-aff, make-pseudo, eval-seg; default) or seg (also DeepLabV3+: train-seg, "
-                        "make-seg, eval-seg of its predictions)")
+                        "train-aff, make-pseudo, eval-seg) or seg (also DeepLabV3+: train-seg, "
+                        "make-seg, eval-seg of its predictions; default: the whole pipeline)")
     p.add_argument("--check", action="store_true",
                    help="only the pre-flight check (psa-eader check): print the plan, exit 2 listing every problem")
 
 
-def run_variants(cfg, eader="off", force=False, log=print, until="aff"):
+def run_variants(cfg, eader="off", force=False, log=print, until="seg"):
     from .config import merge
     variants = {"off": [False], "on": [True], "both": [False, True]}[eader]
     stages = UNTIL[until]

@@ -118,7 +118,7 @@ def test_aff_stages_end_to_end_after_the_cam_stage(demo_root, tmp_path):
     # the pipeline skips every finished stage; --until cam stops before make-crf
     done = sorted(work.rglob("DONE.json"))
     mtimes = [p.stat().st_mtime_ns for p in done]
-    pipeline.run_variants(cfg, log=lambda m: None)
+    pipeline.run_variants(cfg, log=lambda m: None, until="aff")
     pipeline.run_variants(cfg, log=lambda m: None, until="cam")
     assert [p.stat().st_mtime_ns for p in done] == mtimes
 

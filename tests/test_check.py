@@ -16,7 +16,8 @@ pytestmark = pytest.mark.skipif(not VOCMINI.is_dir(), reason="../shared/data/VOC
 
 LISTS = ["data.train_list=ImageSets/Segmentation/train.txt",
          "data.infer_lists=[ImageSets/Segmentation/train.txt,ImageSets/Segmentation/val.txt]",
-         "data.eval_list=ImageSets/Segmentation/val.txt", "crf.list=ImageSets/Segmentation/train.txt"]
+         "data.eval_list=ImageSets/Segmentation/val.txt", "crf.list=ImageSets/Segmentation/train.txt",
+         "seg_train.list=ImageSets/Segmentation/train.txt", "seg_train.encoder_weights=random"]
 TINY_NETS = ["net.width=0.0625", "net.blocks=[1,1,1,1]", "eader.adv_width=0.0625"]
 
 
@@ -63,7 +64,8 @@ def test_ready_on_vocmini_prints_the_plan(weight_files, tmp_path, capsys):
     assert "ready: every check passed" in out
     for variant in ("baseline", "eader"):
         for stage, n in (("train-cam", 100), ("make-cam", 200), ("eval-cam", 100), ("make-crf", 100),
-                         ("train-aff", 100), ("make-pseudo", 200), ("eval-seg", 100)):
+                         ("train-aff", 100), ("make-pseudo", 200), ("eval-seg", 100), ("train-seg", 100),
+                         ("make-seg", 100)):  # the whole pipeline, its default
             assert any(line.split()[:3] == [variant, stage, str(n)] for line in out.splitlines()), (variant, stage)
     assert "estimated outputs" in out
     assert not (tmp_path / "work").exists()  # a check writes nothing

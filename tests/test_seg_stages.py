@@ -174,12 +174,13 @@ def test_seg_config_checks(demo_root, tmp_path):
             train_seg.check_config(tiny_cfg(demo_root, tmp_path, **{**SEG, key: value}))
 
 
-def test_pipeline_until_seg_adds_the_deeplab_stages_and_default_stays_aff():
+def test_pipeline_runs_to_deeplab_by_default_and_until_stops_earlier():
     from stages.cli import parse_args
     names = [n for n, _ in pipeline.UNTIL["seg"]]
     assert names[:len(pipeline.UNTIL["aff"])] == [n for n, _ in pipeline.UNTIL["aff"]]
     assert names[-3:] == ["train-seg", "make-seg", "eval-seg"]
-    assert parse_args(["pipeline"]).until == "aff" and parse_args(["pipeline", "--until", "seg"]).until == "seg"
+    assert parse_args(["pipeline"]).until == "seg" and parse_args(["pipeline", "--until", "aff"]).until == "aff"
+    assert parse_args(["check"]).until == "seg"  # the check plans what the pipeline would run
 
 
 # ---------------------------------------------------------------------------- export
