@@ -32,11 +32,12 @@ def depends(cfg):
 
 
 def eader_section(cfg):
-    """The eader section as fingerprinted: eader.autocast only when on, so runs from before the key
-    existed (and runs with it off) keep their fingerprints."""
+    """The eader section as fingerprinted: eader.autocast and eader.channels_last only when on, so runs
+    from before the keys existed (and runs with them off) keep their fingerprints."""
     e = dict(cfg["eader"])
-    if not e.get("autocast"):
-        e.pop("autocast", None)
+    for k in ("autocast", "channels_last"):
+        if not e.get(k):
+            e.pop(k, None)
     return e
 
 

@@ -541,3 +541,44 @@ def test_eader_autocast_runs_the_hook_under_the_steps_bf16_only_when_asked():
         assert e.amp is (amp if on else nullcontext)
     from stages.config import load_config
     assert EaderConfig().autocast is False and load_config("voc")["eader"]["autocast"] is False  # off by default
+
+
+def test_eader_channels_last_feeds_the_adversary_nhwc_with_nearly_the_nchw_results():
+    """eader.channels_last (default off): the adversary gets NHWC input in both turns, and the backward
+    runs (a channels_last one crashed in WRN-38 on this torch). Results agree with NCHW up to float32
+    rounding, amplified where noted: the loss, the gradient into the attention, the adversary's update
+    and BN buffers."""
+    import copy
+    torch.manual_seed(0)
+    x, y = torch.randn(4, 3, 64, 64), torch.zeros(4, C)
+    y[0, [1, 4]] = y[1, 2] = y[2, 7] = y[3, [0, 19]] = 1
+    att0 = torch.rand(4, C, 8, 8)
+    adv0 = build_adversary(width=0.25)
+    out = {}
+    for cl in (True, False):
+        adv = copy.deepcopy(adv0)
+        e = EADER(EaderConfig(enabled=True, phase_steps=1, channels_last=cl), adv, adversary_optimizer(adv))
+        seen = []
+        adv.conv1.register_forward_pre_hook(lambda m, i: seen.append(i[0].is_contiguous(
+            memory_format=torch.channels_last)))
+        att = att0.clone().requires_grad_()
+        loss, stats = e.localizer_loss(x, y, att, torch.zeros(()))
+        loss.backward()
+        e.advance()
+        adv_stats = e.adversary_step(x, y, att0)
+        out[cl] = (loss.detach(), att.grad, adv_stats["adv_loss"], copy.deepcopy(adv.state_dict()))
+        assert seen == [cl, cl]
+    (l1, g1, a1, s1), (l0, g0, a0, s0) = out[True], out[False]
+    torch.testing.assert_close(l1, l0, rtol=1e-5, atol=1e-6)
+    assert a1 == pytest.approx(a0, rel=1e-5)
+    # NHWC BatchNorm sums in float (NCHW: double); the backward amplifies it: here the attention's
+    # gradient differs by 2e-3 of its norm, the early layers' SGD update by ~2%. A layout bug is O(1)
+    assert (g1 - g0).norm() <= 1e-2 * g0.norm()
+    init = adv0.state_dict()
+    for k in s0:
+        if "running" in k or "num_batches" in k:  # forward statistics
+            torch.testing.assert_close(s1[k], s0[k], rtol=1e-4, atol=1e-5)
+        else:
+            assert (s1[k] - s0[k]).norm() <= 0.1 * (s0[k] - init[k]).norm() + 1e-8, k
+    from stages.config import load_config
+    assert EaderConfig().channels_last is False and load_config("voc")["eader"]["channels_last"] is False
