@@ -211,7 +211,8 @@ class EADER:
     def adversary_forward(self, erased):
         """The adversary's float logits of the erased images (under self.amp). cfg.channels_last feeds it
         NHWC (the layout then carries through the network): on the CPU oneDNN's convolutions and pooling
-        are faster there (demo localizer turn 1.92x -> 1.66x the baseline step with eader.autocast). Not
+        are faster there (demo localizer turn 1.83x -> 1.65x the baseline step with eader.autocast; not
+        measured on a GPU). Not
         the default: its BatchNorm sums in float, not double, and in float32 the early layers' gradients
         then differ by ~2% from NCHW (which is within ~1e-5 of float64)."""
         if self.cfg.channels_last:
