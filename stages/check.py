@@ -37,8 +37,9 @@ LOG_BYTES = 1 << 20
 def add_arguments(p):
     p.add_argument("--eader", choices=tuple(VARIANTS), default="off",
                    help="variants to check: baseline (off), EADER (on) or both, as for pipeline")
-    p.add_argument("--until", choices=("cam", "aff", "seg"), default="seg",
-                   help="last stage group of the planned run, as for pipeline (default seg)")
+    from .pipeline import DEFAULT_UNTIL, UNTIL
+    p.add_argument("--until", choices=tuple(UNTIL), default=DEFAULT_UNTIL,
+                   help=f"last stage group of the planned run, as for pipeline (default {DEFAULT_UNTIL})")
 
 
 class Findings:
@@ -406,8 +407,11 @@ def plan_lines(cfg, rows, need, free):
     return lines
 
 
-def run_check(cfg, eader="off", until="seg", out=print):
-    """Check everything; print the plan and notes; raise InputError listing every problem."""
+def run_check(cfg, eader="off", until=None, out=print):
+    """Check everything; print the plan and notes; raise InputError listing every problem. until: as for
+    pipeline (None: its default)."""
+    from .pipeline import DEFAULT_UNTIL
+    until = until or DEFAULT_UNTIL
     f = Findings()
     plan = planned_stages(cfg, eader, until)
     names = [name for _, name, _ in plan]

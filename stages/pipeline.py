@@ -19,6 +19,7 @@ AFF_STAGES = (("make-crf", make_crf), ("train-aff", train_aff), ("make-pseudo", 
               ("eval-seg", eval_seg))
 SEG_STAGES = (("train-seg", train_seg), ("make-seg", make_seg), ("eval-seg", eval_seg.SEG))
 UNTIL = {"cam": CAM_STAGES, "aff": CAM_STAGES + AFF_STAGES, "seg": CAM_STAGES + AFF_STAGES + SEG_STAGES}
+DEFAULT_UNTIL = "seg"  # the whole pipeline; `check` plans the same by default
 # under torchrun these run on rank 0 alone (scoring is quick and writes shared summaries); training
 # stages train with every rank, inference stages share their images out
 ALONE = ("eval-cam", "eval-seg")
@@ -27,7 +28,7 @@ ALONE = ("eval-cam", "eval-seg")
 def add_arguments(p):
     p.add_argument("--eader", choices=("off", "on", "both"), default="off",
                    help="baseline PSA (off), PSA with EADER (on), or both with the same seed and data")
-    p.add_argument("--until", choices=tuple(UNTIL), default="seg",
+    p.add_argument("--until", choices=tuple(UNTIL), default=DEFAULT_UNTIL,
                    help="last stage group to run: cam (train-cam .. eval-cam), aff (also make-crf, "
                         "train-aff, make-pseudo, eval-seg) or seg (also DeepLabV3+: train-seg, "
                         "make-seg, eval-seg of its predictions; default: the whole pipeline)")
@@ -35,7 +36,7 @@ def add_arguments(p):
                    help="only the pre-flight check (psa-eader check): print the plan, exit 2 listing every problem")
 
 
-def run_variants(cfg, eader="off", force=False, log=print, until="seg"):
+def run_variants(cfg, eader="off", force=False, log=print, until=DEFAULT_UNTIL):
     from .config import merge
     variants = {"off": [False], "on": [True], "both": [False, True]}[eader]
     stages = UNTIL[until]
