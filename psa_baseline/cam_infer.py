@@ -54,11 +54,22 @@ def to_cam_dict(norm_cam, label):
     return {int(c): norm_cam[c].astype(np.float32) for c in np.nonzero(np.asarray(label) > 0)[0]}
 
 
+def scale_batches(img, scales, flip=True):
+    """The network's input at each scale, before normalising: (2, h_s, w_s, 3) uint8 (the image and its
+    mirror) or (1, h_s, w_s, 3). CPU work (PIL), which make-cam runs in loader workers on a GPU."""
+    out = []
+    for s in scales:
+        im = resize_image(img, s)
+        out.append(np.stack([im, im[:, ::-1]]) if flip else im[None])
+    return out
+
+
 @torch.inference_mode()
 def multiscale_cam(net, img, label, scales=(1.0, 0.5, 1.5, 2.0), flip=True, device="cpu", bf16=False,
-                   channels_last=False):
+                   channels_last=False, batches=None):
     """img: HxWx3 uint8 RGB; label: float[20]. Returns PSA's CAM dict for the present classes.
-    channels_last: feed NHWC input (give the net in channels_last too)."""
+    channels_last: feed NHWC input (give the net in channels_last too). batches: scale_batches(img, scales,
+    flip) when already made (by a loader worker)."""
     device = torch.device(device)
     h, w = img.shape[:2]
     label = np.asarray(label, dtype=np.float32)
@@ -69,9 +80,7 @@ def multiscale_cam(net, img, label, scales=(1.0, 0.5, 1.5, 2.0), flip=True, devi
     label_t = torch.as_tensor(label[present], device=device)
     cams, flips = [], []
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-    for s in scales:
-        im = resize_image(img, s)
-        batch = np.stack([im, im[:, ::-1]]) if flip else im[None]
+    for batch in scale_batches(img, scales, flip) if batches is None else batches:
         x = normalise_batch(batch, device)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

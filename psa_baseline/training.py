@@ -195,8 +195,9 @@ def run_steps(loader, sampler, dataset, step_fn, *, step, total, steps_per_epoch
     number of processes: batch_size is the global batch, the loader's the per-rank one. checkpoint(step) is called every
     `checkpoint_every` steps, at every epoch end and when stopping early; lr() gives the logged lr.
     stop_after: end (with a checkpoint) after this many steps. Returns the step reached (< total when
-    stopped early). Each log line ends with the share of the time since the last one spent waiting for
-    the loader ("data wait"): above a few percent, more loader workers would keep the device busier.
+    stopped early). Each log line ends with the wall time per step since the last line (checkpoints
+    included) and the share of that time spent waiting for the loader ("data wait"): above a few percent,
+    more loader workers would keep the device busier.
     """
     from tqdm import tqdm
     from .progress import on_terminal
@@ -204,6 +205,7 @@ def run_steps(loader, sampler, dataset, step_fn, *, step, total, steps_per_epoch
     bar = tqdm(total=total, initial=step, desc=desc, disable=not (progress and on_terminal()), dynamic_ncols=True)
     running = {}
     clock = {"wait": 0.0, "since": time.perf_counter()}
+    logged = step  # the step of the last log line
     while step < total:
         epoch, in_epoch = divmod(step, steps_per_epoch)
         sampler.set_epoch(epoch, in_epoch * (getattr(loader, "batch_size", None) or batch_size))
@@ -216,8 +218,10 @@ def run_steps(loader, sampler, dataset, step_fn, *, step, total, steps_per_epoch
             bar.update(1)
             if step % log_every == 0 or step == total:
                 bar.set_postfix({k: f"{v:.3g}" for k, v in running.items() if k in show})
-                log.info("step %d/%d epoch %d lr %.5g %s data wait %.0f%%", step, total, epoch, lr(),
-                         " ".join(f"{k} {v:.4g}" for k, v in running.items()), data_wait_share(clock))
+                per_step = (time.perf_counter() - clock["since"]) / max(1, step - logged)
+                log.info("step %d/%d epoch %d lr %.5g %s %.3f s/step data wait %.0f%%", step, total, epoch, lr(),
+                         " ".join(f"{k} {v:.4g}" for k, v in running.items()), per_step, data_wait_share(clock))
+                logged = step
             if step % checkpoint_every == 0 or step % steps_per_epoch == 0:
                 checkpoint(step)
             if step >= total or (stop_after is not None and step >= stop_after):

@@ -24,9 +24,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def module_at(rev, rel):
-    """The module file `rel` as it was at git revision `rev`."""
-    src = subprocess.run(["git", "show", f"{rev}:{rel}"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+def module_at(rev, rel, src=None):
+    """The module file `rel` as it was at git revision `rev` (or with source text `src`)."""
+    if src is None:
+        src = subprocess.run(["git", "show", f"{rev}:{rel}"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout
     path = Path(tempfile.mkdtemp()) / Path(rel).name
     path.write_text(src)
     package = str(Path(rel).parent).replace("/", ".")  # its relative imports resolve in this tree's package
@@ -40,12 +42,17 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="demo")
     p.add_argument("--voc-root", required=True)
-    p.add_argument("--model", required=True, help="a trained cam_net.pth of this config's network")
+    p.add_argument("--model", required=True, help="a trained cam_net.pth of this config's network, or 'random': "
+                   "random init, for timing only (the before/after difference is still checked)")
     p.add_argument("--list", default="ImageSets/Segmentation/val.txt", help="ids, under the VOC root")
     p.add_argument("--images", type=int, default=60)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--reference", default="a7b10a1", help="git revision of the 'before' cam_infer.py")
+    p.add_argument("--reference-file", help="the 'before' cam_infer.py as a file (where there is no git history, "
+                   "e.g. a copied tree: `git show a7b10a1:psa_baseline/cam_infer.py > FILE`)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default %(default)s)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--set", nargs="*", default=[], metavar="key=value", help="config overrides")
     p.add_argument("--save-dir")
     args = p.parse_args(argv)
 
@@ -54,27 +61,32 @@ def main(argv=None):
     from psa_baseline import cam_infer
     from psa_baseline.fileio import save_npy
     from psa_baseline.voc import VOCRoot
-    from stages.builders import build_cam_net
+    from stages.builders import build_cam_net, labels_for
     from stages.config import load_config, merge
     torch.set_num_threads(args.threads)
-    cfg = load_config(args.config, [("voc_root", args.voc_root)])
-    ref = module_at(args.reference, "psa_baseline/cam_infer.py")
+    cfg = load_config(args.config, [("voc_root", args.voc_root), *args.set])
+    ref = module_at(args.reference, "psa_baseline/cam_infer.py",
+                    Path(args.reference_file).read_text() if args.reference_file else None)
+    dev = torch.device(args.device)
+    torch.manual_seed(0)
     net = build_cam_net(merge(cfg, {"net": {"weights": None}}))
-    net.load_state_dict(torch.load(args.model, map_location="cpu", weights_only=True))
-    net.eval()
+    if args.model != "random":
+        net.load_state_dict(torch.load(args.model, map_location="cpu", weights_only=True))
+    net.to(dev).eval()
     root = VOCRoot(args.voc_root)
     ids = (Path(args.voc_root) / args.list).read_text().split()[:args.images]
-    labels = np.load(Path(args.voc_root) / "cls_labels.npy", allow_pickle=True).item()
+    labels = labels_for(cfg, root, ids)
     scales, flip = cfg["cam_infer"]["scales"], cfg["cam_infer"]["flip"]
     out = Path(args.save_dir or tempfile.mkdtemp())
 
     def before(bf16):
         net.to(memory_format=torch.contiguous_format)
-        return lambda img, lab: ref.multiscale_cam(net, img, lab, scales, flip, "cpu", bf16)
+        return lambda img, lab: ref.multiscale_cam(net, img, lab, scales, flip, dev, bf16)
 
     def after(bf16):
         net.to(memory_format=torch.channels_last)
-        return lambda img, lab: cam_infer.multiscale_cam(net, img, lab, scales, flip, "cpu", bf16, channels_last=True)
+        return lambda img, lab: cam_infer.multiscale_cam(net, img, lab, scales, flip, dev, bf16,
+                                                             channels_last=True)
 
     settings = {"before_fp32": (before, False), "before_bf16": (before, True),
                 "after_fp32": (after, False), "after_bf16": (after, True)}
@@ -90,12 +102,13 @@ def main(argv=None):
                 save_npy(out / s / f"{i}.npy", fn(root.read_image(i), labels[i]))
             times[s].append(time.perf_counter() - t0)
     base = len(ids) / statistics.median(times["before_fp32"])
-    print(f"{len(ids)} images of {args.list}, scales {scales} flip {flip}, {args.threads} thread(s), "
-          f"{args.rounds} rounds; before = cam_infer.py at {args.reference}")
-    print("| setting | images/s | vs before_fp32 |\n|---|---|---|")
+    where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu, {args.threads} thread(s)"
+    print(f"{len(ids)} images of {args.list}, scales {scales} flip {flip}, {where}, {args.rounds} rounds; "
+          f"before = cam_infer.py at {args.reference_file or args.reference}; model {args.model}")
+    print("| setting | images/s | ms/image | vs before_fp32 |\n|---|---|---|---|")
     for s in names:
         ips = len(ids) / statistics.median(times[s])
-        print(f"| {s} | {ips:.2f} | {ips / base:.2f}x |")
+        print(f"| {s} | {ips:.2f} | {1000 / ips:.1f} | {ips / base:.2f}x |")
     for d in ("fp32", "bf16"):
         diff = 0.0
         for i in ids:

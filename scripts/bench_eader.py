@@ -223,6 +223,8 @@ def main(argv=None):
     p.add_argument("--out", default="work/bench_eader", help="writes OUT.json and OUT.md")
     p.add_argument("--set", nargs="*", default=[], metavar="key=value",
                    help="config overrides for every measurement, e.g. eader.autocast=true")
+    p.add_argument("--no-memory", action="store_true",
+                   help="timing process only (skip the three memory processes per setting and dtype)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -236,7 +238,8 @@ def main(argv=None):
             base = {"setting": s, "dtype": d, "batch": args.batch, "threads": args.threads, "device": args.device,
                     "set": args.set}
             jobs = [{**base, "kind": "timing", "steps": args.rounds, "warmup": 1}]
-            jobs += [{**base, "kind": "memory", "mode": m, "steps": 1, "warmup": 1} for m in MODES]
+            if not args.no_memory:
+                jobs += [{**base, "kind": "memory", "mode": m, "steps": 1, "warmup": 1} for m in MODES]
             for spec in jobs:
                 t0 = time.time()
                 r = run_child(spec, args.timeout)

@@ -178,6 +178,7 @@ def validate(cfg):
          "cam_train.resize_long", "[low, high] with 0 < low <= high")
     need(len(cfg["cam_infer"]["scales"]) > 0 and all(s > 0 for s in cfg["cam_infer"]["scales"]),
          "cam_infer.scales", "a non-empty list of positive scales")
+    need(cfg["cam_infer"]["num_workers"] >= 0, "cam_infer.num_workers", "0 (in this process) or more processes")
     need(0 <= cfg["cam_eval"]["threshold"] <= 1, "cam_eval.threshold", "must be in [0, 1]")
     need(len(cfg["cam_eval"]["sweep"]) == 3 and cfg["cam_eval"]["sweep"][2] > 0, "cam_eval.sweep",
          "[start, stop, step] with step > 0")

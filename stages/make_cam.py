@@ -7,9 +7,10 @@ Each CAM file is written atomically, so a rerun after a crash only computes the 
 import time
 
 import torch
+from torch.utils.data import DataLoader, Dataset
 
 from psa_baseline import voc
-from psa_baseline.cam_infer import multiscale_cam
+from psa_baseline.cam_infer import multiscale_cam, scale_batches
 from psa_baseline.fileio import save_npy
 from psa_baseline.progress import with_progress
 from .builders import build_cam_net, labels_for, split_ids, voc_root
@@ -29,13 +30,41 @@ def infer_ids(cfg):
     return ids
 
 
+class ScaledImages(Dataset):
+    """(id, image, scale_batches) per id: the image reading and PIL resizing, run in loader workers."""
+
+    def __init__(self, root, ids, scales, flip):
+        self.root, self.ids, self.scales, self.flip = root, ids, scales, flip
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, k):
+        img = self.root.read_image(self.ids[k])
+        return self.ids[k], img, scale_batches(img, self.scales, self.flip)
+
+
+def _as_is(item):
+    return item
+
+
+def scaled_images(root, ids, scales, flip, workers):
+    """ScaledImages in ids' order; workers > 0: prepared in that many processes while the device computes
+    (on a GPU PSA's PIL resizes take ~21 ms of a VOC image's ~50 ms in bf16, docs/gpu.md)."""
+    ds = ScaledImages(root, ids, scales, flip)
+    if workers <= 0:
+        return (ds[k] for k in range(len(ds)))
+    return iter(DataLoader(ds, batch_size=None, num_workers=workers, collate_fn=_as_is, prefetch_factor=4))
+
+
 def add_arguments(p):
     add_shard_argument(p)
 
 
 def run(cfg, force=False, shard=None):
     """shard (i, n): only shard i of n of the images (separate jobs); see common.my_share."""
-    deps = [upstream_fp(cfg, "train_cam"), cfg["cam_infer"], cfg["data"]["infer_lists"]]
+    how = {k: v for k, v in cfg["cam_infer"].items() if k != "num_workers"}  # workers: same CAMs
+    deps = [upstream_fp(cfg, "train_cam"), how, cfg["data"]["infer_lists"]]
     st = Stage(cfg, NAME, deps, force, shard)
     cam_dir = st.dir / "cams"
     if st.is_done():
@@ -56,10 +85,12 @@ def run(cfg, force=False, shard=None):
     st.log.info("CAMs for %d images (%d already on disk), scales %s, flip %s -> %s", len(mine),
                 len(mine) - len(todo), cfg["cam_infer"]["scales"], cfg["cam_infer"]["flip"], cam_dir)
     t0 = time.time()
-    for i in with_progress(todo, f"make-cam[{st.variant}]", enabled=rank() == 0):
-        cams = multiscale_cam(net, root.read_image(i), labels[i], scales=cfg["cam_infer"]["scales"],
-                              flip=cfg["cam_infer"]["flip"], device=device, bf16=cfg["cam_infer"]["bf16"],
-                              channels_last=True)
+    c = cfg["cam_infer"]
+    inputs = scaled_images(root, todo, c["scales"], c["flip"], c["num_workers"])
+    for i, (j, img, batches) in zip(with_progress(todo, f"make-cam[{st.variant}]", enabled=rank() == 0), inputs):
+        assert i == j, (i, j)
+        cams = multiscale_cam(net, img, labels[i], scales=c["scales"], flip=c["flip"], device=device,
+                              bf16=c["bf16"], channels_last=True, batches=batches)
         save_npy(cam_dir / f"{i}.npy", cams)
     dt = time.time() - t0
     st.log.info("%d CAMs in %.1f s (%.3f s/image)", len(todo), dt, dt / max(1, len(todo)))

@@ -1,4 +1,4 @@
-"""run_steps' "data wait" share: the time spent waiting for the loader, in each log line."""
+"""run_steps' log lines: wall time per step and the "data wait" share (time spent waiting for the loader)."""
 import logging
 import time
 
@@ -31,3 +31,5 @@ def test_log_lines_give_the_share_of_time_spent_waiting_for_data(caplog):
     line = [r.getMessage() for r in caplog.records if "step 4/4" in r.getMessage()][0]
     share = float(line.rsplit("data wait ", 1)[1].rstrip("%"))
     assert 50 <= share <= 90, line  # 0.06 s of every 0.08 s: 75%
+    per_step = float(line.rsplit(" s/step", 1)[0].rsplit(" ", 1)[1])
+    assert 0.07 <= per_step <= 0.2, line  # 0.08 s a step

@@ -58,6 +58,29 @@ def test_tiny_cam_stage_end_to_end_and_skip_on_rerun(demo_root, tmp_path):
     assert train_cam.depends(tiny_cfg(demo_root, tmp_path / "work", **{"data.train_list": "x.txt"})) != fp
 
 
+def test_make_cam_loader_workers_write_the_same_cams_and_keep_the_stage_done(demo_root, tmp_path):
+    """cam_infer.num_workers moves image reading and PIL resizing into loader processes (for GPUs): the CAMs
+    must be bit-identical, and changing the key must not make the finished stage look stale."""
+    cfg = tiny_cfg(demo_root, tmp_path / "work")
+    train_cam.run(cfg)
+    cam_dir = make_cam.run(cfg)
+    ref = {p.name: np.load(p, allow_pickle=True).item() for p in sorted(cam_dir.glob("*.npy"))}
+    done = cam_dir.parent / "DONE.json"
+    record = done.read_text()
+    two = tiny_cfg(demo_root, tmp_path / "work", **{"cam_infer.num_workers": 2})
+    make_cam.run(two)
+    assert done.read_text() == record  # not redone
+    shutil.rmtree(cam_dir.parent)
+    make_cam.run(two)
+    got = {p.name: np.load(p, allow_pickle=True).item() for p in sorted(cam_dir.glob("*.npy"))}
+    assert got.keys() == ref.keys() and len(got) == 24
+    for name in ref:
+        assert ref[name].keys() == got[name].keys()
+        assert all(np.array_equal(ref[name][c], got[name][c]) for c in ref[name]), name
+    with pytest.raises(Exception, match="cam_infer.num_workers"):
+        tiny_cfg(demo_root, tmp_path / "work", **{"cam_infer.num_workers": -1})
+
+
 def test_eval_cam_cli_scores_a_foreign_cam_folder(demo_root, tmp_path):
     # CAMs written by "another program": perfect maps from the ground truth
     cam_dir = tmp_path / "foreign"
