@@ -5,11 +5,15 @@ Only settings that were measured have costs; a stage without one is named as suc
     train-cam 229 s / 930 steps, make-cam 43 s / 650 images, make-crf 33 s / 500 images (2 workers),
     train-aff 63 s / 186 steps, make-pseudo 35 s / 650 images; train-seg 266 s / 500 steps and make-seg
     11.4 s / 150 images (`pipeline --until seg`, one thread, other runs sharing the 2 cores)
-  voc on one H100 (issue 12, VOCmini images, full WideResNet-38, batch 16, crop 448): a train-cam step
-    0.187 s float32 / 0.096 s bf16, an EADER 200/200 cycle 0.84x / 1.02x of that; make-cam 0.128 s per
-    image float32 (bf16 about 2.3x faster); make-pseudo 0.19 s per image (with the walk on the CPU; it now
-    runs on the GPU, not yet measured); make-crf 9 images/s with 8 workers (CPU)
-Under torchrun with N processes the training and inference stages take about 1/N of this (not measured).
+  voc on one H200 (docs/gpu.md, scripts/gpu_check.sh: the paper's networks at random init on VOCmini's 200
+    real VOC images, 16 CPU cores): a train-cam step (batch 16, crop 448) 0.175 s float32 / 0.088 s bf16, an
+    EADER 200/200 cycle 0.83x / 1.00x of that; make-cam 0.088 s per image float32 / 0.071 s bf16 with 4 loader
+    workers (first pass over 56 image sizes; 0.072 / 0.039 s once every size was seen); make-crf 12.1
+    images/s with 8 workers (CPU); train-aff 0.121 s per step (batch 8, crop 448); make-pseudo 0.033 s per
+    image (walk on the GPU); train-seg 0.088 s per step (batch 16, crop 512); make-seg 0.040 s per image.
+    (An H100, issue 12 before this work: train-cam 0.187 / 0.096 s, make-cam 0.128 s, make-pseudo 0.19 s.)
+Under torchrun with N processes the training and inference stages take about 1/N of this (not measured:
+NCCL with two GPUs has not run; docs/gpu.md).
 """
 
 # (config name, device type) -> {stage: (seconds, per, bf16 or None)}; per is "step" or "image";
@@ -18,11 +22,12 @@ COSTS = {
     ("demo", "cpu"): {"train-cam": {True: 229 / 930}, "make-cam": {True: 43 / 650}, "make-crf": {None: 33 / 500},
                       "train-aff": {True: 63 / 186}, "make-pseudo": {None: 35 / 650},
                       "train-seg": {True: 266 / 500}, "make-seg": {True: 11.4 / 150}},
-    ("voc", "cuda"): {"train-cam": {False: 0.187, True: 0.096}, "make-cam": {False: 0.128, True: 0.128 / 2.3},
-                      "make-crf": {None: 1 / 9}, "make-pseudo": {None: 0.19}},
+    ("voc", "cuda"): {"train-cam": {False: 0.175, True: 0.088}, "make-cam": {False: 0.088, True: 0.071},
+                      "make-crf": {None: 1 / 12.1}, "train-aff": {False: 0.121}, "make-pseudo": {None: 0.033},
+                      "train-seg": {False: 0.088}, "make-seg": {False: 0.040}},
 }
 # README, scripts/bench_eader.py --settings demo (cycle ratio bf16 1.90, fp32 1.59)
-EADER_CYCLE = {("voc", "cuda"): {False: 0.84, True: 1.02}, ("demo", "cpu"): {True: 1.90, False: 1.59}}
+EADER_CYCLE = {("voc", "cuda"): {False: 0.83, True: 1.00}, ("demo", "cpu"): {True: 1.90, False: 1.59}}
 MEASURED_CRF_WORKERS = {("demo", "cpu"): 2, ("voc", "cuda"): 8}
 TRAINING = {"train-cam": "cam_train", "train-aff": "aff_train", "train-adv": "adv_pretrain"}
 BF16_KEY = {"train-cam": ("cam_train", "bf16"), "make-cam": ("cam_infer", "bf16"), "train-aff": ("aff_train", "bf16"),

@@ -19,11 +19,12 @@ def test_the_demo_estimate_gives_back_the_measured_run():
 def test_voc_on_cuda_follows_bf16_and_unmeasured_settings_say_so():
     cfg = load_config("voc", [("device", "cuda")])
     fp32 = stage_seconds(cfg, cfg, "train-cam", 10582)
-    assert fp32 == pytest.approx(10582 // 16 * 15 * 0.187)
-    bf16 = merge(cfg, {"cam_train": {"bf16": True}})
-    assert stage_seconds(cfg, bf16, "train-cam", 10582) == pytest.approx(10582 // 16 * 15 * 0.096)
-    assert stage_seconds(cfg, cfg, "train-aff", 10582) is None  # not measured on a GPU
-    plan = [(cfg, "train-cam", None), (cfg, "train-aff", None), (cfg, "eval-cam", None)]
+    assert fp32 == pytest.approx(10582 // 16 * 15 * 0.175)  # docs/gpu.md, one H200
+    bf16 = merge(cfg, {"cam_train": {"bf16": True}, "aff_train": {"bf16": True}})
+    assert stage_seconds(cfg, bf16, "train-cam", 10582) == pytest.approx(10582 // 16 * 15 * 0.088)
+    assert stage_seconds(cfg, cfg, "train-aff", 10582) == pytest.approx(10582 // 8 * 8 * 0.121)
+    assert stage_seconds(cfg, bf16, "train-aff", 10582) is None  # bf16 AffinityNet not measured on a GPU
+    plan = [(cfg, "train-cam", None), (bf16, "train-aff", None), (cfg, "eval-cam", None)]
     rows = [("baseline", n, 10582, 0) for _, n, _ in plan]
     lines = wall_time_lines(cfg, plan, rows)
     assert "train-cam" in lines[1] and "not measured: baseline train-aff" in lines[-1] and "eval-cam" not in lines[-1]
