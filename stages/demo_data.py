@@ -4,7 +4,7 @@ Writes: JPEGImages/, SegmentationClass/ (palette PNG, 255 borders), PartMasks/ (
 ImageSets/Segmentation/{train,val,trainval}.txt, cls_labels.npy, demo_meta.json. Deterministic in the seed;
 skipped when the same dataset is already there. Default target (demo config): work/demo-data.
 """
-from demo.data import generate
+from demo.data import VERSION, generate, read_meta
 from psa_baseline.errors import InputError
 
 DEFAULTS = {"n_train": 500, "n_val": 150}
@@ -24,6 +24,19 @@ def run(cfg, force=False, n_train=DEFAULTS["n_train"], n_val=DEFAULTS["n_val"], 
     log(f"demo dataset {state} at {cfg['voc_root']}: {summary['splits']} images, {summary['objects']} objects, "
         f"strong-part fraction of object pixels {summary['strong_part_fraction']:.2f}")
     return summary
+
+
+def ensure(cfg, log=print):
+    """The pipeline's demo-data step: a demo dataset of this generator version already at voc_root is used
+    as it is, whatever its seed and sizes (one made by `demo-data --n-train ...`, or at another image size
+    from Python); otherwise run() writes the default one (and replaces an older version's)."""
+    meta = read_meta(cfg["voc_root"]) if cfg["voc_root"] else None
+    if meta and meta["params"].get("version") == VERSION:
+        p = meta["params"]
+        log(f"demo dataset at {cfg['voc_root']}: using it as it is (data seed {meta['seed']}, {p['n_train']} train / "
+            f"{p['n_val']} val images, sizes {p['size'][0]}-{p['size'][1]} px)")
+        return meta.get("summary", {})
+    return run(cfg, log=log)
 
 
 def main(args):

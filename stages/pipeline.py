@@ -84,7 +84,7 @@ def main(args):
         with solo() as lead:  # one rank writes the data; the others wait for it
             if lead:
                 print("== demo-data ==", flush=True)
-                demo_data.run(cfg)
+                demo_data.ensure(cfg, log=lambda m: print(m, flush=True))
     lead = rank() == 0
     run_variants(cfg, args.eader, force=args.force, log=lambda m: print(m, flush=True) if lead else None,
                  until=args.until)

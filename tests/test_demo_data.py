@@ -189,3 +189,23 @@ def test_older_generator_version_is_replaced_and_changes_the_fingerprint(tmp_pat
     assert Stage(cfg, "train_cam", train_cam.depends(cfg)).fp != fp_old
     with pytest.raises(InputError, match="--force"):
         generate(root, seed=2, n_train=4, n_val=2, size=(64, 72))
+
+
+def test_pipeline_uses_a_demo_dataset_of_other_sizes_as_it_is(tmp_path, monkeypatch):
+    """`pipeline --config demo` on a folder holding a demo dataset of this generator version made with other
+    sizes (`demo-data --n-train ...`) uses it instead of refusing it; an older version's is still refused."""
+    import demo.data as dd
+    from stages import demo_data
+    from stages.config import load_config
+    root = tmp_path / "data"
+    generate(root, seed=1, n_train=4, n_val=2, size=(64, 72))
+    cfg = load_config("demo", [("voc_root", str(root))])
+    before = (root / "demo_meta.json").stat().st_mtime_ns
+    said = []
+    demo_data.ensure(cfg, log=said.append)
+    assert (root / "demo_meta.json").stat().st_mtime_ns == before
+    assert "using it as it is" in said[0] and "4 train / 2 val" in said[0] and "64-72 px" in said[0]
+    monkeypatch.setattr(dd, "VERSION", dd.VERSION + 1)
+    monkeypatch.setattr(demo_data, "VERSION", dd.VERSION)
+    with pytest.raises(InputError, match="--force"):
+        demo_data.ensure(cfg, log=said.append)
