@@ -13,7 +13,8 @@ from psa_baseline import voc
 from psa_baseline.errors import InputError
 from psa_baseline.training import autocast, epoch_loader, run_steps, unwrap
 from .builders import require_weights, split_ids, voc_root, weights_identity
-from .common import Stage, rank, resolve_device, resumable_training, seed_everything, upstream_fp
+from .common import (Stage, launched_world_size, rank, resolve_device, resumable_training, seed_everything,
+                     upstream_fp)
 from .deeplab import SegTrainDataset, build_deeplab, init_encoder, seg_loss, seg_optimizer
 
 NAME = "train_seg"
@@ -27,6 +28,10 @@ def check_config(cfg):
     if t["batch_size"] < 2:
         raise InputError(f"config key 'seg_train.batch_size': at least 2 (DeepLabV3+'s image-pooling branch "
                          f"has BatchNorm over a 1x1 map, which needs more than one value), got {t['batch_size']}")
+    if t["sync_bn"] and launched_world_size() > 1 and not str(cfg["device"]).startswith("cuda"):
+        # refused here, before the stage starts (and by `psa-eader check` under torchrun), not at the first step
+        raise InputError("config key 'seg_train.sync_bn': SyncBatchNorm runs on CUDA only (torch refuses CPU "
+                         "tensors): set seg_train.sync_bn=false for a multi-process CPU run")
     if t["output_stride"] not in (8, 16):
         raise InputError(f"config key 'seg_train.output_stride': 8 or 16, got {t['output_stride']!r}")
     if t["crop"] % 32:

@@ -331,3 +331,18 @@ def test_two_processes_train_seg_and_write_every_prediction_once(demo_root, tmp_
     assert sorted(written) == sorted(f"{i}.png" for i in _ids(demo_root, "val"))
     assert (work / "baseline/make_seg/DONE.json").is_file()
     assert "world size 2" in (work / "logs/baseline.train_seg.log").read_text()
+
+
+def test_sync_bn_on_cpu_processes_is_refused_before_the_stage_starts(monkeypatch, tmp_path):
+    """Under torchrun on the CPU, seg_train.sync_bn=true stops in the config check (also run by `psa-eader
+    check`), before train-seg writes its PARTIAL marker, naming the key; one process or false passes."""
+    from psa_baseline.errors import InputError
+    from stages import train_seg
+    from stages.config import load_config
+    cfg = load_config("demo", [("work_dir", str(tmp_path)), "seg_train.sync_bn=true"])
+    train_seg.check_config(cfg)  # one process: no effect
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(InputError, match="seg_train.sync_bn=false"):
+        train_seg.check_config(cfg)
+    train_seg.check_config(load_config("demo", [("work_dir", str(tmp_path)), "seg_train.sync_bn=false"]))
+    assert not any(tmp_path.iterdir())  # nothing written
