@@ -237,7 +237,10 @@ def compare_runs(a, b, n_boot=N_BOOT):
         row = metric_row(stage, key, label, a_runs, b_runs, boots.get(stage))
         if row:
             row["pairs"] = names
-            row["verdict"] = verdict(row["diff"]["t_interval"], row["diff"]["bootstrap_interval"], b.name)
+            row["verdict"] = verdict(row["diff"]["t_interval"], row["diff"]["bootstrap_interval"], b.name) \
+                if row["diff"]["n_pairs"] else f"not in both variants' runs (no {label} for " + \
+                " or ".join(s.name for s, vals in ((a, row["a"]["values"]), (b, row["b"]["values"]))
+                            if all(v is None for v in vals)) + ")"
             rows.append(row)
     missing = [f"{s.name} " + (f"seed {s.seeds[k]}" if s.seeds else f"#{k + 1}")
                for s in (a, b) for k, r in enumerate(s.runs) if r is None]
