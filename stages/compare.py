@@ -216,6 +216,15 @@ def metric_row(stage, key, label, a_runs, b_runs, boot):
                      "bootstrap_estimate": b["estimate"] if b else None}}
 
 
+def row_verdict(row, a_name, b_name):
+    """verdict() of a metric row; a metric that one side's runs lack (a stage they did not reach) says so."""
+    d = row["diff"]
+    if d["n_pairs"]:
+        return verdict(d["t_interval"], d["bootstrap_interval"], b_name)
+    lacking = [name for name, side in ((a_name, "a"), (b_name, "b")) if all(v is None for v in row[side]["values"])]
+    return f"not in both variants' runs (no {row['label']} for {' or '.join(lacking)})"
+
+
 def compare_runs(a, b, n_boot=N_BOOT):
     """The comparison of two Sides (paired runs; pairs with a missing run are left out) as a dict."""
     pairs = [(x, y) for x, y in zip(a.runs, b.runs) if x is not None and y is not None]
@@ -237,10 +246,7 @@ def compare_runs(a, b, n_boot=N_BOOT):
         row = metric_row(stage, key, label, a_runs, b_runs, boots.get(stage))
         if row:
             row["pairs"] = names
-            row["verdict"] = verdict(row["diff"]["t_interval"], row["diff"]["bootstrap_interval"], b.name) \
-                if row["diff"]["n_pairs"] else f"not in both variants' runs (no {label} for " + \
-                " or ".join(s.name for s, vals in ((a, row["a"]["values"]), (b, row["b"]["values"]))
-                            if all(v is None for v in vals)) + ")"
+            row["verdict"] = row_verdict(row, a.name, b.name)
             rows.append(row)
     missing = [f"{s.name} " + (f"seed {s.seeds[k]}" if s.seeds else f"#{k + 1}")
                for s in (a, b) for k, r in enumerate(s.runs) if r is None]
