@@ -34,7 +34,7 @@ from psa_baseline.constants import CLASS_NAMES, IGNORE, NUM_CLASSES, voc_palette
 from psa_baseline.errors import InputError
 from psa_baseline.safe_npy import load_dict
 
-VERSION = 5  # bump when the rendering changes, so an old dataset is not mistaken for a new one
+VERSION = 6  # bump when the rendering changes, so an old dataset is not mistaken for a new one
 # Three groups of three; consecutive classes (in this order) share a body style.
 DEFAULT_CLASSES = ("cat", "dog", "bird", "horse", "cow", "sheep", "car", "bus", "motorbike")
 DEFAULT_SIZE = (128, 160)
@@ -58,6 +58,14 @@ LIGHT_CUE = 26.0  # ... plus a lightness step, so no body gets more saturated th
 TEXTURE_STEP = 0.4  # texture scale change between neighbouring classes of a group
 DISTRACTOR_P = 0.6  # probability that an image has 1-2 headless distractor blobs
 CUE_DIR = np.array([1.0, -0.35, -0.8]) / np.linalg.norm([1.0, -0.35, -0.8])
+# Object shape, recorded in demo_meta.json's params. body_scale multiplies the body's radius, aspect_scale
+# its length / width ratio; the head's radius follows so that the head keeps its share of the object.
+# headless_share: the share of target objects drawn without a head (seen from behind: all body).
+# V5_OBJECTS (thin objects, 15% of the pixels) is what the shipped pre-training's auxiliary set uses.
+# v6 makes them as thick as VOC's objects (27% of the pixels, VOC 2012 val about 28%); measured effect on
+# the baseline in docs/demo_object_size.md.
+V5_OBJECTS = {"body_scale": 1.0, "aspect_scale": 1.0, "headless_share": 0.0}
+DEFAULT_OBJECTS = {"body_scale": 1.6, "aspect_scale": 1 / 1.4, "headless_share": 0.0}
 
 
 # ----------------------------------------------------------------------------------------- params
@@ -220,16 +228,17 @@ def _clutter_mask(h, w, rng):
     return m.astype(bool)
 
 
-def _object_geometry(h, w, rng, n_obj):
+def _object_geometry(h, w, rng, n_obj, objects=V5_OBJECTS):
     """Body and head masks of one object at a random position, scale and orientation."""
     side = min(h, w)
     # Long bodies (many CAM cells of stride 8 from head to tail), so a CAM that spreads a few cells
     # around the head still misses most of the body, as a cat's CAM around the face misses the tail.
     s = rng.uniform(0.11, 0.15) if n_obj == 1 else rng.uniform(0.08, 0.12)
-    r = s * side
-    aspect = rng.uniform(2.4, 3.2)
+    r = s * side * objects["body_scale"]
+    aspect = rng.uniform(2.4, 3.2) * objects["aspect_scale"]
     theta = rng.uniform(0, 2 * np.pi)
-    rh = r * rng.uniform(0.7, 0.85)
+    # head area / body area as in v5 whatever the scales
+    rh = r / objects["body_scale"] * (objects["body_scale"] * objects["aspect_scale"] ** 0.5) * rng.uniform(0.7, 0.85)
     # The head sits at the front end of the body's long axis; the body may be cut by the border
     # (as VOC objects are).
     reach = r * aspect * 0.95
@@ -257,10 +266,13 @@ def _void_border(inst):
     return edge.astype(bool) & (cv2.dilate(inst, np.ones((5, 5), np.uint8)) > 0)
 
 
-def render_image(seed, index, designs, size=DEFAULT_SIZE):
+def render_image(seed, index, designs, size=DEFAULT_SIZE, objects=V5_OBJECTS):
     """One image: (rgb uint8 HxWx3, seg uint8 HxW, parts uint8 HxW, n_objects). Depends only on
-    (seed, index, designs, size), so splits can grow without changing earlier images."""
+    (seed, index, designs, size, objects), so splits can grow without changing earlier images."""
     rng = np.random.default_rng([seed, index])
+    # Which objects lose their head comes from a stream of its own, so the scenes (and the ground truth)
+    # do not depend on headless_share.
+    rng_headless = np.random.default_rng([seed, index, 1])
     lo, hi = size
     h, w = int(rng.integers(lo, hi + 1)), int(rng.integers(lo, hi + 1))
     img = _background(h, w, rng)
@@ -274,7 +286,7 @@ def render_image(seed, index, designs, size=DEFAULT_SIZE):
         for _ in range(rng.integers(1, 3)):
             d = designs[rng.integers(len(designs))]
             others = sorted({e["texture"] for e in designs} - {d["texture"]}) + ["plain"]
-            g = _object_geometry(h, w, rng, 2)
+            g = _object_geometry(h, w, rng, 2, objects)
             m = g["body"] | g["head"]
             tex = others[rng.integers(len(others))]
             img[m] = _body_colour(d, h, w, rng, g["cx"], g["cy"], g["theta"], texture=tex)[m]
@@ -286,16 +298,18 @@ def render_image(seed, index, designs, size=DEFAULT_SIZE):
 
     inst = np.zeros((h, w), np.uint8)   # visible object id, 0 = background
     part = np.zeros((h, w), np.uint8)
+    heads = np.zeros((h, w), bool)      # visible heads, drawn or not: placement ignores headless_share
     cls_of = {}
     placed = []                         # (id, full head area, full object area)
     for k in obj_classes:
+        headless = rng_headless.uniform() < objects["headless_share"]
         for attempt in range(30):
-            g = _object_geometry(h, w, rng, n_obj)
+            g = _object_geometry(h, w, rng, n_obj, objects)
             full = g["body"] | g["head"]
             new_inst = inst.copy()
             new_inst[full] = len(placed) + 1
             # Earlier objects must keep most of their head and half of their area visible.
-            ok = all(((new_inst == i) & (part == STRONG)).sum() >= 0.6 * ha and (new_inst == i).sum() >= 0.5 * fa
+            ok = all(((new_inst == i) & heads).sum() >= 0.6 * ha and (new_inst == i).sum() >= 0.5 * fa
                      for i, ha, fa in placed)
             ok = ok and g["head"].sum() >= 12 and (attempt < 29 or not placed)
             if ok:
@@ -303,18 +317,22 @@ def render_image(seed, index, designs, size=DEFAULT_SIZE):
         if not ok:
             continue
         d = designs[k]
-        img[g["body"]] = _body_colour(d, h, w, rng, g["cx"], g["cy"], g["theta"])[g["body"]]
-        img[g["head"]] = _head_colour(d, h, w, rng, g["hx"], g["hy"], g["theta"], g["rh"])[g["head"]]
+        body = _body_colour(d, h, w, rng, g["cx"], g["cy"], g["theta"])
+        img[g["body"]] = body[g["body"]]
+        head = _head_colour(d, h, w, rng, g["hx"], g["hy"], g["theta"], g["rh"])
+        img[g["head"]] = (body if headless else head)[g["head"]]
         inst = new_inst
         part[g["body"]] = WEAK
-        part[g["head"]] = STRONG
+        part[g["head"]] = WEAK if headless else STRONG
+        heads[g["body"]] = False          # as part's STRONG pixels: a head covered by a body is gone
+        heads[g["head"]] = True
         placed.append((len(placed) + 1, int(g["head"].sum()), int(full.sum())))
         cls_of[len(placed)] = d["index"] + 1
 
     # Occluder: a clutter shape in front, allowed if every object keeps most of itself and its head.
     if rng.uniform() < 0.3:
         m = _clutter_mask(h, w, rng)
-        keep = all(((inst == i) & ~m & (part == STRONG)).sum() >= 0.6 * ha and ((inst == i) & ~m).sum() >= 0.6 * fa
+        keep = all(((inst == i) & ~m & heads).sum() >= 0.6 * ha and ((inst == i) & ~m).sum() >= 0.6 * fa
                    for i, ha, fa in placed)
         if keep:
             img[m] = _random_dull_colour(rng)
@@ -353,9 +371,19 @@ def _jpg_bytes(rgb, quality=95):
     return buf.getvalue()
 
 
-def _params(n_train, n_val, classes, size):
+def _params(n_train, n_val, classes, size, objects=DEFAULT_OBJECTS):
     return {"version": VERSION, "n_train": int(n_train), "n_val": int(n_val),
-            "classes": list(classes), "size": [int(size[0]), int(size[1])]}
+            "classes": list(classes), "size": [int(size[0]), int(size[1])],
+            "objects": {k: float(objects[k]) for k in sorted(V5_OBJECTS)}}
+
+
+def _check_objects(objects):
+    if set(objects) != set(V5_OBJECTS):
+        raise InputError(f"demo object shape {objects}: give exactly the keys {sorted(V5_OBJECTS)}")
+    if not (0.25 <= objects["body_scale"] <= 3 and 0.25 <= objects["aspect_scale"] <= 3):
+        raise InputError(f"demo object shape {objects}: body_scale and aspect_scale must lie in [0.25, 3]")
+    if not 0 <= objects["headless_share"] <= 1:
+        raise InputError(f"demo object shape {objects}: headless_share must lie in [0, 1]")
 
 
 def read_meta(root):
@@ -371,9 +399,10 @@ def _same_dataset(meta, seed, params, any_version=False):
     """Whether demo_meta `meta` describes the dataset (seed, params); any_version: by any generator version."""
     if meta is None or meta["seed"] != seed:
         return False
-    if any_version:
-        return {k: v for k, v in meta["params"].items() if k != "version"} == \
-            {k: v for k, v in params.items() if k != "version"}
+    if any_version:  # the generator's own settings (version, object shape) aside
+        own = ("version", "objects")
+        return {k: v for k, v in meta["params"].items() if k not in own} == \
+            {k: v for k, v in params.items() if k not in own}
     return meta["params"] == params
 
 
@@ -386,7 +415,7 @@ def dataset_identity(root):
 
 
 def generate(root, seed=0, n_train=500, n_val=150, classes=DEFAULT_CLASSES, size=DEFAULT_SIZE,
-             overwrite=False):
+             overwrite=False, objects=DEFAULT_OBJECTS):
     """Write the demo dataset under `root`; returns a summary dict (also stored in demo_meta.json).
 
     Deterministic in (seed, params). Skips the work if `root` already holds a complete dataset with the
@@ -401,7 +430,8 @@ def generate(root, seed=0, n_train=500, n_val=150, classes=DEFAULT_CLASSES, size
     if n_train < 1 or n_val < 0:
         raise InputError(f"demo split sizes n_train={n_train}, n_val={n_val}: need n_train >= 1, n_val >= 0")
     root, seed = Path(root), int(seed)
-    params = _params(n_train, n_val, names, (lo, hi))
+    _check_objects(objects)
+    params = _params(n_train, n_val, names, (lo, hi), objects)
     meta = read_meta(root)
     if _same_dataset(meta, seed, params):
         return dict(meta["summary"], generated=False)
@@ -426,7 +456,7 @@ def generate(root, seed=0, n_train=500, n_val=150, classes=DEFAULT_CLASSES, size
         class_images = {n: 0 for n in names}
         strong_px = weak_px = 0
         for i, id_ in enumerate(ids):
-            rgb, seg, part, n = render_image(seed, i, designs, (lo, hi))
+            rgb, seg, part, n = render_image(seed, i, designs, (lo, hi), params["objects"])
             (tmp / "JPEGImages" / f"{id_}.jpg").write_bytes(_jpg_bytes(rgb))
             (tmp / "SegmentationClass" / f"{id_}.png").write_bytes(_png_bytes(seg))
             (tmp / "PartMasks" / f"{id_}.png").write_bytes(_png_bytes(part))
