@@ -61,9 +61,9 @@ CUE_DIR = np.array([1.0, -0.35, -0.8]) / np.linalg.norm([1.0, -0.35, -0.8])
 # Object shape, recorded in demo_meta.json's params. body_scale multiplies the body's radius, aspect_scale
 # its length / width ratio; the head's radius follows so that the head keeps its share of the object.
 # headless_share: the share of target objects drawn without a head (seen from behind: all body).
-# V5_OBJECTS (thin objects, 15% of the pixels) is what the shipped pre-training's auxiliary set uses.
-# v6 makes them as thick as VOC's objects (27% of the pixels, VOC 2012 val about 28%); measured effect on
-# the baseline in docs/demo_object_size.md.
+# V5_OBJECTS (thin: objects on 16% of the non-void pixels) is what the shipped pre-training's aux set uses.
+# v6's default covers 30%, nearer VOC (24% on ../shared/data/VOCmini's 200 VOC 2012 images); its effect on
+# the baseline is measured in docs/demo_object_size.md.
 V5_OBJECTS = {"body_scale": 1.0, "aspect_scale": 1.0, "headless_share": 0.0}
 DEFAULT_OBJECTS = {"body_scale": 1.6, "aspect_scale": 1 / 1.4, "headless_share": 0.0}
 
