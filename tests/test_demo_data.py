@@ -68,6 +68,7 @@ def test_cls_labels_match_gt(root):
 
 
 def test_part_masks_consistent(root):
+    with_head = 0
     for i in all_ids(root):
         seg = load_png(root / "SegmentationClass" / f"{i}.png")
         part = load_png(root / "PartMasks" / f"{i}.png")
@@ -75,11 +76,13 @@ def test_part_masks_consistent(root):
         obj = (seg >= 1) & (seg <= 20)
         assert ((part == 1) | (part == 2)).tolist() == obj.tolist()
         assert ((part == IGNORE) == (seg == IGNORE)).all() and ((part == 0) == (seg == 0)).all()
-        assert (part == 1).any() and (part == 2).sum() > (part == 1).sum()  # strong part is the small one
+        assert (part == 2).sum() > (part == 1).sum()  # strong part is the small one
+        with_head += bool((part == 1).any())  # only images whose objects are all headless have none
         # Void border: an object pixel never touches background or another class directly.
         for a, b in ((seg[1:], seg[:-1]), (seg[:, 1:], seg[:, :-1])):
             touch = (a != b) & (a != IGNORE) & (b != IGNORE)
             assert not touch.any()
+    assert with_head >= 0.6 * len(all_ids(root))
 
 
 def test_determinism(root, tmp_path):
