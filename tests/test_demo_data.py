@@ -292,3 +292,18 @@ def test_pretraining_images_keep_generator_v5_objects():
         v5 = dd.render_image(pretrain.AUX_SEED, i, designs, dd.DEFAULT_SIZE, dd.V5_OBJECTS)[0]
         v6 = dd.render_image(pretrain.AUX_SEED, i, designs, dd.DEFAULT_SIZE, dd.DEFAULT_OBJECTS)[0]
         assert (img == v5).all() and not (img == v6).all()
+
+
+def test_demo_data_command_takes_the_object_shape_and_names_a_bad_one(tmp_path, capsys):
+    """`psa-eader demo-data --headless-share ...` writes that shape into demo_meta.json; a share outside [0, 1]
+    is refused with the key named and exit code 2, and nothing is left at the root."""
+    from stages.cli import main as cli_main
+    root = tmp_path / "d"
+    argv = ["demo-data", "--voc-root", str(root), "--n-train", "3", "--n-val", "1"]
+    assert cli_main(argv + ["--headless-share", "0.5", "--body-scale", "1.2"]) == 0
+    objects = read_meta(root)["params"]["objects"]
+    assert objects["headless_share"] == 0.5 and objects["body_scale"] == 1.2
+    bad = tmp_path / "bad"
+    assert cli_main(["demo-data", "--voc-root", str(bad), "--n-train", "3", "--headless-share", "1.5"]) == 2
+    assert "headless_share must lie in [0, 1]" in capsys.readouterr().err
+    assert not bad.exists() or not any(bad.iterdir())
