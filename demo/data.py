@@ -240,8 +240,8 @@ def _object_geometry(h, w, rng, n_obj, objects=V5_OBJECTS):
     r = s * side * objects["body_scale"]
     aspect = rng.uniform(2.4, 3.2) * objects["aspect_scale"]
     theta = rng.uniform(0, 2 * np.pi)
-    # head area / body area as in v5 whatever the scales
-    rh = r / objects["body_scale"] * (objects["body_scale"] * objects["aspect_scale"] ** 0.5) * rng.uniform(0.7, 0.85)
+    # head area / body area as in v5 whatever the scales (body area ~ r^2 * aspect, head area ~ rh^2)
+    rh = r * objects["aspect_scale"] ** 0.5 * rng.uniform(0.7, 0.85)
     # The head sits at the front end of the body's long axis; the body may be cut by the border
     # (as VOC objects are).
     reach = r * aspect * 0.95
@@ -322,6 +322,7 @@ def render_image(seed, index, designs, size=DEFAULT_SIZE, objects=V5_OBJECTS):
         d = designs[k]
         body = _body_colour(d, h, w, rng, g["cx"], g["cy"], g["theta"])
         img[g["body"]] = body[g["body"]]
+        # drawn even when unused: it draws from rng, and the scenes must not depend on headless_share
         head = _head_colour(d, h, w, rng, g["hx"], g["hy"], g["theta"], g["rh"])
         img[g["head"]] = (body if headless else head)[g["head"]]
         inst = new_inst
