@@ -17,13 +17,7 @@ G=$PWD/.gpu; T=$(mktemp -d); L=$T/logs; V=$T/VOCmini; W=$T/work
 mkdir -p "$L"
 pack() { cp "$W"/logs/*.log "$L"/ 2>/dev/null; tar czf "$OUT/logs.tgz" -C "$L" .; }
 export PYTHONUNBUFFERED=1
-if ! $PY -c "import pydensecrf.densecrf, segmentation_models_pytorch" 2>/dev/null; then
-    S=$(mktemp -d)
-    $PY -m pip install -q --no-build-isolation --no-deps --target "$S" "$G"/pydensecrf2-1.1.tar.gz \
-        "$G"/segmentation_models_pytorch-0.6.0-py3-none-any.whl || exit 1
-    export PYTHONPATH=$S:$PWD
-fi
-export PYTHONPATH=${PYTHONPATH:-}:$PWD
+source "$(dirname "$0")/gpu_deps.sh"
 rm -rf "$V" && cp -r "$G/VOCmini" "$V" && chmod -R u+w "$V"
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null; nproc
   $PY -c "import torch; print('torch', torch.__version__, torch.cuda.is_available())"; } | tee "$L/env.txt"

@@ -15,13 +15,7 @@ mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 G=$PWD/.gpu; T=$(mktemp -d); L=$T/logs; D=$T/data; W=$T/work
 mkdir -p "$L"
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
-if ! $PY -c "import pydensecrf.densecrf, segmentation_models_pytorch" 2>/dev/null; then
-    S=$(mktemp -d)
-    $PY -m pip install -q --no-build-isolation --no-deps --target "$S" "$G"/pydensecrf2-1.1.tar.gz \
-        "$G"/segmentation_models_pytorch-0.6.0-py3-none-any.whl || exit 1
-    export PYTHONPATH=$S:$PWD
-fi
-export PYTHONPATH=${PYTHONPATH:-}:$PWD
+source "$(dirname "$0")/gpu_deps.sh"
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null; nproc; git log --oneline -1
   $PY -c "import torch; print('torch', torch.__version__, torch.cuda.is_available())"; } | tee "$L/env.txt"
 
