@@ -160,6 +160,8 @@ def _hook_steps(rank, world, port, out):
             e.advance()  # the adversary's turn
             e.adversary_step(x[mine], y[mine], att[mine])
             torch.save(adv.state_dict(), Path(out, f"adv.{world}.{rank}.{case}.pth"))
+        if world > 1:  # both ranks done before either tears gloo down (a rank leaving early aborted the other)
+            torch.distributed.barrier()
     finally:
         end_distributed()
 
