@@ -7,7 +7,12 @@ scores each against the ground truth (mIoU, precision, recall, the demo's part r
   - oracle affinities from the ground truth (1 within a segment, 0 across; void pixels take the label
     of the nearest non-void pixel), same t values: how far the walk could go with perfect affinities;
   - the AffinityNet again with PSA's border crop of the pair origins off (--no-psa-crop compares it).
-Also scores the la/ha CRF labels' confident regions against the ground truth (what AffinityNet learns).
+Also scores the la/ha CRF labels' confident regions against the ground truth (what AffinityNet learns):
+pixel precision of la's foreground and ha's background, the share of object pixels inside ha's trusted
+background, and the precision of the positive / negative pairs of the training labels (PSA's
+make_seg_label on the whole image) against ground-truth pairs. And how well the AffinityNet separates
+pairs: the mean affinity of ground-truth same / different pairs and the AUC (the chance that a same pair
+scores above a different pair; 0.5 = no separation, 1 = perfect).
 
     .venv/bin/python scripts/rw_diagnose.py --config demo --work-dir work/d4/sweep/psa/alpha0.05/seed0 \\
         --voc-root work/d4/data --variant eader --out work/d4/rw_diagnose.json
@@ -20,9 +25,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from scipy.stats import mannwhitneyu
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from psa_baseline.affinity import feature_affinities, pair_indices  # noqa: E402
+from psa_baseline.affinity import AffinityLabels, feature_affinities, make_seg_label, pair_indices  # noqa: E402
 from demo.data import PartRecall, load_png  # noqa: E402
 from psa_baseline.evaluation import confusion, load_cam_dict, scores  # noqa: E402
 from psa_baseline.fileio import write_json  # noqa: E402
@@ -34,11 +40,12 @@ from stages.make_pseudo import load_aff_net, padded_input  # noqa: E402
 from stages.train_aff import load_crf_dict  # noqa: E402
 
 
-def oracle_affinities(gt, psa_crop=True, radius=5):
-    """(P, N) affinities on the stride-8 grid of gt: 1 where both ends have the same (majority) label."""
+def gt_grid(gt):
+    """(h, w) majority ground-truth label of each 8 x 8 cell of the zero-padded image; void pixels take the
+    label of the nearest non-void pixel first."""
     lab = gt.copy()
     void = lab == 255
-    if void.any() and (~void).any():  # void takes the nearest labelled pixel's label
+    if void.any() and (~void).any():
         _, idx = cv2.distanceTransformWithLabels(void.astype(np.uint8), cv2.DIST_L2, 5,
                                                  labelType=cv2.DIST_LABEL_PIXEL)
         ys, xs = np.nonzero(~void)
@@ -49,11 +56,35 @@ def oracle_affinities(gt, psa_crop=True, radius=5):
     h, w = -(-H // 8), -(-W // 8)
     pad = np.full((h * 8, w * 8), 254, np.uint8)
     pad[:H, :W] = lab
-    cells = pad.reshape(h, 8, w, 8).transpose(0, 2, 1, 3).reshape(h, w, 64)
-    grid = np.array([np.bincount(c, minlength=256).argmax() for c in cells.reshape(-1, 64)], np.int64)
+    cells = pad.reshape(h, 8, w, 8).transpose(0, 2, 1, 3).reshape(h * w, 64)
+    return np.array([np.bincount(c, minlength=256).argmax() for c in cells], np.int64).reshape(h, w)
+
+
+def oracle_affinities(gt, psa_crop=True, radius=5):
+    """(P, N) affinities on the stride-8 grid of gt: 1 where both ends have the same (majority) label."""
+    h, w = -(-gt.shape[0] // 8), -(-gt.shape[1] // 8)
     to_idx, valid = pair_indices(h, w, radius, psa_crop)
-    g = torch.from_numpy(grid)
+    g = torch.from_numpy(gt_grid(gt).reshape(-1))
     return ((g[to_idx] == g[None, :]) & valid).float()
+
+
+def pair_auc(same, diff):
+    """Chance that a same-segment pair has a higher affinity than a different-segment pair (ties count
+    half): the Mann-Whitney U statistic over n_same * n_diff. None if either set is empty."""
+    same, diff = np.asarray(same, np.float64).ravel(), np.asarray(diff, np.float64).ravel()
+    if not len(same) or not len(diff):
+        return None
+    return float(mannwhitneyu(same, diff).statistic / (len(same) * len(diff)))
+
+
+def label_pair_precision(label, gt, radius=5):
+    """Training label (make_seg_label, on the image's stride-8 grid) against the ground truth: counts of
+    (positive pairs, of them ground-truth same, negative pairs, of them ground-truth different)."""
+    bg, fg, neg = AffinityLabels(radius, True)(label)
+    same = oracle_affinities(gt, True, radius) > 0
+    pos = (bg + fg) > 0
+    neg = neg > 0
+    return int(pos.sum()), int((pos & same).sum()), int(neg.sum()), int((neg & ~same).sum())
 
 
 class Scorer:
@@ -97,6 +128,7 @@ def main(argv=None):
     net = load_aff_net(cfg, run / "train_aff" / "aff_net.pth", "cpu")
     rw_alpha = cfg["rw"]["alpha"]
     rows = {}
+    same_aff, diff_aff = [], []
 
     def score(name, pred, i, gt):
         rows.setdefault(name, Scorer(root.root)).add(i, pred, gt)
@@ -115,6 +147,10 @@ def main(argv=None):
         affs = {"affinitynet": feature_affinities(feats, 5, True)[0],
                 "affinitynet, no border crop": feature_affinities(feats, 5, False)[0],
                 "oracle (ground truth)": oracle_affinities(gt)}
+        valid = pair_indices(*feats.shape[2:], 5, True)[1]
+        oracle = affs["oracle (ground truth)"] > 0
+        same_aff.append(affs["affinitynet"][valid & oracle].numpy())
+        diff_aff.append(affs["affinitynet"][valid & ~oracle].numpy())
         for name, aff in affs.items():
             crop = "no border crop" not in name
             for t in args.ts:
@@ -123,12 +159,18 @@ def main(argv=None):
                 pred = propagate_cams(cams, aff, img.shape[:2], alpha_bg=rw_alpha, beta=args.beta, t=t,
                                       psa_crop=crop, name=i)
                 score(f"{name}, t {t}", pred, i, gt)
+    same_aff, diff_aff = np.concatenate(same_aff), np.concatenate(diff_aff)
     report = {"run": str(run), "n_images": len(ids), "rw_alpha": rw_alpha, "beta": args.beta,
-              "rows": {k: v.result() for k, v in rows.items()}}
+              "rows": {k: v.result() for k, v in rows.items()},
+              "affinity_separation": {"auc": round(pair_auc(same_aff, diff_aff), 4),
+                                      "mean_same": round(float(same_aff.mean()), 4),
+                                      "mean_different": round(float(diff_aff.mean()), 4),
+                                      "pairs_same": len(same_aff), "pairs_different": len(diff_aff)}}
     crf = run / "make_crf"
     if crf.is_dir():  # confident regions of the CRF labels on train images (AffinityNet's training labels)
         tr = split_ids(cfg, cfg["crf"]["list"])[:args.n]
-        fg_ok = fg_n = bg_ok = bg_n = 0
+        fg_ok = fg_n = bg_ok = bg_n = obj_n = obj_in_bg = 0
+        pairs = np.zeros(4, np.int64)
         for i in tr:
             gt = root.read_seg(i)
             la = load_crf_dict(crf / LA / f"{i}.npy", gt.shape, i)
@@ -143,8 +185,15 @@ def main(argv=None):
             bg = (ha_l == 0) & ok
             bg_ok += int((gt[bg] == 0).sum())
             bg_n += int(bg.sum())
+            obj = ok & (gt > 0)
+            obj_n += int(obj.sum())
+            obj_in_bg += int((obj & (ha_l == 0)).sum())
+            pairs += label_pair_precision(make_seg_label(la, ha), gt)
         report["crf_labels"] = {"la_foreground_precision": round(100 * fg_ok / max(fg_n, 1), 2),
                                 "ha_background_precision": round(100 * bg_ok / max(bg_n, 1), 2),
+                                "object_pixels_in_ha_background": round(100 * obj_in_bg / max(obj_n, 1), 2),
+                                "positive_pair_precision": round(100 * pairs[1] / max(pairs[0], 1), 2),
+                                "negative_pair_precision": round(100 * pairs[3] / max(pairs[2], 1), 2),
                                 "images": len(tr)}
     write_json(args.out, report)
     print(json.dumps(report, indent=1))

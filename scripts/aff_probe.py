@@ -1,0 +1,155 @@
+"""Can AffinityNet learn here, and what holds it back? Train one in memory, score its affinities and walk.
+
+For a finished run (make-cam and make-crf done) it trains an AffinityNet exactly as the train-aff stage does
+(its dataset, label rule, loss and optimiser, `aff_train.*` overrides as KEY=VALUE), optionally
+  --labels gt      with la = ha = one-hot ground truth instead of the CRF labels (the labels' ceiling),
+  --optimizer adam with Adam (same lrs, poly decay) instead of PSA's SGD (the optimiser's share),
+then scores it on the val images as scripts/rw_diagnose.py does: pair separation against ground-truth
+pairs (AUC, mean affinity of same / different pairs) and walk mIoU / recall for each t. Nothing is written
+to the run; the result goes to --out.
+
+    .venv/bin/python scripts/aff_probe.py --work-dir work/timing7 --voc-root work/timing7/data \\
+        --out work/ap/gt_adam.json --labels gt --optimizer adam --ts 8 32 256 aff_train.lr=0.001 aff_train.epochs=15
+
+The walk's no-walk reference (CAMs alone) is in rw_diagnose.py's report. The sample order is the stage's
+(EpochSampler, seeded crops); the network's random head is drawn after torch.manual_seed(seed), not at the
+stage's point in the RNG stream, so a probe with the stage's settings is a re-draw of train-aff, not a copy.
+"""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from psa_baseline.affinity import AffinityLabels, feature_affinities, pair_indices  # noqa: E402
+from psa_baseline.evaluation import load_cam_dict  # noqa: E402
+from psa_baseline.fileio import write_json  # noqa: E402
+from psa_baseline.random_walk import propagate_cams  # noqa: E402
+from psa_baseline.resnet38 import PolyOptimizer  # noqa: E402
+from psa_baseline.training import EpochSampler, autocast  # noqa: E402
+from rw_diagnose import Scorer, oracle_affinities, pair_auc  # noqa: E402
+from stages import train_aff  # noqa: E402
+from stages.builders import labels_for, split_ids, voc_root  # noqa: E402
+from stages.config import load_config  # noqa: E402
+from stages.make_pseudo import padded_input  # noqa: E402
+
+
+def gt_crf_dict(root):
+    """A stand-in for train_aff.load_crf_dict: la = ha = the one-hot ground truth ({0: bg, c+1: class c};
+    void pixels get no score, so make_seg_label ignores them)."""
+    def load(path, shape, img_id):
+        gt = root.read_seg(img_id)
+        keys = [0] + sorted(int(v) for v in np.unique(gt) if v not in (0, 255))
+        return {k: (gt == k).astype(np.float32) for k in keys}
+    return load
+
+
+def train(cfg, run, labels, optimizer, log_every=25):
+    t = cfg["aff_train"]
+    root = voc_root(cfg)
+    if labels == "gt":
+        train_aff.load_crf_dict = gt_crf_dict(root)
+    ids = split_ids(cfg, cfg["crf"]["list"])
+    ds = train_aff.AffTrainDataset(root, ids, run / "make_crf", t["crop"], jitter=t["color_jitter"],
+                                   seed=cfg["seed"])
+    sampler = EpochSampler(len(ds), cfg["seed"])
+    steps = len(sampler) // t["batch_size"]
+    total = steps * t["epochs"]
+    torch.manual_seed(cfg["seed"])
+    net = train_aff.build_aff_net(cfg)
+    if optimizer == "psa":
+        opt = PolyOptimizer(net.param_groups(), t["lr"], t["weight_decay"], total, momentum=t["momentum"],
+                            momentum_quirk=t["momentum_quirk"], power=t["poly_power"])
+        sched = None
+    else:  # Adam with PSA's lr groups (10x for the new layers) and poly decay
+        g = net.param_groups()
+        opt = torch.optim.Adam([{"params": g[0] + g[1], "lr": t["lr"]}, {"params": g[2] + g[3], "lr": 10 * t["lr"]}])
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (1 - s / total) ** t["poly_power"])
+    labeler = AffinityLabels(net.radius, net.psa_crop)
+    amp = autocast(torch.device("cpu"), t["bf16"])
+    net.train()
+    losses, t0, step = [], time.time(), 0
+    for epoch in range(t["epochs"]):
+        sampler.set_epoch(epoch)
+        ds.set_epoch(epoch)
+        order = list(iter(sampler))
+        for b in range(steps):
+            items = [ds[i] for i in order[b * t["batch_size"]:(b + 1) * t["batch_size"]]]
+            x = torch.stack([it[1] for it in items])
+            label = torch.stack([it[2] for it in items])
+            out = train_aff.train_step(net, opt, x, label, labeler, amp)
+            if sched:
+                sched.step()
+            step += 1
+            losses.append([out[k] for k in ("loss", "bg", "fg", "neg")])
+            if step % log_every == 0 or step == total:
+                m = np.mean(losses[-log_every:], 0)
+                print(f"step {step}/{total} loss {m[0]:.3f} bg {m[1]:.3f} fg {m[2]:.3f} neg {m[3]:.3f} "
+                      f"{time.time() - t0:.0f} s", flush=True)
+    return net.eval(), total, np.mean(losses[-log_every:], 0), time.time() - t0
+
+
+def score(cfg, net, run, ts, n, beta):
+    root = voc_root(cfg)
+    ids = split_ids(cfg, cfg["data"]["eval_list"])[:n]
+    labels = labels_for(cfg, root, ids)
+    rows, same, diff = {}, [], []
+    for i in ids:
+        img, gt = root.read_image(i), root.read_seg(i)
+        with torch.no_grad():
+            feats = net(padded_input(img))
+        aff = feature_affinities(feats, net.radius, True)[0]
+        valid = pair_indices(*feats.shape[2:], net.radius, True)[1]
+        oracle = oracle_affinities(gt, True, net.radius) > 0
+        same.append(aff[valid & oracle].numpy())
+        diff.append(aff[valid & ~oracle].numpy())
+        cams = load_cam_dict(run / "make_cam" / "cams" / f"{i}.npy", img.shape[:2], labels[i])
+        for t in ts:
+            pred = propagate_cams(cams, aff, img.shape[:2], alpha_bg=cfg["rw"]["alpha"], beta=beta, t=t,
+                                  radius=net.radius, name=i)
+            rows.setdefault(f"t {t}", Scorer(root.root)).add(i, pred, gt)
+    same, diff = np.concatenate(same), np.concatenate(diff)
+    return {"auc": round(pair_auc(same, diff), 4), "mean_same": round(float(same.mean()), 4),
+            "mean_different": round(float(diff.mean()), 4), "n_images": len(ids),
+            "walk": {k: v.result() for k, v in rows.items()}}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="demo")
+    p.add_argument("--work-dir", required=True)
+    p.add_argument("--voc-root", required=True)
+    p.add_argument("--variant", default="baseline")
+    p.add_argument("--seed", type=int, default=None, help="the run's seed (default: the config's)")
+    p.add_argument("--labels", choices=["crf", "gt"], default="crf")
+    p.add_argument("--optimizer", choices=["psa", "adam"], default="psa")
+    p.add_argument("--ts", type=int, nargs="+", default=[8, 32, 256])
+    p.add_argument("--beta", type=float, default=8)
+    p.add_argument("--n", type=int, default=150, help="val images scored")
+    p.add_argument("--out", required=True)
+    p.add_argument("overrides", nargs="*", help="aff_train.KEY=VALUE (or any config key)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    over = [("voc_root", args.voc_root), ("work_dir", args.work_dir), ("device", "cpu")]
+    if args.seed is not None:
+        over.append(("seed", args.seed))
+    cfg = load_config(args.config, over + list(args.overrides))
+    train_aff.check_config(cfg)
+    run = Path(args.work_dir) / args.variant
+    net, steps, last, secs = train(cfg, run, args.labels, args.optimizer)
+    report = {"run": str(run), "labels": args.labels, "optimizer": args.optimizer, "overrides": args.overrides,
+              "seed": cfg["seed"], "steps": steps, "train_seconds": round(secs),
+              "last_loss": dict(zip(("loss", "bg", "fg", "neg"), np.round(last, 3).tolist())),
+              **score(cfg, net, run, args.ts, args.n, args.beta)}
+    write_json(args.out, report)
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""scripts/rw_diagnose.py's measures: pair-separation AUC and the training labels' pair precision."""
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from psa_baseline.affinity import pair_offsets
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("rw_diagnose", ROOT / "scripts" / "rw_diagnose.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_pair_auc_counts_ordered_pairs_and_half_ties():
+    auc = _script().pair_auc
+    assert auc([0.9, 0.8], [0.1, 0.2]) == 1.0
+    assert auc([0.1], [0.9]) == 0.0
+    assert auc([0.5], [0.5]) == 0.5
+    # same 0.9 beats both, 0.3 beats 0.2 and ties 0.3: (2 + 1.5) / 4
+    assert auc([0.9, 0.3], [0.2, 0.3]) == pytest.approx(3.5 / 4)
+    assert auc([], [0.1]) is None
+
+
+def _count_pairs(label_grid, gt_grid, radius=5):
+    """Pair counts by brute force over PSA's pair set (origins not within radius - 1 of left/right/bottom)."""
+    h, w = label_grid.shape
+    pos = pos_ok = neg = neg_ok = 0
+    for y in range(h - radius + 1):
+        for x in range(radius - 1, w - radius + 1):
+            for dy, dx in pair_offsets(radius):
+                ty, tx = y + dy, x + dx
+                if not (0 <= ty < h and 0 <= tx < w):
+                    continue
+                a, b = label_grid[y, x], label_grid[ty, tx]
+                if 255 in (a, b):
+                    continue
+                same = gt_grid[y, x] == gt_grid[ty, tx]
+                if a == b:
+                    pos, pos_ok = pos + 1, pos_ok + same
+                else:
+                    neg, neg_ok = neg + 1, neg_ok + (not same)
+    return pos, pos_ok, neg, neg_ok
+
+
+def test_label_pair_precision_matches_a_brute_force_count():
+    mod = _script()
+    gt = np.zeros((96, 88), np.uint8)  # 12 x 11 cells
+    gt[:, :40] = 3                     # class 3 on cells 0-4 of every row
+    gt[0:8, 80:88] = 255               # a void cell takes its neighbour's label
+    truth = mod.gt_grid(gt)
+    assert truth.shape == (12, 11) and (truth[:, :5] == 3).all() and (truth[:, 5:] == 0).all()
+    exact = mod.label_pair_precision(truth.astype(np.uint8), gt)
+    assert exact[1] == exact[0] > 0 and exact[3] == exact[2] > 0  # a perfect label: every pair right
+    rng = np.random.default_rng(0)
+    noisy = truth.astype(np.uint8).copy()
+    noisy[rng.random(noisy.shape) < 0.3] = 0
+    noisy[rng.random(noisy.shape) < 0.1] = 255
+    got = mod.label_pair_precision(noisy, gt)
+    assert got == _count_pairs(noisy, truth)
+    assert got[1] < got[0]  # the noise made some positive pairs wrong
