@@ -1,7 +1,7 @@
 """Can AffinityNet learn here, and what holds it back? Train one in memory, score its affinities and walk.
 
 For a finished run (make-cam and make-crf done) it trains an AffinityNet exactly as the train-aff stage does
-(its dataset, label rule, loss and optimiser, `aff_train.*` overrides as KEY=VALUE), optionally
+(its dataset, label rule, loss and optimiser; config overrides with --set KEY=VALUE), optionally
   --labels gt      with la = ha = one-hot ground truth instead of the CRF labels (the labels' ceiling),
   --optimizer adam with Adam (same lrs, poly decay) instead of PSA's SGD (the optimiser's share),
 then scores it on the val images as scripts/rw_diagnose.py does: pair separation against ground-truth
@@ -9,7 +9,7 @@ pairs (AUC, mean affinity of same / different pairs) and walk mIoU / recall for 
 to the run; the result goes to --out.
 
     .venv/bin/python scripts/aff_probe.py --work-dir work/timing7 --voc-root work/timing7/data \\
-        --out work/ap/gt_adam.json --labels gt --optimizer adam --ts 8 32 256 aff_train.lr=0.001 aff_train.epochs=15
+        --out work/ap/gt_adam.json --labels gt --optimizer adam --set aff_train.lr=0.001 --set aff_train.epochs=15
 
 The walk's no-walk reference (CAMs alone) is in rw_diagnose.py's report. The sample order is the stage's
 (EpochSampler, seeded crops); the network's random head is drawn after torch.manual_seed(seed), not at the
@@ -132,7 +132,8 @@ def main(argv=None):
     p.add_argument("--beta", type=float, default=8)
     p.add_argument("--n", type=int, default=150, help="val images scored")
     p.add_argument("--out", required=True)
-    p.add_argument("overrides", nargs="*", help="aff_train.KEY=VALUE (or any config key)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override, e.g. aff_train.epochs=8 (repeatable)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     over = [("voc_root", args.voc_root), ("work_dir", args.work_dir), ("device", "cpu")]
