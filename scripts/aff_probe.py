@@ -3,6 +3,11 @@
 For a finished run (make-cam and make-crf done) it trains an AffinityNet exactly as the train-aff stage does
 (its dataset, label rule, loss and optimiser; config overrides with --set KEY=VALUE), optionally
   --labels gt      with la = ha = one-hot ground truth instead of the CRF labels (the labels' ceiling),
+  --labels crf-bg-fixed / crf-fg-fixed  the CRF labels with one kind of error taken out using the ground
+                   truth: ha's background on object pixels (bg-fixed: ha's background score set to 0 there,
+                   so those pixels follow la, mostly ignored), or la's foreground where the ground truth is
+                   not that class (fg-fixed: la's class scores set to 0 there, so la says background and
+                   the pixel is ignored unless ha trusts it as background): which error costs the walk more,
   --optimizer adam with Adam (same lrs, poly decay) instead of PSA's SGD (the optimiser's share),
 then scores it on the val images as scripts/rw_diagnose.py does: pair separation against ground-truth
 pairs (AUC, mean affinity of same / different pairs) and walk mIoU / recall for each t. Nothing is written
@@ -36,6 +41,7 @@ from rw_diagnose import Scorer, oracle_affinities, pair_auc  # noqa: E402
 from stages import train_aff  # noqa: E402
 from stages.builders import labels_for, split_ids, voc_root  # noqa: E402
 from stages.config import load_config  # noqa: E402
+from stages.make_crf import HA, LA  # noqa: E402
 from stages.make_pseudo import padded_input  # noqa: E402
 
 
@@ -49,11 +55,32 @@ def gt_crf_dict(root):
     return load
 
 
+def fixed_crf_dict(root, which):
+    """train_aff.load_crf_dict with one kind of CRF-label error removed by the ground truth (see --labels)."""
+    load = train_aff.load_crf_dict
+
+    def fixed(path, shape, img_id):
+        d = load(path, shape, img_id)
+        gt = root.read_seg(img_id)
+        keys = sorted(d)
+        arg = np.asarray(keys)[np.stack([d[k] for k in keys]).argmax(0)]
+        if which == "bg" and Path(path).parent.name == HA:
+            d[0] = np.where((arg == 0) & (gt > 0) & (gt != 255), 0, d[0]).astype(np.float32)
+        if which == "fg" and Path(path).parent.name == LA:
+            wrong = (arg > 0) & (arg != gt)
+            for k in keys[1:]:
+                d[k] = np.where(wrong, 0, d[k]).astype(np.float32)
+        return d
+    return fixed
+
+
 def train(cfg, run, labels, optimizer, log_every=25):
     t = cfg["aff_train"]
     root = voc_root(cfg)
     if labels == "gt":
         train_aff.load_crf_dict = gt_crf_dict(root)
+    elif labels.startswith("crf-"):
+        train_aff.load_crf_dict = fixed_crf_dict(root, labels.split("-")[1])
     ids = split_ids(cfg, cfg["crf"]["list"])
     ds = train_aff.AffTrainDataset(root, ids, run / "make_crf", t["crop"], jitter=t["color_jitter"],
                                    seed=cfg["seed"])
@@ -126,7 +153,7 @@ def main(argv=None):
     p.add_argument("--voc-root", required=True)
     p.add_argument("--variant", default="baseline")
     p.add_argument("--seed", type=int, default=None, help="the run's seed (default: the config's)")
-    p.add_argument("--labels", choices=["crf", "gt"], default="crf")
+    p.add_argument("--labels", choices=["crf", "gt", "crf-bg-fixed", "crf-fg-fixed"], default="crf")
     p.add_argument("--optimizer", choices=["psa", "adam"], default="psa")
     p.add_argument("--ts", type=int, nargs="+", default=[8, 32, 256])
     p.add_argument("--beta", type=float, default=8)
