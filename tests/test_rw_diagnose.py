@@ -64,3 +64,38 @@ def test_label_pair_precision_matches_a_brute_force_count():
     got = mod.label_pair_precision(noisy, gt)
     assert got == _count_pairs(noisy, truth)
     assert got[1] < got[0]  # the noise made some positive pairs wrong
+
+
+def test_aff_probe_removes_one_kind_of_crf_label_error():
+    """aff_probe --labels crf-bg-fixed / crf-fg-fixed: ha's background on object pixels, or la's foreground
+    off its class, is taken out using the ground truth; everything else is the CRF dict as loaded."""
+    spec = importlib.util.spec_from_file_location("aff_probe", ROOT / "scripts" / "aff_probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    from stages import train_aff
+    gt = np.array([[0, 0, 5, 5], [0, 0, 5, 255]], np.uint8)
+    bg = np.array([[0.9, 0.9, 0.8, 0.1], [0.9, 0.1, 0.1, 0.9]], np.float32)  # background wins on 3 of 4 columns
+    cls = 1 - bg
+
+    class Root:
+        def read_seg(self, img_id):
+            return gt
+
+    old = train_aff.load_crf_dict
+    train_aff.load_crf_dict = lambda path, shape, img_id: {0: bg.copy(), 5: cls.copy()}
+    try:
+        ha = probe.fixed_crf_dict(Root(), "bg")("run/make_crf/crf_ha/x.npy", gt.shape, "x")
+        la_untouched = probe.fixed_crf_dict(Root(), "bg")("run/make_crf/crf_la/x.npy", gt.shape, "x")
+        la = probe.fixed_crf_dict(Root(), "fg")("run/make_crf/crf_la/x.npy", gt.shape, "x")
+    finally:
+        train_aff.load_crf_dict = old
+    # bg-fixed: background score 0 where ha says background on an object pixel (0, 2); the void pixel and
+    # true background keep theirs
+    want_bg = bg.copy()
+    want_bg[0, 2] = 0
+    assert np.array_equal(ha[0], want_bg) and np.array_equal(ha[5], cls)
+    assert np.array_equal(la_untouched[0], bg)  # bg-fixed leaves la alone
+    # fg-fixed: la's class score 0 where it wins off its class: (1, 1) background, (0, 3) is class 5 (right)
+    want_cls = cls.copy()
+    want_cls[1, 1] = 0
+    assert np.array_equal(la[5], want_cls) and np.array_equal(la[0], bg)
