@@ -11,10 +11,12 @@ difference between before and after is printed per dtype.
     OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_cam.py --config demo --voc-root /tmp/spd/data \\
         --model /tmp/spd/w2/baseline/train_cam/cam_net.pth --images 60 --rounds 3 --save-dir /tmp/spd/cams
 
-The default rounds reuse image sizes from round 2 on, and the median round is a warm one. make-cam meets
-every size once, and on the CPU each new input shape costs oneDNN a kernel build: on the demo's val images
-(bf16, after path) 108 ms per image on new sizes against 75 on seen ones. `--fresh` times what make-cam sees:
-each setting in its own process per round, every image size new.
+`--fresh` times each setting in its own process per round, warmed up on a size not in the list, so every
+image size is new to it, as in make-cam (on the CPU oneDNN builds kernels per input shape: a second pass
+over the same 40 demo images took 48 ms per image against 63 on the first, bf16 after path, idle machine).
+The default round-robin rounds came out close to it all the same (idle, 150 val images, 3 rounds, one
+thread: after_bf16 2.21x before_fp32 by default, 2.01x with --fresh), so the four settings' rounds do not
+measurably reuse each size's kernels.
 """
 import argparse
 import importlib.util
