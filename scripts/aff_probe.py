@@ -17,8 +17,9 @@ to the run; the result goes to --out.
         --out work/ap/gt_adam.json --labels gt --optimizer adam --set aff_train.lr=0.001 --set aff_train.epochs=15
 
 The walk's no-walk reference (CAMs alone) is in rw_diagnose.py's report. The sample order is the stage's
-(EpochSampler, seeded crops); the network's random head is drawn after torch.manual_seed(seed), not at the
-stage's point in the RNG stream, so a probe with the stage's settings is a re-draw of train-aff, not a copy.
+(EpochSampler, seeded crops) and the network's head is drawn after torch.manual_seed(seed). At the stage's
+thread count a probe with the stage's settings gave the stage's network (walk scores equal to the digit on
+the demo, docs/demo_v6.md 4.1); at another thread count float sums differ, and a short training drifts.
 """
 import argparse
 import json
@@ -31,13 +32,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from psa_baseline.affinity import AffinityLabels, feature_affinities, pair_indices  # noqa: E402
+from psa_baseline.affinity import AffinityLabels, feature_affinities  # noqa: E402
 from psa_baseline.evaluation import load_cam_dict  # noqa: E402
 from psa_baseline.fileio import write_json  # noqa: E402
 from psa_baseline.random_walk import propagate_cams  # noqa: E402
 from psa_baseline.resnet38 import PolyOptimizer  # noqa: E402
 from psa_baseline.training import EpochSampler, autocast  # noqa: E402
-from rw_diagnose import Scorer, oracle_affinities, pair_auc  # noqa: E402
+from rw_diagnose import Scorer, separation, split_pairs  # noqa: E402
 from stages import train_aff  # noqa: E402
 from stages.builders import labels_for, split_ids, voc_root  # noqa: E402
 from stages.config import load_config  # noqa: E402
@@ -131,19 +132,15 @@ def score(cfg, net, run, ts, n, beta):
         with torch.no_grad():
             feats = net(padded_input(img))
         aff = feature_affinities(feats, net.radius, True)[0]
-        valid = pair_indices(*feats.shape[2:], net.radius, True)[1]
-        oracle = oracle_affinities(gt, True, net.radius) > 0
-        same.append(aff[valid & oracle].numpy())
-        diff.append(aff[valid & ~oracle].numpy())
+        s, d = split_pairs(aff, gt, net.radius)
+        same.append(s)
+        diff.append(d)
         cams = load_cam_dict(run / "make_cam" / "cams" / f"{i}.npy", img.shape[:2], labels[i])
         for t in ts:
             pred = propagate_cams(cams, aff, img.shape[:2], alpha_bg=cfg["rw"]["alpha"], beta=beta, t=t,
                                   radius=net.radius, name=i)
             rows.setdefault(f"t {t}", Scorer(root.root)).add(i, pred, gt)
-    same, diff = np.concatenate(same), np.concatenate(diff)
-    return {"auc": round(pair_auc(same, diff), 4), "mean_same": round(float(same.mean()), 4),
-            "mean_different": round(float(diff.mean()), 4), "n_images": len(ids),
-            "walk": {k: v.result() for k, v in rows.items()}}
+    return {**separation(same, diff), "n_images": len(ids), "walk": {k: v.result() for k, v in rows.items()}}
 
 
 def main(argv=None):

@@ -88,7 +88,7 @@ def main(argv=None):
     p.add_argument("--set", nargs="*", default=[], metavar="key=value", help="config overrides")
     p.add_argument("--fresh", action="store_true", help="time each setting in a fresh process per round, warmed up "
                    "on an image size not in the list, so every image size is met for the first time, as make-cam "
-                   "meets them (oneDNN builds its kernels per input shape; the default rounds reuse them from round 2)")
+                   "meets them (oneDNN builds its kernels per input shape)")
     p.add_argument("--only", help=argparse.SUPPRESS)  # --fresh's child: one setting, one pass, JSON seconds out
     p.add_argument("--save-dir")
     args = p.parse_args(argv)

@@ -77,6 +77,23 @@ def pair_auc(same, diff):
     return float(mannwhitneyu(same, diff).statistic / (len(same) * len(diff)))
 
 
+def split_pairs(aff, gt, radius=5, oracle=None):
+    """One image's (P, N) affinities over PSA's pairs (border crop on), split by the ground truth into
+    (same-segment, cross-segment) arrays. oracle: oracle_affinities(gt, True, radius) when already made."""
+    if oracle is None:
+        oracle = oracle_affinities(gt, True, radius)
+    valid = pair_indices(-(-gt.shape[0] // 8), -(-gt.shape[1] // 8), radius, True)[1]
+    same = oracle > 0
+    return aff[valid & same].numpy(), aff[valid & ~same].numpy()
+
+
+def separation(same, diff):
+    """Pair separation over images from split_pairs' lists: AUC, mean affinities, pair counts."""
+    same, diff = np.concatenate(same), np.concatenate(diff)
+    return {"auc": round(pair_auc(same, diff), 4), "mean_same": round(float(same.mean()), 4),
+            "mean_different": round(float(diff.mean()), 4), "pairs_same": len(same), "pairs_different": len(diff)}
+
+
 def label_pair_precision(label, gt, radius=5):
     """Training label (make_seg_label, on the image's stride-8 grid) against the ground truth: counts of
     (positive pairs, of them ground-truth same, negative pairs, of them ground-truth different)."""
@@ -147,10 +164,9 @@ def main(argv=None):
         affs = {"affinitynet": feature_affinities(feats, 5, True)[0],
                 "affinitynet, no border crop": feature_affinities(feats, 5, False)[0],
                 "oracle (ground truth)": oracle_affinities(gt)}
-        valid = pair_indices(*feats.shape[2:], 5, True)[1]
-        oracle = affs["oracle (ground truth)"] > 0
-        same_aff.append(affs["affinitynet"][valid & oracle].numpy())
-        diff_aff.append(affs["affinitynet"][valid & ~oracle].numpy())
+        same, diff = split_pairs(affs["affinitynet"], gt, oracle=affs["oracle (ground truth)"])
+        same_aff.append(same)
+        diff_aff.append(diff)
         for name, aff in affs.items():
             crop = "no border crop" not in name
             for t in args.ts:
@@ -159,13 +175,9 @@ def main(argv=None):
                 pred = propagate_cams(cams, aff, img.shape[:2], alpha_bg=rw_alpha, beta=args.beta, t=t,
                                       psa_crop=crop, name=i)
                 score(f"{name}, t {t}", pred, i, gt)
-    same_aff, diff_aff = np.concatenate(same_aff), np.concatenate(diff_aff)
     report = {"run": str(run), "n_images": len(ids), "rw_alpha": rw_alpha, "beta": args.beta,
               "rows": {k: v.result() for k, v in rows.items()},
-              "affinity_separation": {"auc": round(pair_auc(same_aff, diff_aff), 4),
-                                      "mean_same": round(float(same_aff.mean()), 4),
-                                      "mean_different": round(float(diff_aff.mean()), 4),
-                                      "pairs_same": len(same_aff), "pairs_different": len(diff_aff)}}
+              "affinity_separation": separation(same_aff, diff_aff)}
     crf = run / "make_crf"
     if crf.is_dir():  # confident regions of the CRF labels on train images (AffinityNet's training labels)
         tr = split_ids(cfg, cfg["crf"]["list"])[:args.n]
