@@ -8,7 +8,7 @@ present classes are kept: the result is PSA's on-disk dict {class_index: HxW flo
 Only the present classes' maps are fused (the others would be multiplied by 0 and dropped). With
 channels_last the input goes in NHWC, the layout the CPU's oneDNN and the GPU's tensor cores prefer; on
 this CPU (torch 2.14.1) its CAMs are bit-identical to NCHW's under bf16 autocast and within float noise
-(~1e-6) in float32 (tested; forward only: a backward from a channels_last input segfaults here).
+(~1e-6) in float32 (tested).
 """
 import contextlib
 
@@ -23,8 +23,9 @@ from .constants import IMAGENET_MEAN, IMAGENET_STD
 def normalise_batch(imgs_uint8, device):
     """(B,H,W,3) uint8 -> (B,3,H,W) float, ImageNet mean/std on pixels / 255.
 
-    Returned contiguous (NCHW): the permuted view would be channels_last, and on this torch build
-    (2.14.1, CPU) a backward through the WideResNet-38 from a channels_last input segfaults."""
+    Returned contiguous (NCHW) whatever the caller then chooses: the permuted view would be channels_last.
+    (A CPU backward from a channels_last input was once seen to segfault here; on torch 2.14.1 none of the
+    eight layout x dtype combinations of net and input does, and train-cam now trains NHWC.)"""
     x = torch.as_tensor(np.ascontiguousarray(imgs_uint8), device=device).permute(0, 3, 1, 2).contiguous()
     x = x.float() / 255
     mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)

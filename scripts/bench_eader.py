@@ -70,7 +70,8 @@ def build(setting, mode, batch, device, overrides=()):
         from psa_baseline.resnet38 import PolyOptimizer
         from stages.builders import build_cam_net
         t = cfg["cam_train"]
-        model = build_cam_net(merge(cfg, {"net": {"weights": None}})).to(device)
+        # NHWC net and input, as train-cam feeds them on every device
+        model = build_cam_net(merge(cfg, {"net": {"weights": None}})).to(device, memory_format=torch.channels_last)
         opt = PolyOptimizer(model.param_groups(), t["lr"], t["weight_decay"], 10 ** 6,
                             momentum=t["momentum"], momentum_quirk=t["momentum_quirk"], power=t["poly_power"])
         crop, bs, body = t["crop"], t["batch_size"], model.backbone
@@ -80,6 +81,8 @@ def build(setting, mode, batch, device, overrides=()):
     eader = build_eader(cfg, device)
     model.train()
     x = torch.randn(bs, 3, crop, crop, device=device)
+    if not standalone:
+        x = x.contiguous(memory_format=torch.channels_last)
     y = torch.zeros(bs, 20, device=device)
     for b in range(bs):
         y[b, [b % 20, (b + 7) % 20]] = 1

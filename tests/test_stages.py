@@ -301,3 +301,47 @@ def test_eader_with_zero_weights_is_the_baseline_step():
         nets.append(net.state_dict())
     for k in nets[0]:
         assert torch.equal(nets[0][k], nets[1][k]), k
+
+
+def test_train_cam_trains_channels_last_with_nchw_weights(demo_root, tmp_path, monkeypatch):
+    """train-cam feeds the net NHWC on every device (faster on the CPU's oneDNN too). With frozen BN (the
+    paper's and the demo's) the weights match NCHW training to float noise, so a layout slip that scrambled
+    channels would show here. (Trained BN in float32 differs more: NHWC sums its statistics in float, the
+    CPU's NCHW kernel in double.)"""
+    from conftest import tiny_spec
+    from psa_baseline.cam_net import CAMNet
+    from psa_baseline.resnet38 import PolyOptimizer
+    seen = []
+    step = train_cam.train_step
+
+    def spy(model, opt, eader, x, y, amp):
+        conv = model.backbone.conv1a.weight
+        seen.append((x.is_contiguous(memory_format=torch.channels_last),
+                     conv.is_contiguous(memory_format=torch.channels_last)))
+        return step(model, opt, eader, x, y, amp)
+
+    monkeypatch.setattr(train_cam, "train_step", spy)
+    train_cam.run(tiny_cfg(demo_root, tmp_path / "work"))
+    assert seen and all(a and b for a, b in seen), seen
+
+    torch.manual_seed(0)
+    x, y = torch.randn(4, 3, 56, 48), torch.zeros(4, 20)
+    y[[0, 1, 2, 3], [0, 5, 5, 11]] = 1
+    weights = []
+    torch.manual_seed(1)
+    start = CAMNet(tiny_spec(frozen_bn=True)).state_dict()
+    for layout in (torch.contiguous_format, torch.channels_last):
+        torch.manual_seed(1)
+        net = CAMNet(tiny_spec(frozen_bn=True)).train().to(memory_format=layout)
+        opt = PolyOptimizer(net.param_groups(), 0.1, 5e-4, 10)
+        torch.manual_seed(2)  # same dropout masks
+        for _ in range(3):
+            step(net, opt, None, x.contiguous(memory_format=layout), y, __import__("contextlib").nullcontext)
+        weights.append(net.state_dict())
+    moved = 0
+    for k, a in weights[0].items():
+        b = weights[1][k]
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), (k, (a - b).abs().max())
+    for k in weights[0]:  # and training did move the weights, so the comparison compares something
+        moved += int(not torch.equal(weights[0][k], start[k]))
+    assert moved > 10
