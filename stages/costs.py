@@ -1,10 +1,11 @@
 """Measured costs per training step and per image, and the wall time they give a planned run.
 
 Only settings that were measured have costs; a stage without one is named as such, not guessed.
-  demo on the CPU: README, `time ./run_pipeline.sh` on the 2-core CPU (bf16 as configs/demo.yaml):
-    train-cam 229 s / 930 steps, make-cam 43 s / 650 images, make-crf 33 s / 500 images (2 workers),
-    train-aff 63 s / 186 steps, make-pseudo 35 s / 650 images; train-seg 266 s / 500 steps and make-seg
-    11.4 s / 150 images (`pipeline --until seg`, one thread, other runs sharing the 2 cores)
+  demo on the CPU: README, `time ./run_pipeline.sh --eader both` on the idle 2-core CPU (bf16 as
+    configs/demo.yaml, work/timing8): train-cam 100.1 s / 930 steps (EADER 279.4 s: 2.79x, its localizer
+    trains in both turns), make-cam 31.5 s / 650 images, make-crf 17.4 s / 500 images (2 workers),
+    train-aff 37.5 s / 186 steps, make-pseudo 28.0 s / 650 images, train-seg 136.1 s / 500 steps, make-seg
+    5.3 s / 150 images
   voc on one H200 (docs/gpu.md, scripts/gpu_check.sh: the paper's networks at random init on VOCmini's 200
     real VOC images, 16 CPU cores): a train-cam step (batch 16, crop 448) 0.175 s float32 / 0.088 s bf16, an
     EADER 200/200 cycle 0.83x / 1.00x of that; make-cam 0.088 s per image float32 / 0.071 s bf16 with 4 loader
@@ -19,15 +20,16 @@ NCCL with two GPUs has not run; docs/gpu.md).
 # (config name, device type) -> {stage: (seconds, per, bf16 or None)}; per is "step" or "image";
 # bf16 None: the cost does not depend on it; cycle: EADER's train-cam factor by bf16
 COSTS = {
-    ("demo", "cpu"): {"train-cam": {True: 229 / 930}, "make-cam": {True: 43 / 650}, "make-crf": {None: 33 / 500},
-                      "train-aff": {True: 63 / 186}, "make-pseudo": {None: 35 / 650},
-                      "train-seg": {True: 266 / 500}, "make-seg": {True: 11.4 / 150}},
+    ("demo", "cpu"): {"train-cam": {True: 100.1 / 930}, "make-cam": {True: 31.5 / 650},
+                      "make-crf": {None: 17.4 / 500}, "train-aff": {True: 37.5 / 186}, "make-pseudo": {None: 28.0 / 650},
+                      "train-seg": {True: 136.1 / 500}, "make-seg": {True: 5.3 / 150}},
     ("voc", "cuda"): {"train-cam": {False: 0.175, True: 0.088}, "make-cam": {False: 0.088, True: 0.071},
                       "make-crf": {None: 1 / 12.1}, "train-aff": {False: 0.121}, "make-pseudo": {None: 0.033},
                       "train-seg": {False: 0.088}, "make-seg": {False: 0.040}},
 }
-# README, scripts/bench_eader.py --settings demo (cycle ratio bf16 1.90, fp32 1.59)
-EADER_CYCLE = {("voc", "cuda"): {False: 0.83, True: 1.00}, ("demo", "cpu"): {True: 1.90, False: 1.59}}
+# voc: docs/gpu.md (200/200 cycle / baseline step); demo bf16: the README's pipeline run (EADER / baseline
+# train-cam seconds); demo float32: scripts/bench_eader.py --settings demo, cycle ratio before NHWC training
+EADER_CYCLE = {("voc", "cuda"): {False: 0.83, True: 1.00}, ("demo", "cpu"): {True: 2.79, False: 1.59}}
 MEASURED_CRF_WORKERS = {("demo", "cpu"): 2, ("voc", "cuda"): 8}
 TRAINING = {"train-cam": "cam_train", "train-aff": "aff_train", "train-adv": "adv_pretrain"}
 BF16_KEY = {"train-cam": ("cam_train", "bf16"), "make-cam": ("cam_infer", "bf16"), "train-aff": ("aff_train", "bf16"),
