@@ -43,8 +43,9 @@ def main(argv=None):
     from psa_baseline import cam_infer
     from psa_baseline.fileio import save_npy
     from psa_baseline.voc import VOCRoot
-    from stages.builders import build_cam_net, labels_for
-    from stages.config import load_config, merge
+    from stages.builders import labels_for
+    from stages.config import load_config
+    from stages.make_cam import load_cam_net
     torch.set_num_threads(args.threads)
     m = args.multiple
     if m > 1:
@@ -54,9 +55,7 @@ def main(argv=None):
             return np.asarray(Image.fromarray(img).resize(size, Image.Resampling.BICUBIC))
         cam_infer.resize_image = rounded  # this process only
     cfg = load_config(args.config, [("voc_root", args.voc_root)])
-    net = build_cam_net(merge(cfg, {"net": {"weights": None}}))
-    net.load_state_dict(torch.load(args.model, map_location="cpu", weights_only=True))
-    net = net.eval().to(memory_format=torch.channels_last)  # as make-cam
+    net = load_cam_net(cfg, args.model, "cpu")
     root = VOCRoot(args.voc_root)
     ids = (Path(args.voc_root) / args.list).read_text().split()
     ids = ids[:args.images] if args.images else ids

@@ -21,7 +21,8 @@ NCCL with two GPUs has not run; docs/gpu.md).
 # bf16 None: the cost does not depend on it; cycle: EADER's train-cam factor by bf16
 COSTS = {
     ("demo", "cpu"): {"train-cam": {True: 100.1 / 930}, "make-cam": {True: 31.5 / 650},
-                      "make-crf": {None: 17.4 / 500}, "train-aff": {True: 37.5 / 186}, "make-pseudo": {None: 28.0 / 650},
+                      "make-crf": {None: 17.4 / 500}, "train-aff": {True: 37.5 / 186},
+                      "make-pseudo": {None: 28.0 / 650},
                       "train-seg": {True: 136.1 / 500}, "make-seg": {True: 5.3 / 150}},
     ("voc", "cuda"): {"train-cam": {False: 0.175, True: 0.088}, "make-cam": {False: 0.088, True: 0.071},
                       "make-crf": {None: 1 / 12.1}, "train-aff": {False: 0.121}, "make-pseudo": {None: 0.033},

@@ -57,6 +57,14 @@ def scaled_images(root, ids, scales, flip, workers):
     return iter(DataLoader(ds, batch_size=None, num_workers=workers, collate_fn=_as_is, prefetch_factor=4))
 
 
+def load_cam_net(cfg, path, device):
+    """The trained CAM net at `path` (a cam_net.pth of this config's network), NHWC, in eval mode: as make-cam
+    runs it (channels_last: faster, same CAMs; cam_infer)."""
+    net = build_cam_net({**cfg, "net": {**cfg["net"], "weights": None}})
+    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return net.to(device, memory_format=torch.channels_last).eval()
+
+
 def add_arguments(p):
     add_shard_argument(p)
 
@@ -75,10 +83,7 @@ def run(cfg, force=False, shard=None):
     labels = labels_for(cfg, root, ids, st.log)
     voc.check_dataset(root, ids, need_seg=False, labels=labels)
 
-    net = build_cam_net({**cfg, "net": {**cfg["net"], "weights": None}})
-    model_path = st.work_dir / st.variant / "train_cam" / "cam_net.pth"
-    net.load_state_dict(torch.load(model_path, map_location="cpu", weights_only=True))
-    net = net.to(device, memory_format=torch.channels_last).eval()  # NHWC: faster, same CAMs (cam_infer)
+    net = load_cam_net(cfg, st.work_dir / st.variant / "train_cam" / "cam_net.pth", device)
 
     mine = my_share(ids, shard)  # each rank (and --shard job) takes its share; files are per image
     todo = [i for i in mine if not (cam_dir / f"{i}.npy").exists()]
