@@ -89,20 +89,19 @@ def parse_args(argv):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    from .common import end_distributed, init_distributed, launched_world_size
+    from .common import launched_world_size, process_group
     try:
-        if launched_world_size() > 1:  # under torchrun: join its process group first
-            init_distributed(config_from_args(args)["device"])
-        m = importlib.import_module(f"stages.{STAGES[args.stage]}")
-        m.main(args) if hasattr(m, "main") else m.run(config_from_args(args), force=args.force)
+        # under torchrun: join its process group first (the config names the device: NCCL or gloo)
+        device = config_from_args(args)["device"] if launched_world_size() > 1 else "cpu"
+        with process_group(device):
+            m = importlib.import_module(f"stages.{STAGES[args.stage]}")
+            m.main(args) if hasattr(m, "main") else m.run(config_from_args(args), force=args.force)
     except InputError as e:
         print(f"psa-eader {args.stage}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"psa-eader {args.stage}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
-    finally:
-        end_distributed()
     return 0
 
 

@@ -91,9 +91,30 @@ def init_distributed(device_name):
     torch.distributed.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(hours=2))
 
 
-def end_distributed():
+def end_distributed(wait=False):
+    """Leave the process group. wait (a clean end): every rank first waits for the others, because a gloo
+    rank that tears the group down while another still talks to it can abort that one (SIGABRT, "terminate
+    called without an active exception", seen in CI). Never wait after an error: the others may not come."""
     if _dist():
+        if wait:
+            torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+
+
+@contextlib.contextmanager
+def process_group(device_name):
+    """torchrun's process group (init_distributed) for the body; left with a wait (end_distributed) only if
+    the body ended cleanly or with an error that every rank raised (agree)."""
+    init_distributed(device_name)
+    clean = False
+    try:
+        yield
+        clean = True
+    except InputError as e:
+        clean = getattr(e, "on_every_rank", False)
+        raise
+    finally:
+        end_distributed(wait=clean)
 
 
 def resolve_device(name):
@@ -112,7 +133,9 @@ def agree(error):
         torch.distributed.broadcast_object_list(box, src=0)
         error = box[0]
     if error is not None:
-        raise InputError(str(error))
+        e = InputError(str(error))
+        e.on_every_rank = True  # process_group may wait for the others: they raise it too
+        raise e
 
 
 def from_rank0(value):

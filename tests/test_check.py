@@ -86,7 +86,7 @@ def test_every_problem_is_listed_with_its_fix(weight_files, tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err
     assert "not ready, 4 problem(s)" in err
-    assert f"2 of the 100 ids of ImageSets/Segmentation/train.txt" in err and dropped[0] in err  # images
+    assert "2 of the 100 ids of ImageSets/Segmentation/train.txt" in err and dropped[0] in err  # images
     assert "SegmentationClass does not exist" in err and "eval-cam" in err                     # folder
     assert "garbage.params" in err                                                              # bad file
     assert "'eader.adv_weights' is null" in err and "psa-eader weights download resnet18" in err

@@ -31,12 +31,13 @@ def free_port():
 
 
 def join_group(rank, world, port):
-    """What torchrun gives a worker, then the process group as `psa-eader` sets it up."""
+    """What torchrun gives a worker, then the process group as `psa-eader` sets it up (a context: left with
+    a wait for the other rank on a clean end, as the command line leaves it)."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    from stages.common import init_distributed
-    init_distributed("cpu")
+    from stages.common import process_group
+    return process_group("cpu")
 
 
 def spawn(fn, world, *args):
@@ -44,11 +45,9 @@ def spawn(fn, world, *args):
 
 
 def _train_and_infer(rank, world, port, root, work, over, stop_after, out):
-    join_group(rank, world, port)
     torch.nn.Dropout2d.forward = lambda self, x: x  # see the module's docstring
     from stages import make_cam, train_cam
-    from stages.common import end_distributed
-    try:
+    with join_group(rank, world, port):
         cfg = tiny_cfg(root, work, **over)
         if train_cam.run(cfg, stop_after=stop_after) is None or out is None:
             return
@@ -57,8 +56,6 @@ def _train_and_infer(rank, world, port, root, work, over, stop_after, out):
         make_cam.save_npy = lambda path, obj: (written.append(Path(path).name), save(path, obj))
         make_cam.run(cfg)
         Path(out, f"written.{rank}.json").write_text(json.dumps(written))
-    finally:
-        end_distributed()
 
 
 def weights(work, variant="baseline"):
@@ -107,21 +104,17 @@ def test_a_global_batch_that_does_not_split_is_refused():
 
 
 def _eader_run(rank, world, port, root, work, stop_after, out):
-    join_group(rank, world, port)
     from stages import train_adv, train_cam
-    from stages.common import end_distributed
     built = []
     build = train_cam.build_eader
     train_cam.build_eader = lambda *a, **k: built.append(build(*a, **k)) or built[-1]
-    try:
+    with join_group(rank, world, port):
         over = {"eader.enabled": True, "eader.phase_steps": 2, "eader.adv_width": 0.25, "adv_pretrain.epochs": 1,
                 "adv_pretrain.batch_size": 4}
         cfg = tiny_cfg(root, work, **over)
         train_adv.run(cfg)  # the adversary's pre-training, DDP too (done in the first run, skipped after)
         train_cam.run(cfg, stop_after=stop_after)
         torch.save(built[0].adversary.state_dict(), Path(out, f"adv.rank{rank}.pth"))
-    finally:
-        end_distributed()
 
 
 def _hook_batch(case):
@@ -142,11 +135,9 @@ def _hook_steps(rank, world, port, out):
     """Both turns of the hook on one batch split over the ranks (rank 0: image 0, rank 1: images 1-3),
     against one process on the whole batch: the adversary after its step, and the gradient that the
     localizer's EADER losses (L_am 'authors' and L_reg, means over pairs) send into the attention."""
-    join_group(rank, world, port)
     from psa_eader.hook import EADER, EaderConfig
-    from stages.common import end_distributed
     mine = slice(0, 4) if world == 1 else slice(0, 1) if rank == 0 else slice(1, 4)
-    try:
+    with join_group(rank, world, port):
         for case in ("uneven", "none"):
             x, y, att, adv = _hook_batch(case)
             e = EADER(EaderConfig(enabled=True, phase_steps=1, beta=0.01), adv,
@@ -160,10 +151,6 @@ def _hook_steps(rank, world, port, out):
             e.advance()  # the adversary's turn
             e.adversary_step(x[mine], y[mine], att[mine])
             torch.save(adv.state_dict(), Path(out, f"adv.{world}.{rank}.{case}.pth"))
-        if world > 1:  # both ranks done before either tears gloo down (a rank leaving early aborted the other)
-            torch.distributed.barrier()
-    finally:
-        end_distributed()
 
 
 def test_hook_gradients_are_those_of_the_whole_batch_however_pairs_fall_on_the_ranks(tmp_path):
@@ -197,15 +184,13 @@ def test_eader_trains_under_two_processes_and_resumes(demo_root, tmp_path):
 
 
 def _locked_stage(rank, world, port, root, work, out):
-    join_group(rank, world, port)
     from psa_baseline.errors import InputError
-    from stages.common import Stage, end_distributed
+    from stages.common import Stage
     try:
-        Stage(tiny_cfg(root, work), "make_cam")
+        with join_group(rank, world, port):
+            Stage(tiny_cfg(root, work), "make_cam")
     except InputError as e:
         Path(out, f"refused.{rank}").write_text(str(e))
-    finally:
-        end_distributed()
 
 
 def test_a_locked_work_dir_stops_every_rank(demo_root, tmp_path):
@@ -230,21 +215,17 @@ STANDALONE = {"standalone.arch": "resnet18", "standalone.width": 0.0625, "standa
 
 
 def _aff_and_standalone(rank, world, port, root, work, out):
-    join_group(rank, world, port)
     from psa_baseline import voc
     from stages import make_cam, make_crf, make_pseudo, train_aff, train_cam, train_standalone
-    from stages.common import end_distributed
     written = []
     save = voc.save_label_png
     voc.save_label_png = lambda path, label: (written.append(Path(path).name), save(path, label))
-    try:
+    with join_group(rank, world, port):
         cfg = tiny_cfg(root, work, **AFF)
         for m in (train_cam, make_cam, make_crf, train_aff, make_pseudo):
             m.run(cfg)
         Path(out, f"pseudo.{rank}.json").write_text(json.dumps(written))
         train_standalone.run(tiny_cfg(root, work, **STANDALONE))  # trains with both ranks, scores on rank 0
-    finally:
-        end_distributed()
 
 
 def test_affinity_stages_and_standalone_run_under_two_processes(demo_root, tmp_path):
@@ -328,11 +309,9 @@ def test_shards_split_make_cam_and_the_last_one_finishes(demo_root, tmp_path, mo
 
 
 def _sync_bn(rank, world, port, out):
-    join_group(rank, world, port)
     from psa_baseline.errors import InputError
     from psa_baseline.training import ddp_wrap
-    from stages.common import end_distributed
-    try:
+    with join_group(rank, world, port):
         net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
         try:
             ddp_wrap(net, sync_bn=True)
@@ -341,8 +320,6 @@ def _sync_bn(rank, world, port, out):
             result = str(e)
         plain = ddp_wrap(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4)), sync_bn=False)
         Path(out, f"r{rank}.json").write_text(json.dumps({"sync": result, "plain_bn": type(plain.module[1]).__name__}))
-    finally:
-        end_distributed()
 
 
 def test_sync_batchnorm_is_refused_on_cpu_processes_with_the_fix(tmp_path):
@@ -363,3 +340,37 @@ def test_sync_batchnorm_replaces_bn_in_place_and_keeps_state_dict_keys():
     converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
     assert isinstance(converted[1], torch.nn.SyncBatchNorm) and list(converted.state_dict()) == keys
     assert ddp_wrap(net, sync_bn=True) is net  # one process: untouched
+
+
+def test_the_group_is_left_with_a_wait_only_when_every_rank_gets_there(monkeypatch):
+    """A clean end (or an error every rank raised, agree) waits for the other ranks before the group goes (a
+    gloo rank torn down early aborted its peer in CI); any other error must not wait for ranks that may
+    never come."""
+    from psa_baseline.errors import InputError
+    from stages import common
+    calls = []
+    monkeypatch.setattr(common, "_dist", lambda: True)
+    monkeypatch.setattr(common, "init_distributed", lambda device: calls.append("init"))
+    monkeypatch.setattr(torch.distributed, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(torch.distributed, "destroy_process_group", lambda: calls.append("destroy"))
+    monkeypatch.setattr(torch.distributed, "broadcast_object_list", lambda box, src: None)
+
+    def leave(body):
+        calls.clear()
+        try:
+            with common.process_group("cpu"):
+                body()
+        except (InputError, RuntimeError):
+            pass
+        return calls[:]
+    assert leave(lambda: None) == ["init", "barrier", "destroy"]
+    assert leave(lambda: common.agree(InputError("work dir in use"))) == ["init", "barrier", "destroy"]
+    assert leave(lambda: common.agree(None)) == ["init", "barrier", "destroy"]
+
+    def one_rank_only():
+        raise InputError("corrupt image 2007_000032")
+    assert leave(one_rank_only) == ["init", "destroy"]
+
+    def crash():
+        raise RuntimeError("out of memory")
+    assert leave(crash) == ["init", "destroy"]

@@ -297,20 +297,17 @@ def test_pipeline_until_seg_runs_to_deeplab_scores(demo_root, tmp_path):
 def _seg_two_ranks(rank, world, port, root, work, over):
     """One torchrun worker: its environment, the process group as psa-eader sets it up, the two stages."""
     import os
-    from stages.common import end_distributed, init_distributed
+    from stages.common import process_group
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    init_distributed("cpu")
-    try:
+    with process_group("cpu"):
         cfg = tiny_cfg(root, work, **over)
         train_seg.run(cfg)
         written, save = [], voc.save_label_png
         voc.save_label_png = lambda path, label: (written.append(Path(path).name), save(path, label))
         make_seg.run(cfg)
         Path(work, f"written.{rank}.json").write_text(json.dumps(written))
-    finally:
-        end_distributed()
 
 
 def test_two_processes_train_seg_and_write_every_prediction_once(demo_root, tmp_path):
