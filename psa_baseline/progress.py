@@ -8,9 +8,12 @@ import sys
 import time
 
 log = logging.getLogger("psa_baseline.progress")  # a stage's logger sets this library's handlers
+BARS = True  # False: log lines even on a terminal (several processes share it, e.g. variants side by side)
 
 
 def on_terminal():
+    if not BARS:
+        return False
     try:
         return sys.stderr.isatty()
     except (AttributeError, ValueError):  # replaced or closed stderr

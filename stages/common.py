@@ -7,10 +7,12 @@ Layout under the work dir:
 A stage is skipped when its DONE.json carries the same fingerprint (the config sections it depends on
 plus its inputs' fingerprints), unless forced. An unfinished stage's folder carries PARTIAL.json with the
 fingerprint its files were made under; a rerun under another fingerprint clears them. One run at a time
-per work dir: the first holds <work>/.psa-eader.lock (flock, released when the process ends, crash
-included). Under torchrun (several ranks) only rank 0 writes the shared files (DONE.json, PARTIAL.json,
+per variant of a work dir: the first holds <work>/.psa-eader.<variant>.lock (flock, released when the
+process ends, crash included); the baseline and EADER write folders of their own, so they may run side by
+side (`pipeline --jobs`), and the summaries they share are updated under a lock of their own (report.py).
+Under torchrun (several ranks) only rank 0 writes the shared files (DONE.json, PARTIAL.json,
 checkpoints, weights, logs) and holds the lock for all ranks; in inference stages each rank writes its
-own images (my_share). A `--shard i/n` job holds its own lock, .psa-eader.shard-i-of-n.lock.
+own images (my_share). A `--shard i/n` job holds its own lock, .psa-eader.<variant>.shard-i-of-n.lock.
 """
 import contextlib
 import datetime
@@ -19,6 +21,7 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 import socket
 import sys
@@ -234,15 +237,17 @@ LOCK_NAME = ".psa-eader.lock"
 _locks = {}  # resolved lock file path -> open lock file; held until this process ends
 
 
-def lock_name(shard=None):
-    """The run's lock file; a `--shard i/n` job has its own, so the n jobs of one stage can run together
-    (each writes only its own images)."""
-    return LOCK_NAME if shard is None else f".psa-eader.shard-{shard[0]}-of-{shard[1]}.lock"
+def lock_name(shard=None, variant=None):
+    """The run's lock file: one per variant (its stages write only <work>/<variant>/), and a `--shard i/n`
+    job has its own, so the n jobs of one stage can run together (each writes only its own images)."""
+    base = LOCK_NAME[:-len(".lock")] + (f".{re.sub(r'[^A-Za-z0-9_.+=-]', '_', variant)}" if variant else "")
+    return f"{base}.lock" if shard is None else f"{base}.shard-{shard[0]}-of-{shard[1]}.lock"
 
 
 def lock_work_dir(work_dir, name=LOCK_NAME):
-    """Hold <work_dir>/.psa-eader.lock for the rest of this process, or stop at once if another process
-    holds it: two runs on one work dir would run the same stages and resume each other's checkpoints."""
+    """Hold <work_dir>/<name> (lock_name) for the rest of this process, or stop at once if another process
+    holds it: two runs of one variant on one work dir would run the same stages and resume each other's
+    checkpoints."""
     path = Path(work_dir) / name
     key = str(Path(work_dir).resolve() / name)
     held = _locks.get(key)
@@ -285,7 +290,7 @@ class Stage:
         if rank() == 0:  # one lock per run: the other ranks of a torchrun share rank 0's
             try:
                 prepare_work_dir(self.work_dir)
-                lock_work_dir(self.work_dir, lock_name(shard))
+                lock_work_dir(self.work_dir, lock_name(shard, self.variant))
             except InputError as e:
                 error = e
         agree(error)  # every rank stops when rank 0 cannot have the work dir

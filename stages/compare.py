@@ -157,11 +157,10 @@ def run_all(jobs_by_dir, until, jobs=1, force=False):
             print(f"== compare: run {d} ==", flush=True)
             run_pipeline(cfg, until, force)
         return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for f in [pool.submit(run_pipeline, cfg, until, force) for cfg in jobs_by_dir.values()]:
-            f.result()
+    from .jobs import run_side_by_side, threads_each
+    print(f"== compare: {len(jobs_by_dir)} runs, {jobs} at a time, {threads_each(jobs)} thread(s) each ==",
+          flush=True)
+    run_side_by_side(run_pipeline, [(cfg, until, force) for cfg in jobs_by_dir.values()], jobs)
 
 
 # ------------------------------------------------------------------------------------------ statistics

@@ -9,9 +9,11 @@ already finished with the same config, so a rerun resumes where the last one sto
 import time
 from pathlib import Path
 
+from psa_baseline.errors import InputError
+
 from . import (eval_cam, eval_seg, make_cam, make_crf, make_pseudo, make_seg, train_adv, train_aff, train_cam,
                train_seg)
-from .common import rank, solo
+from .common import launched_world_size, rank, solo
 from .report import results_path
 
 CAM_STAGES = (("train-adv", train_adv), ("train-cam", train_cam), ("make-cam", make_cam), ("eval-cam", eval_cam))
@@ -32,42 +34,77 @@ def add_arguments(p):
                    help="last stage group to run: cam (train-cam .. eval-cam), aff (also make-crf, "
                         "train-aff, make-pseudo, eval-seg) or seg (also DeepLabV3+: train-seg, "
                         "make-seg, eval-seg of its predictions; default: the whole pipeline)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="with --eader both: 2 runs the two variants side by side, each in its own process with "
+                        "half the threads; 1 one after the other. Default: 2 on a CPU with two or more threads, "
+                        "else 1 (stages/jobs.py says why)")
     p.add_argument("--check", action="store_true",
                    help="only the pre-flight check (psa-eader check): print the plan, exit 2 listing every problem")
 
 
-def run_variants(cfg, eader="off", force=False, log=print, until=DEFAULT_UNTIL):
+def variant_configs(cfg, eader):
     from .config import merge
-    variants = {"off": [False], "on": [True], "both": [False, True]}[eader]
-    stages = UNTIL[until]
-    for _, mod in stages:  # config errors of late stages show up now, not hours later
+    return [merge(cfg, {"eader": {"enabled": on}}) for on in {"off": [False], "on": [True], "both": [False, True]}[eader]]
+
+
+def default_jobs(cfg, eader, threads=None):
+    """--jobs when not given: the two variants side by side on a CPU that has a thread for each, outside
+    torchrun (whose ranks already share the work); one after the other elsewhere (a GPU holds one run)."""
+    import torch
+    from .common import launched_world_size
+    n = len(variant_configs(cfg, eader))
+    threads = torch.get_num_threads() if threads is None else threads
+    cpu = str(cfg["device"]).startswith("cpu")
+    return n if n > 1 and cpu and launched_world_size() <= 1 and threads >= n else 1
+
+
+def prepare(cfg, vcfgs, until, log=print):
+    """Before any stage runs: every planned stage's config check and weights keys (errors of late stages
+    or of the EADER variant show now, not hours later), then the demo's pre-trained weights."""
+    from .builders import require_weights
+    for _, mod in UNTIL[until]:
         if hasattr(mod, "check_config"):
             mod.check_config(cfg)
-    from .builders import require_weights
-    for enabled in variants:  # so do null weights keys (e.g. seg_train.encoder_weights for train-seg)
-        for name, _ in stages:
-            require_weights(merge(cfg, {"eader": {"enabled": enabled}}), name)
-    from .builders import require_weights
-    for enabled in variants:  # a null weights key of the EADER variant stops now, not after the baseline
-        for name, _ in stages:
-            require_weights(merge(cfg, {"eader": {"enabled": enabled}}), name)
+    for vcfg in vcfgs:  # e.g. a null seg_train.encoder_weights stops now, not after the baseline
+        for name, _ in UNTIL[until]:
+            require_weights(vcfg, name)
     from demo import pretrain
     if pretrain.named_in(cfg):  # the demo's stand-in for ImageNet: verified, made once if absent
         with solo() as lead:
             if lead:
                 pretrain.ensure(say=log)
-    for enabled in variants:
-        vcfg = merge(cfg, {"eader": {"enabled": enabled}})
-        for name, mod in stages:
-            if hasattr(mod, "enabled") and not mod.enabled(vcfg):  # e.g. train-adv: EADER only, optional
-                continue
-            log(f"== {name} [{'eader' if enabled else 'baseline'}] ==")
-            if name in ALONE:
-                with solo() as lead:
-                    if lead:
-                        mod.run(vcfg, force=force)
-            else:
-                mod.run(vcfg, force=force)
+
+
+def run_variant(vcfg, until=DEFAULT_UNTIL, force=False, log=print):
+    """Every stage up to `until` for one variant's config."""
+    for name, mod in UNTIL[until]:
+        if hasattr(mod, "enabled") and not mod.enabled(vcfg):  # e.g. train-adv: EADER only, optional
+            continue
+        log(f"== {name} [{'eader' if vcfg['eader']['enabled'] else 'baseline'}] ==")
+        if name in ALONE:
+            with solo() as lead:
+                if lead:
+                    mod.run(vcfg, force=force)
+        else:
+            mod.run(vcfg, force=force)
+
+
+def _run_variant_printing(vcfg, until, force):  # top-level, for a process pool
+    run_variant(vcfg, until, force, log=lambda m: print(m, flush=True))
+
+
+def run_variants(cfg, eader="off", force=False, log=print, until=DEFAULT_UNTIL, jobs=1):
+    """The stages of each variant: one after the other, or (jobs > 1, several variants) side by side."""
+    vcfgs = variant_configs(cfg, eader)
+    prepare(cfg, vcfgs, until, log)
+    if jobs > 1 and len(vcfgs) > 1:
+        from .jobs import run_side_by_side, threads_each
+        log(f"== baseline and EADER side by side: {len(vcfgs)} processes, {threads_each(jobs)} thread(s) each "
+            f"(--jobs 1 runs them one after the other) ==")
+        run_side_by_side(_run_variant_printing, [(v, until, force) for v in vcfgs], jobs)
+        return
+    for vcfg in vcfgs:
+        run_variant(vcfg, until, force, log)
 
 
 def main(args):
@@ -76,6 +113,12 @@ def main(args):
     if args.config is None:
         args.config = "demo"
     cfg = config_from_args(args)
+    jobs = default_jobs(cfg, args.eader) if args.jobs is None else args.jobs
+    if jobs < 1:
+        raise InputError(f"--jobs must be at least 1, got {jobs}")
+    if jobs > 1 and launched_world_size() > 1:
+        raise InputError("--jobs runs variants in processes of their own; under torchrun (--nproc) the ranks "
+                         "already share each stage: leave --jobs out")
     if args.check:
         from .check import run_check
         return run_check(cfg, args.eader, args.until, out=lambda m: print(m, flush=True))
@@ -87,7 +130,7 @@ def main(args):
                 demo_data.ensure(cfg, log=lambda m: print(m, flush=True))
     lead = rank() == 0
     run_variants(cfg, args.eader, force=args.force, log=lambda m: print(m, flush=True) if lead else None,
-                 until=args.until)
+                 until=args.until, jobs=jobs)
     if not lead:
         return
     report = Path(cfg["work_dir"]) / "report.md"

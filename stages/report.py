@@ -1,4 +1,5 @@
 """results.json (all variants, machine-readable) and report.md (the paper's tables) in the work dir."""
+import fcntl
 import json
 from pathlib import Path
 
@@ -32,13 +33,16 @@ def load_results(work_dir):
 
 
 def update_results(work_dir, variant, key, metrics, meta=None):
-    """Set results[variant][key] = metrics and rewrite report.md."""
-    res = load_results(work_dir)
-    res.setdefault(variant, {})[key] = metrics
-    if meta:
-        res[variant].setdefault("meta", {}).update(meta)
-    write_json(results_path(work_dir), res)
-    write_report(work_dir, res)
+    """Set results[variant][key] = metrics and rewrite report.md. Under a lock (<work>/.results.lock):
+    variants that run side by side both update these files, and neither may drop the other's entry."""
+    with open(Path(work_dir) / ".results.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        res = load_results(work_dir)
+        res.setdefault(variant, {})[key] = metrics
+        if meta:
+            res[variant].setdefault("meta", {}).update(meta)
+        write_json(results_path(work_dir), res)
+        write_report(work_dir, res)
     return res
 
 

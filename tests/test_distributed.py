@@ -194,10 +194,10 @@ def _locked_stage(rank, world, port, root, work, out):
 
 
 def test_a_locked_work_dir_stops_every_rank(demo_root, tmp_path):
-    from stages.common import lock_work_dir
+    from stages.common import lock_name, lock_work_dir
     work = tmp_path / "w"
     work.mkdir()
-    lock_work_dir(work)  # this test process is "another run"
+    lock_work_dir(work, lock_name(variant="baseline"))  # this test process is "another run" of the baseline
     spawn(_locked_stage, 2, str(demo_root), str(work), str(tmp_path))
     for r in (0, 1):
         assert "in use by another psa-eader run" in (tmp_path / f"refused.{r}").read_text()

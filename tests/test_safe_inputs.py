@@ -3,6 +3,8 @@ two runs on one work dir, file modes, progress output, paths."""
 import os
 import stat
 
+import pytest
+
 from conftest import ROOT
 
 
@@ -242,12 +244,13 @@ def _train_cam_cli(demo_root, work, *extra):
 def test_a_second_run_on_a_locked_work_dir_stops_at_once(demo_root, tmp_path, capsys):
     import subprocess
     import sys
-    from stages.common import LOCK_NAME
+    from stages.common import lock_name
     work = tmp_path / "work"
     work.mkdir()
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[2]); from stages.common import "
-         "lock_work_dir; lock_work_dir(sys.argv[1]); print('held', flush=True); sys.stdin.read()",
+         "lock_name, lock_work_dir; lock_work_dir(sys.argv[1], lock_name(variant='baseline')); "
+         "print('held', flush=True); sys.stdin.read()",
          str(work), str(ROOT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -259,7 +262,31 @@ def test_a_second_run_on_a_locked_work_dir_stops_at_once(demo_root, tmp_path, ca
         holder.kill()  # like a crash: the kernel releases the lock
         holder.wait()
     assert _train_cam_cli(demo_root, work) == 0
-    assert f"pid {os.getpid()}" in (work / LOCK_NAME).read_text()
+    assert f"pid {os.getpid()}" in (work / lock_name(variant="baseline")).read_text()
+
+
+def test_the_variants_of_a_work_dir_lock_apart(tmp_path):
+    """Baseline and EADER write folders of their own and may run side by side (pipeline --jobs 2); a
+    second run of the same variant may not. A variant name cannot reach outside the work dir."""
+    import subprocess
+    import sys
+    from psa_baseline.errors import InputError
+    from stages.common import lock_name, lock_work_dir
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[2]); from stages.common import "
+         "lock_name, lock_work_dir; lock_work_dir(sys.argv[1], lock_name(variant='baseline')); "
+         "print('held', flush=True); sys.stdin.read()",
+         str(tmp_path), str(ROOT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        lock_work_dir(tmp_path, lock_name(variant="eader"))  # the other variant: free
+        with pytest.raises(InputError, match="in use by another psa-eader run"):
+            lock_work_dir(tmp_path, lock_name(variant="baseline"))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert lock_name((1, 2), "eader") == ".psa-eader.eader.shard-1-of-2.lock"
+    assert "/" not in lock_name(variant="../x") and lock_name() == ".psa-eader.lock"
 
 
 def test_stages_of_one_process_share_its_lock(demo_root, tmp_path):

@@ -1,0 +1,71 @@
+"""pipeline --jobs: the baseline and EADER of one work dir side by side, each in a process of its own."""
+import json
+import multiprocessing
+
+import torch
+
+from conftest import tiny_cfg
+
+
+def test_side_by_side_gives_the_results_of_one_after_the_other(demo_root, tmp_path):
+    """Same weights and scores as the two variants run in turn at the same thread count; both land in the
+    shared results.json (each update under its lock)."""
+    from stages import pipeline
+    from stages.jobs import threads_each
+    threads = threads_each(2)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        pipeline.run_variants(tiny_cfg(demo_root, tmp_path / "seq"), "both", log=lambda m: None, until="cam", jobs=1)
+    finally:
+        torch.set_num_threads(old)
+    said = []
+    pipeline.run_variants(tiny_cfg(demo_root, tmp_path / "par"), "both", log=said.append, until="cam", jobs=2)
+    assert any("side by side: 2 processes" in m for m in said)
+    seq, par = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("seq", "par"))
+    assert sorted(par) == ["baseline", "eader"]
+    for v in ("baseline", "eader"):
+        assert par[v]["cam"]["miou"] == seq[v]["cam"]["miou"], v
+        a, b = (torch.load(tmp_path / d / v / "train_cam" / "cam_net.pth", weights_only=True) for d in ("seq", "par"))
+        assert all(torch.equal(a[k], b[k]) for k in a), v
+    for v in ("baseline", "eader"):  # the summary names both
+        assert f"| {v} |" in (tmp_path / "par" / "report.md").read_text()
+
+
+def test_a_failing_variant_stops_the_command_after_the_other_has_finished(demo_root, tmp_path):
+    import pytest
+    from psa_baseline.errors import InputError
+    from stages import pipeline
+    cfg = tiny_cfg(demo_root, tmp_path / "w", **{"eader.adv_weights": str(tmp_path / "missing.pth")})
+    with pytest.raises(InputError, match="missing.pth"):
+        pipeline.run_variants(cfg, "both", log=lambda m: None, until="cam", jobs=2)
+    assert (tmp_path / "w" / "baseline" / "eval_cam" / "DONE.json").exists()
+
+
+def _update(work, variant, n):
+    from stages.report import update_results
+    for k in range(n):
+        update_results(work, variant, f"m{k}", {"miou": k})
+
+
+def test_concurrent_result_updates_keep_every_entry(tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_update, args=(str(tmp_path), v, 30)) for v in ("baseline", "eader")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+        assert p.exitcode == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert all(sorted(res[v]) == sorted(f"m{k}" for k in range(30)) for v in ("baseline", "eader"))
+
+
+def test_jobs_default_to_side_by_side_only_for_two_variants_on_a_cpu_with_the_threads(monkeypatch):
+    from stages import common, pipeline
+    cpu = {"device": "cpu", "eader": {"enabled": False}}
+    assert pipeline.default_jobs(cpu, "both", threads=2) == 2
+    assert pipeline.default_jobs(cpu, "both", threads=1) == 1
+    assert pipeline.default_jobs(cpu, "off", threads=8) == 1
+    assert pipeline.default_jobs({**cpu, "device": "cuda"}, "both", threads=8) == 1
+    monkeypatch.setattr(common, "launched_world_size", lambda: 2)  # under torchrun
+    assert pipeline.default_jobs(cpu, "both", threads=8) == 1
