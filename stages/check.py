@@ -40,6 +40,8 @@ def add_arguments(p):
     from .pipeline import DEFAULT_UNTIL, UNTIL
     p.add_argument("--until", choices=tuple(UNTIL), default=DEFAULT_UNTIL,
                    help=f"last stage group of the planned run, as for pipeline (default {DEFAULT_UNTIL})")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="variants side by side in the planned run, as for pipeline (default %(default)s)")
 
 
 class Findings:
@@ -407,9 +409,9 @@ def plan_lines(cfg, rows, need, free):
     return lines
 
 
-def run_check(cfg, eader="off", until=None, out=print):
-    """Check everything; print the plan and notes; raise InputError listing every problem. until: as for
-    pipeline (None: its default)."""
+def run_check(cfg, eader="off", until=None, out=print, jobs=1):
+    """Check everything; print the plan and notes; raise InputError listing every problem. until, jobs: as
+    for pipeline (None: its defaults)."""
     from .pipeline import DEFAULT_UNTIL
     until = until or DEFAULT_UNTIL
     f = Findings()
@@ -436,7 +438,7 @@ def run_check(cfg, eader="off", until=None, out=print):
     need, free = check_disk(cfg, rows, f)
     out("\n".join(plan_lines(cfg, rows, need, free)))
     from .costs import wall_time_lines
-    out("\n".join(wall_time_lines(cfg, plan, rows)))
+    out("\n".join(wall_time_lines(cfg, plan, rows, jobs)))
     for note in f.notes:
         out(f"note: {note}")
     if f.problems:
@@ -447,7 +449,7 @@ def run_check(cfg, eader="off", until=None, out=print):
 
 def main(args):
     from .cli import config_from_args
-    run_check(config_from_args(args), args.eader, args.until, out=lambda m: print(m, flush=True))
+    run_check(config_from_args(args), args.eader, args.until, out=lambda m: print(m, flush=True), jobs=args.jobs)
 
 
 if __name__ == "__main__":

@@ -57,7 +57,8 @@ def add_arguments(p):
     p.add_argument("--a-name", help="label of side A (default: from its overrides, e.g. baseline)")
     p.add_argument("--b-name", help="label of side B (default: from its overrides, e.g. eader)")
     p.add_argument("--collect-only", action="store_true", help="only read runs that already finished")
-    p.add_argument("--jobs", type=int, default=1, help="runs at a time, each in its own process (default 1)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs at a time, each in its own process with its share of the threads (default 1)")
     p.add_argument("--a-dirs", nargs="+", help="instead of running: finished work dirs of side A")
     p.add_argument("--b-dirs", nargs="+", help="finished work dirs of side B, paired with --a-dirs in order")
     p.add_argument("--a-variant", help="with --a-dirs: which variant of results.json (default: the only one, "

@@ -2,10 +2,10 @@
 
 Only settings that were measured have costs; a stage without one is named as such, not guessed.
   demo on the CPU: README, `time ./run_pipeline.sh --eader both` on the idle 2-core CPU (bf16 as
-    configs/demo.yaml, work/timing8): train-cam 100.1 s / 930 steps (EADER 279.4 s: 2.79x, its localizer
-    trains in both turns), make-cam 31.5 s / 650 images, make-crf 17.4 s / 500 images (2 workers),
-    train-aff 37.5 s / 186 steps, make-pseudo 28.0 s / 650 images, train-seg 136.1 s / 500 steps, make-seg
-    5.3 s / 150 images
+    configs/demo.yaml, work/timing11): train-cam 100.7 s / 930 steps (EADER 273.1 s: 2.71x, its localizer
+    trains in both turns), make-cam 29.3 s / 650 images, make-crf 16.1 s / 500 images (2 workers),
+    train-aff 86.6 s / 496 steps, make-pseudo 26.6 s / 650 images, train-seg 129.9 s / 500 steps, make-seg
+    4.9 s / 150 images; side by side (`--jobs 2`, work/timing10) in SIDE_BY_SIDE_COSTS below
   voc on one H200 (docs/gpu.md, scripts/gpu_check.sh: the paper's networks at random init on VOCmini's 200
     real VOC images, 16 CPU cores): a train-cam step (batch 16, crop 448) 0.175 s float32 / 0.088 s bf16, an
     EADER 200/200 cycle 0.83x / 1.00x of that; make-cam 0.088 s per image float32 / 0.071 s bf16 with 4 loader
@@ -20,27 +20,38 @@ NCCL with two GPUs has not run; docs/gpu.md).
 # (config name, device type) -> {stage: (seconds, per, bf16 or None)}; per is "step" or "image";
 # bf16 None: the cost does not depend on it; cycle: EADER's train-cam factor by bf16
 COSTS = {
-    ("demo", "cpu"): {"train-cam": {True: 100.1 / 930}, "make-cam": {True: 31.5 / 650},
-                      "make-crf": {None: 17.4 / 500}, "train-aff": {True: 37.5 / 186},
-                      "make-pseudo": {None: 28.0 / 650},
-                      "train-seg": {True: 136.1 / 500}, "make-seg": {True: 5.3 / 150}},
+    ("demo", "cpu"): {"train-cam": {True: 100.7 / 930}, "make-cam": {True: 29.3 / 650},
+                      "make-crf": {None: 16.1 / 500}, "train-aff": {True: 86.6 / 496},
+                      "make-pseudo": {None: 26.6 / 650},
+                      "train-seg": {True: 129.9 / 500}, "make-seg": {True: 4.9 / 150}},
     ("voc", "cuda"): {"train-cam": {False: 0.175, True: 0.088}, "make-cam": {False: 0.088, True: 0.071},
                       "make-crf": {None: 1 / 12.1}, "train-aff": {False: 0.121}, "make-pseudo": {None: 0.033},
                       "train-seg": {False: 0.088}, "make-seg": {False: 0.040}},
 }
+# The demo on the CPU with the two variants side by side, one thread each (pipeline --jobs 2; README,
+# `time ./run_pipeline.sh --eader both --jobs 2 --work-dir work/timing10 ...`, the config's 8 aff epochs):
+# the baseline's stages; EADER's train-cam took 427.9 s (2.84x), its other stages within 9% of these
+SIDE_BY_SIDE_COSTS = {
+    ("demo", "cpu"): {"train-cam": {True: 150.7 / 930}, "make-cam": {True: 39.1 / 650},
+                      "make-crf": {None: 26.2 / 500}, "train-aff": {True: 140.7 / 496},
+                      "make-pseudo": {None: 37.2 / 650},
+                      "train-seg": {True: 229.8 / 500}, "make-seg": {True: 7.5 / 150}},
+}
+SIDE_BY_SIDE_EADER_CYCLE = {("demo", "cpu"): {True: 427.9 / 150.7}}
 # voc: docs/gpu.md (200/200 cycle / baseline step); demo bf16: the README's pipeline run (EADER / baseline
 # train-cam seconds); demo float32: scripts/bench_eader.py --settings demo, cycle ratio before NHWC training
-EADER_CYCLE = {("voc", "cuda"): {False: 0.83, True: 1.00}, ("demo", "cpu"): {True: 2.79, False: 1.59}}
+EADER_CYCLE = {("voc", "cuda"): {False: 0.83, True: 1.00}, ("demo", "cpu"): {True: 273.1 / 100.7, False: 1.59}}
 MEASURED_CRF_WORKERS = {("demo", "cpu"): 2, ("voc", "cuda"): 8}
 TRAINING = {"train-cam": "cam_train", "train-aff": "aff_train", "train-adv": "adv_pretrain"}
 BF16_KEY = {"train-cam": ("cam_train", "bf16"), "make-cam": ("cam_infer", "bf16"), "train-aff": ("aff_train", "bf16"),
             "train-seg": ("seg_train", "bf16"), "make-seg": ("seg_train", "bf16")}
 
 
-def stage_seconds(cfg, vcfg, stage, images):
-    """Estimated seconds of `stage` over `images` images, or None when its cost was not measured here."""
+def stage_seconds(cfg, vcfg, stage, images, side_by_side=False):
+    """Estimated seconds of `stage` over `images` images, or None when its cost was not measured here.
+    side_by_side: the variants run at once, each process with its share of the threads (pipeline --jobs)."""
     key = (cfg["name"], str(cfg["device"]).split(":")[0])
-    by_bf16 = COSTS.get(key, {}).get(stage)
+    by_bf16 = (SIDE_BY_SIDE_COSTS if side_by_side else COSTS).get(key, {}).get(stage)
     if not by_bf16:
         return None
     bf16 = bool(vcfg[BF16_KEY[stage][0]][BF16_KEY[stage][1]]) if stage in BF16_KEY else None
@@ -53,7 +64,7 @@ def stage_seconds(cfg, vcfg, stage, images):
         t = vcfg[TRAINING[stage]]
         steps = images // t["batch_size"] * t["epochs"]
         if stage == "train-cam" and vcfg["eader"]["enabled"]:
-            factor = EADER_CYCLE.get(key, {}).get(bf16)
+            factor = (SIDE_BY_SIDE_EADER_CYCLE if side_by_side else EADER_CYCLE).get(key, {}).get(bf16)
             if factor is None:
                 return None
             cost *= factor
@@ -67,12 +78,17 @@ def human_seconds(s):
     return f"{s / 3600:.1f} h" if s >= 5400 else f"{s / 60:.0f} min" if s >= 90 else f"{s:.0f} s"
 
 
-def wall_time_lines(cfg, plan, rows):
+def wall_time_lines(cfg, plan, rows, jobs=1):
     """Lines for the check's output: estimated time per planned stage from the measured costs.
-    plan: [(variant config, stage, module)]; rows: [(variant, stage, images, bytes)] in the same order."""
+    plan: [(variant config, stage, module)]; rows: [(variant, stage, images, bytes)] in the same order.
+    jobs > 1 with several variants: they run side by side, and the longest one sets the wall time."""
+    key = (cfg["name"], str(cfg["device"]).split(":")[0])
+    variants = list(dict.fromkeys(r[0] for r in rows))
+    side = jobs > 1 and len(variants) > 1
+    measured_side = side and key in SIDE_BY_SIDE_COSTS
     known, unknown = [], []
     for (vcfg, name, _), (variant, _, images, _) in zip(plan, rows):
-        s = stage_seconds(cfg, vcfg, name, images)
+        s = stage_seconds(cfg, vcfg, name, images, side_by_side=measured_side)
         if s is None:
             if not name.startswith("eval-"):  # scoring takes seconds to minutes
                 unknown.append(f"{variant} {name}")
@@ -81,8 +97,16 @@ def wall_time_lines(cfg, plan, rows):
     if not known:
         return [f"estimated wall time: no measured costs for config {cfg['name']} on {cfg['device']} "
                 "(stages/costs.py lists the measured settings)"]
-    lines = [f"estimated wall time on {cfg['device']} from measured costs (stages/costs.py; one process):"]
+    how = ("variants side by side, a process each" if measured_side else
+           "one process; side by side not measured here, so the sum is an upper bound" if side else "one process")
+    lines = [f"estimated wall time on {cfg['device']} from measured costs (stages/costs.py; {how}):"]
     lines += [f"  {variant:<10} {name:<12} {human_seconds(s):>8}" for variant, name, s in known]
-    total = sum(s for _, _, s in known)
-    lines.append(f"  total {human_seconds(total)}" + (f"; not measured: {', '.join(unknown)}" if unknown else ""))
+    per = {v: sum(s for w, _, s in known if w == v) for v in variants}
+    if measured_side:
+        longest = max(per, key=per.get)
+        total = f"total {human_seconds(per[longest])} (the longest variant, {longest}; " + \
+                ", ".join(f"{v} {human_seconds(t)}" for v, t in per.items()) + ")"
+    else:
+        total = f"total {human_seconds(sum(per.values()))}"
+    lines.append(f"  {total}" + (f"; not measured: {', '.join(unknown)}" if unknown else ""))
     return lines

@@ -34,10 +34,10 @@ def add_arguments(p):
                    help="last stage group to run: cam (train-cam .. eval-cam), aff (also make-crf, "
                         "train-aff, make-pseudo, eval-seg) or seg (also DeepLabV3+: train-seg, "
                         "make-seg, eval-seg of its predictions; default: the whole pipeline)")
-    p.add_argument("--jobs", type=int, default=None,
-                   help="with --eader both: 2 runs the two variants side by side, each in its own process with "
-                        "half the threads; 1 one after the other. Default: 2 on a CPU with two or more threads, "
-                        "else 1 (stages/jobs.py says why)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="with --eader both: 2 runs the two variants side by side, each in a process of its own "
+                        "with half the threads (a CPU option: faster, but a variant's numbers then come from "
+                        "fewer threads than when it runs alone; stages/jobs.py); default 1, one after the other")
     p.add_argument("--check", action="store_true",
                    help="only the pre-flight check (psa-eader check): print the plan, exit 2 listing every problem")
 
@@ -45,17 +45,6 @@ def add_arguments(p):
 def variant_configs(cfg, eader):
     from .config import merge
     return [merge(cfg, {"eader": {"enabled": on}}) for on in {"off": [False], "on": [True], "both": [False, True]}[eader]]
-
-
-def default_jobs(cfg, eader, threads=None):
-    """--jobs when not given: the two variants side by side on a CPU that has a thread for each, outside
-    torchrun (whose ranks already share the work); one after the other elsewhere (a GPU holds one run)."""
-    import torch
-    from .common import launched_world_size
-    n = len(variant_configs(cfg, eader))
-    threads = torch.get_num_threads() if threads is None else threads
-    cpu = str(cfg["device"]).startswith("cpu")
-    return n if n > 1 and cpu and launched_world_size() <= 1 and threads >= n else 1
 
 
 def prepare(cfg, vcfgs, until, log=print):
@@ -113,7 +102,7 @@ def main(args):
     if args.config is None:
         args.config = "demo"
     cfg = config_from_args(args)
-    jobs = default_jobs(cfg, args.eader) if args.jobs is None else args.jobs
+    jobs = args.jobs
     if jobs < 1:
         raise InputError(f"--jobs must be at least 1, got {jobs}")
     if jobs > 1 and launched_world_size() > 1:
@@ -121,7 +110,7 @@ def main(args):
                          "already share each stage: leave --jobs out")
     if args.check:
         from .check import run_check
-        return run_check(cfg, args.eader, args.until, out=lambda m: print(m, flush=True))
+        return run_check(cfg, args.eader, args.until, out=lambda m: print(m, flush=True), jobs=jobs)
     t0 = time.time()
     if cfg["name"] == "demo":
         with solo() as lead:  # one rank writes the data; the others wait for it

@@ -382,6 +382,13 @@ def test_progress_is_a_bar_on_a_terminal_and_lines_in_a_file(monkeypatch, caplog
     assert not [r for r in caplog.records if r.name == "psa_baseline.progress"]
     assert list(with_progress(range(3), "quiet", enabled=False)) == [0, 1, 2]
     assert "quiet" not in term.buf.getvalue()
+    # processes sharing one terminal (pipeline --jobs 2) print lines, not bars that overwrite each other
+    from psa_baseline import progress
+    monkeypatch.setattr(progress, "BARS", False)
+    caplog.clear()
+    assert list(with_progress(range(5), "shared")) == list(range(5))
+    assert "\rshared" not in term.buf.getvalue()  # no bar (tqdm redraws start with \r and the description)
+    assert [r for r in caplog.records if r.getMessage().startswith("shared: 5/5")]
 
 
 def test_training_loop_draws_its_bar_only_on_a_terminal(monkeypatch, capsys):
@@ -414,3 +421,20 @@ def test_training_loop_draws_its_bar_only_on_a_terminal(monkeypatch, capsys):
     monkeypatch.setattr(sys, "stderr", term)
     train(8)
     assert "toy" in term.buf.getvalue()
+
+
+def test_make_cam_names_a_missing_corrupt_or_foreign_cam_net(demo_root, tmp_path):
+    import torch
+    from psa_baseline.errors import InputError
+    from stages.make_cam import load_cam_net
+    from conftest import tiny_cfg
+    cfg = tiny_cfg(demo_root, tmp_path / "w")
+    path = tmp_path / "cam_net.pth"
+    with pytest.raises(InputError, match="does not exist: run train-cam"):
+        load_cam_net(cfg, path, "cpu")
+    path.write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(InputError, match="cannot be read as weights.*--force"):
+        load_cam_net(cfg, path, "cpu")
+    torch.save({"conv.weight": torch.zeros(1)}, path)
+    with pytest.raises(InputError, match="does not fit the CAM net of this config"):
+        load_cam_net(cfg, path, "cpu")

@@ -58,14 +58,3 @@ def test_concurrent_result_updates_keep_every_entry(tmp_path):
         assert p.exitcode == 0
     res = json.loads((tmp_path / "results.json").read_text())
     assert all(sorted(res[v]) == sorted(f"m{k}" for k in range(30)) for v in ("baseline", "eader"))
-
-
-def test_jobs_default_to_side_by_side_only_for_two_variants_on_a_cpu_with_the_threads(monkeypatch):
-    from stages import common, pipeline
-    cpu = {"device": "cpu", "eader": {"enabled": False}}
-    assert pipeline.default_jobs(cpu, "both", threads=2) == 2
-    assert pipeline.default_jobs(cpu, "both", threads=1) == 1
-    assert pipeline.default_jobs(cpu, "off", threads=8) == 1
-    assert pipeline.default_jobs({**cpu, "device": "cuda"}, "both", threads=8) == 1
-    monkeypatch.setattr(common, "launched_world_size", lambda: 2)  # under torchrun
-    assert pipeline.default_jobs(cpu, "both", threads=8) == 1
