@@ -2,6 +2,7 @@
 import json
 import multiprocessing
 
+import pytest
 import torch
 
 from conftest import tiny_cfg
@@ -33,7 +34,6 @@ def test_side_by_side_gives_the_results_of_one_after_the_other(demo_root, tmp_pa
 
 
 def test_a_failing_variant_stops_the_command_after_the_other_has_finished(demo_root, tmp_path):
-    import pytest
     from psa_baseline.errors import InputError
     from stages import pipeline
     cfg = tiny_cfg(demo_root, tmp_path / "w", **{"eader.adv_weights": str(tmp_path / "missing.pth")})
@@ -58,3 +58,49 @@ def test_concurrent_result_updates_keep_every_entry(tmp_path):
         assert p.exitcode == 0
     res = json.loads((tmp_path / "results.json").read_text())
     assert all(sorted(res[v]) == sorted(f"m{k}" for k in range(30)) for v in ("baseline", "eader"))
+
+
+def test_ctrl_c_stops_both_variants_with_the_resume_hint(demo_root, tmp_path):
+    """Ctrl-C (SIGINT to the terminal's process group) while the two variants train side by side: the
+    command ends with 130 and the resume hint, and no process of it is left."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from conftest import ROOT
+    over = ["net.width=0.0625", "net.blocks=[1,1,1,1]", "cam_train.batch_size=4", "cam_train.epochs=40",
+            "cam_train.crop=64", "cam_train.resize_long=[56,80]", "adv_pretrain.epochs=0", "net.weights=random",
+            "eader.adv_weights=random", "cam_train.log_every=5"]
+    cmd = [sys.executable, "-m", "stages.cli", "pipeline", "--config", "demo", "--voc-root", str(demo_root),
+           "--work-dir", str(tmp_path / "w"), "--eader", "both", "--jobs", "2", "--until", "cam", *over]
+    out = open(tmp_path / "out.txt", "w")
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.time() + 120
+        while not all(f"psa.{v}.train_cam] step" in (tmp_path / "out.txt").read_text() for v in ("baseline", "eader")):
+            assert p.poll() is None and time.time() < deadline, (tmp_path / "out.txt").read_text()[-3000:]
+            time.sleep(0.5)
+        os.killpg(p.pid, signal.SIGINT)
+        assert p.wait(timeout=60) == 130
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    text = (tmp_path / "out.txt").read_text()
+    assert "interrupted; rerun the same command to resume" in text
+    time.sleep(1)
+    assert _live_in_group(p.pid) == []  # no variant process left behind (zombies aside: not ours to reap)
+
+
+def _live_in_group(pgid):
+    import os
+    live = []
+    for d in os.listdir("/proc"):
+        try:
+            fields = open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":  # after the name: state, ppid, pgrp
+            live.append(int(d))
+    return live
