@@ -87,11 +87,16 @@ def split_pairs(aff, gt, radius=5, oracle=None):
     return aff[valid & same].numpy(), aff[valid & ~same].numpy()
 
 
-def separation(same, diff):
-    """Pair separation over images from split_pairs' lists: AUC, mean affinities, pair counts."""
+def separation(same, diff, beta=8):
+    """Pair separation over images from split_pairs' lists: AUC, mean affinities, pair counts, and the
+    mean of affinity ** beta (the walk's weights before normalising) of each kind with their ratio: the AUC
+    is blind to scale, the walk is not (its leak across a border grows with the cross-segment weight)."""
     same, diff = np.concatenate(same), np.concatenate(diff)
+    sb, db = float((same.astype(np.float64) ** beta).mean()), float((diff.astype(np.float64) ** beta).mean())
     return {"auc": round(pair_auc(same, diff), 4), "mean_same": round(float(same.mean()), 4),
-            "mean_different": round(float(diff.mean()), 4), "pairs_same": len(same), "pairs_different": len(diff)}
+            "mean_different": round(float(diff.mean()), 4), "pairs_same": len(same), "pairs_different": len(diff),
+            "beta": beta, "mean_same_beta": round(sb, 6), "mean_different_beta": round(db, 6),
+            "beta_ratio": round(sb / db, 3) if db > 0 else None}
 
 
 def label_pair_precision(label, gt, radius=5):
@@ -134,6 +139,8 @@ def main(argv=None):
     p.add_argument("--ts", type=int, nargs="+", default=[8, 32, 64, 256])
     p.add_argument("--alphas", type=float, nargs="+", default=[4, 8, 16])
     p.add_argument("--beta", type=float, default=8)
+    p.add_argument("--cam-dir", help="walk these CAMs (<id>.npy) instead of the variant's own make_cam/cams, e.g. "
+                   "another variant's, to tell the CAMs' share of a difference from the AffinityNet's")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -142,6 +149,7 @@ def main(argv=None):
     ids = split_ids(cfg, args.split)[:args.n]
     labels = labels_for(cfg, root, ids)
     run = Path(args.work_dir) / args.variant
+    cam_dir = Path(args.cam_dir) if args.cam_dir else run / "make_cam" / "cams"
     net = load_aff_net(cfg, run / "train_aff" / "aff_net.pth", "cpu")
     rw_alpha = cfg["rw"]["alpha"]
     rows = {}
@@ -152,7 +160,7 @@ def main(argv=None):
 
     for i in ids:
         img, gt = root.read_image(i), root.read_seg(i)
-        cams = load_cam_dict(run / "make_cam" / "cams" / f"{i}.npy", img.shape[:2], labels[i])
+        cams = load_cam_dict(cam_dir / f"{i}.npy", img.shape[:2], labels[i])
         keys = sorted(cams)
         ident = np.asarray([0] + [k + 1 for k in keys], np.uint8)
         stack = np.stack([cams[k] for k in keys])
@@ -175,9 +183,9 @@ def main(argv=None):
                 pred = propagate_cams(cams, aff, img.shape[:2], alpha_bg=rw_alpha, beta=args.beta, t=t,
                                       psa_crop=crop, name=i)
                 score(f"{name}, t {t}", pred, i, gt)
-    report = {"run": str(run), "n_images": len(ids), "rw_alpha": rw_alpha, "beta": args.beta,
+    report = {"run": str(run), "cams": str(cam_dir), "n_images": len(ids), "rw_alpha": rw_alpha, "beta": args.beta,
               "rows": {k: v.result() for k, v in rows.items()},
-              "affinity_separation": separation(same_aff, diff_aff)}
+              "affinity_separation": separation(same_aff, diff_aff, args.beta)}
     crf = run / "make_crf"
     if crf.is_dir():  # confident regions of the CRF labels on train images (AffinityNet's training labels)
         tr = split_ids(cfg, cfg["crf"]["list"])[:args.n]
@@ -206,6 +214,8 @@ def main(argv=None):
                                 "object_pixels_in_ha_background": round(100 * obj_in_bg / max(obj_n, 1), 2),
                                 "positive_pair_precision": round(100 * pairs[1] / max(pairs[0], 1), 2),
                                 "negative_pair_precision": round(100 * pairs[3] / max(pairs[2], 1), 2),
+                                # of the labelled pairs, the share AffinityNet is taught to pull apart
+                                "negative_pair_share": round(100 * pairs[2] / max(pairs[0] + pairs[2], 1), 2),
                                 "images": len(tr)}
     write_json(args.out, report)
     print(json.dumps(report, indent=1))

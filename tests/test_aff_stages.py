@@ -121,6 +121,33 @@ def test_aff_stages_end_to_end_after_the_cam_stage(demo_root, tmp_path):
     pipeline.run_variants(cfg, log=lambda m: None, until="aff")
     pipeline.run_variants(cfg, log=lambda m: None, until="cam")
     assert [p.stat().st_mtime_ns for p in done] == mtimes
+    # scripts/rw_diagnose.py on this run: its walk is make-pseudo's; --cam-dir walks other CAMs with the same
+    # AffinityNet (how docs/demo_v6.md 6.1 swaps the variants' CAMs)
+    import importlib.util
+    import yaml
+    spec = importlib.util.spec_from_file_location("rw_diagnose", Path(__file__).parents[1] / "scripts" / "rw_diagnose.py")
+    rwd = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rwd)
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump({k: v for k, v in cfg.items() if k not in ("voc_root", "work_dir")}))
+    runs = {}
+    for name, extra in (("own", []), ("own-dir", ["--cam-dir", str(base / "make_cam/cams")]),
+                        ("shifted", ["--cam-dir", str(_shifted_cams(base / "make_cam/cams", tmp_path / "shifted"))])):
+        out = tmp_path / f"rwd_{name}.json"
+        rwd.main(["--config", str(tmp_path / "tiny.yaml"), "--work-dir", str(work), "--voc-root", str(demo_root),
+                  "--n", "8", "--ts", "8", "--alphas", "16", "--out", str(out), *extra])
+        runs[name] = json.loads(out.read_text())
+    assert runs["own"]["rows"] == runs["own-dir"]["rows"]
+    assert runs["shifted"]["rows"]["no walk, alpha 16"] != runs["own"]["rows"]["no walk, alpha 16"]
+    assert runs["shifted"]["affinity_separation"] == runs["own"]["affinity_separation"]  # same AffinityNet
+
+
+def _shifted_cams(src, dst):
+    """The CAMs rolled sideways by a third of the width: other CAMs for the same images and classes."""
+    dst.mkdir()
+    for f in sorted(src.glob("*.npy")):
+        d = _load(f)
+        np.save(dst / f.name, {k: np.roll(v, v.shape[1] // 3, axis=1) for k, v in d.items()})
+    return dst
 
 
 def test_walk_scores_gives_the_labels_of_propagate_cams():

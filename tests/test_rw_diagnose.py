@@ -27,6 +27,17 @@ def test_pair_auc_counts_ordered_pairs_and_half_ties():
     assert auc([], [0.1]) is None
 
 
+def test_separation_sees_the_scale_that_the_auc_does_not():
+    """Two affinity sets with the same ranking (AUC 1) but another scale: the walk's weights (affinity **
+    beta) separate the kinds by 2^8 in one and (1.5/1.25)^8 in the other."""
+    sep = _script().separation
+    a = sep([np.array([0.8, 0.8])], [np.array([0.4])], beta=8)
+    b = sep([np.array([0.6, 0.6])], [np.array([0.5])], beta=8)
+    assert a["auc"] == b["auc"] == 1.0
+    assert a["beta_ratio"] == pytest.approx(2.0 ** 8) and b["beta_ratio"] == pytest.approx(1.2 ** 8, rel=1e-3)
+    assert a["mean_same_beta"] == pytest.approx(0.8 ** 8, abs=1e-6) and a["pairs_same"] == 2
+
+
 def _count_pairs(label_grid, gt_grid, radius=5):
     """Pair counts by brute force over PSA's pair set (origins not within radius - 1 of left/right/bottom)."""
     h, w = label_grid.shape
