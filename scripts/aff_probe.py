@@ -9,6 +9,8 @@ For a finished run (make-cam and make-crf done) it trains an AffinityNet exactly
                    not that class (fg-fixed: la's class scores set to 0 there, so la says background and
                    the pixel is ignored unless ha trusts it as background): which error costs the walk more,
   --optimizer adam with Adam (same lrs, poly decay) instead of PSA's SGD (the optimiser's share),
+  --la-from / --ha-from DIR  la (or ha) from another run's make_crf folder, e.g. the other variant's, to
+                   tell which of the two label sets makes a difference between two AffinityNets,
 then scores it on the val images as scripts/rw_diagnose.py does: pair separation against ground-truth
 pairs (AUC, mean affinity of same / different pairs) and walk mIoU / recall for each t. Nothing is written
 to the run; the result goes to --out.
@@ -75,13 +77,25 @@ def fixed_crf_dict(root, which):
     return fixed
 
 
-def train(cfg, run, labels, optimizer, log_every=25):
+def crf_from(la_from, ha_from):
+    """train_aff.load_crf_dict reading la and/or ha from other make_crf folders (same ids, same images)."""
+    load = train_aff.load_crf_dict
+
+    def other(path, shape, img_id):
+        src = {LA: la_from, HA: ha_from}.get(Path(path).parent.name)
+        return load(Path(src) / Path(path).parent.name / Path(path).name if src else path, shape, img_id)
+    return other
+
+
+def train(cfg, run, labels, optimizer, log_every=25, la_from=None, ha_from=None):
     t = cfg["aff_train"]
     root = voc_root(cfg)
     if labels == "gt":
         train_aff.load_crf_dict = gt_crf_dict(root)
     elif labels.startswith("crf-"):
         train_aff.load_crf_dict = fixed_crf_dict(root, labels.split("-")[1])
+    if la_from or ha_from:
+        train_aff.load_crf_dict = crf_from(la_from, ha_from)
     ids = split_ids(cfg, cfg["crf"]["list"])
     ds = train_aff.AffTrainDataset(root, ids, run / "make_crf", t["crop"], jitter=t["color_jitter"],
                                    seed=cfg["seed"])
@@ -152,6 +166,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=None, help="the run's seed (default: the config's)")
     p.add_argument("--labels", choices=["crf", "gt", "crf-bg-fixed", "crf-fg-fixed"], default="crf")
     p.add_argument("--optimizer", choices=["psa", "adam"], default="psa")
+    p.add_argument("--la-from", help="another run's make_crf folder to take la (crf_la/) from")
+    p.add_argument("--ha-from", help="another run's make_crf folder to take ha (crf_ha/) from")
     p.add_argument("--ts", type=int, nargs="+", default=[8, 32, 256])
     p.add_argument("--beta", type=float, default=8)
     p.add_argument("--n", type=int, default=150, help="val images scored")
@@ -166,8 +182,11 @@ def main(argv=None):
     cfg = load_config(args.config, over + list(args.overrides))
     train_aff.check_config(cfg)
     run = Path(args.work_dir) / args.variant
-    net, steps, last, secs = train(cfg, run, args.labels, args.optimizer)
-    report = {"run": str(run), "labels": args.labels, "optimizer": args.optimizer, "overrides": args.overrides,
+    if (args.la_from or args.ha_from) and args.labels != "crf":
+        p.error("--la-from / --ha-from take the CRF labels of another run: use them with --labels crf")
+    net, steps, last, secs = train(cfg, run, args.labels, args.optimizer, la_from=args.la_from, ha_from=args.ha_from)
+    report = {"run": str(run), "labels": args.labels, "la_from": args.la_from, "ha_from": args.ha_from,
+              "optimizer": args.optimizer, "overrides": args.overrides,
               "seed": cfg["seed"], "steps": steps, "train_seconds": round(secs),
               "last_loss": dict(zip(("loss", "bg", "fg", "neg"), np.round(last, 3).tolist())),
               **score(cfg, net, run, args.ts, args.n, args.beta)}

@@ -110,3 +110,20 @@ def test_aff_probe_removes_one_kind_of_crf_label_error():
     want_cls = cls.copy()
     want_cls[1, 1] = 0
     assert np.array_equal(la[5], want_cls) and np.array_equal(la[0], bg)
+
+
+def test_aff_probe_takes_la_or_ha_from_another_run():
+    spec = importlib.util.spec_from_file_location("aff_probe", ROOT / "scripts" / "aff_probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    from stages import train_aff
+    seen = []
+    old = train_aff.load_crf_dict
+    train_aff.load_crf_dict = lambda path, shape, img_id: seen.append(str(path)) or {0: np.zeros(shape)}
+    try:
+        load = probe.crf_from("other/make_crf", None)  # la from the other run, ha from this one
+        load("run/make_crf/crf_la/x.npy", (2, 2), "x")
+        load("run/make_crf/crf_ha/x.npy", (2, 2), "x")
+    finally:
+        train_aff.load_crf_dict = old
+    assert seen == ["other/make_crf/crf_la/x.npy", "run/make_crf/crf_ha/x.npy"]
