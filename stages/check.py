@@ -410,8 +410,8 @@ def plan_lines(cfg, rows, need, free):
 
 
 def run_check(cfg, eader="off", until=None, out=print, jobs=1):
-    """Check everything; print the plan and notes; raise InputError listing every problem. until, jobs: as
-    for pipeline (None: its defaults)."""
+    """Check everything; print the plan and notes; raise InputError listing every problem. until: as for
+    pipeline (None: its default); jobs: as pipeline --jobs, for the wall-time estimate."""
     from .pipeline import DEFAULT_UNTIL
     until = until or DEFAULT_UNTIL
     f = Findings()

@@ -47,10 +47,15 @@ BF16_KEY = {"train-cam": ("cam_train", "bf16"), "make-cam": ("cam_infer", "bf16"
             "train-seg": ("seg_train", "bf16"), "make-seg": ("seg_train", "bf16")}
 
 
+def cost_key(cfg):
+    """(config name, device type): the setting the costs were measured in."""
+    return cfg["name"], str(cfg["device"]).split(":")[0]
+
+
 def stage_seconds(cfg, vcfg, stage, images, side_by_side=False):
     """Estimated seconds of `stage` over `images` images, or None when its cost was not measured here.
     side_by_side: the variants run at once, each process with its share of the threads (pipeline --jobs)."""
-    key = (cfg["name"], str(cfg["device"]).split(":")[0])
+    key = cost_key(cfg)
     by_bf16 = (SIDE_BY_SIDE_COSTS if side_by_side else COSTS).get(key, {}).get(stage)
     if not by_bf16:
         return None
@@ -82,7 +87,7 @@ def wall_time_lines(cfg, plan, rows, jobs=1):
     """Lines for the check's output: estimated time per planned stage from the measured costs.
     plan: [(variant config, stage, module)]; rows: [(variant, stage, images, bytes)] in the same order.
     jobs > 1 with several variants: they run side by side, and the longest one sets the wall time."""
-    key = (cfg["name"], str(cfg["device"]).split(":")[0])
+    key = cost_key(cfg)
     variants = list(dict.fromkeys(r[0] for r in rows))
     side = jobs > 1 and len(variants) > 1
     measured_side = side and key in SIDE_BY_SIDE_COSTS

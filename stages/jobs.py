@@ -47,4 +47,3 @@ def run_side_by_side(fn, calls, jobs):
                 errors.append(e)
     if errors:
         raise errors[0]
-    return threads

@@ -241,19 +241,25 @@ def _train_cam_cli(demo_root, work, *extra):
                  "cam_train.batch_size=4", "net.weights=random", *extra])
 
 
-def test_a_second_run_on_a_locked_work_dir_stops_at_once(demo_root, tmp_path, capsys):
+def _hold_lock(work, variant):
+    """Another process holding `variant`'s lock on `work` until killed (returns once it holds it)."""
     import subprocess
     import sys
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[2]); from stages.common import "
+         "lock_name, lock_work_dir; lock_work_dir(sys.argv[1], lock_name(variant=sys.argv[3])); "
+         "print('held', flush=True); sys.stdin.read()",
+         str(work), str(ROOT), variant], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_second_run_on_a_locked_work_dir_stops_at_once(demo_root, tmp_path, capsys):
     from stages.common import lock_name
     work = tmp_path / "work"
     work.mkdir()
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[2]); from stages.common import "
-         "lock_name, lock_work_dir; lock_work_dir(sys.argv[1], lock_name(variant='baseline')); "
-         "print('held', flush=True); sys.stdin.read()",
-         str(work), str(ROOT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    holder = _hold_lock(work, "baseline")
     try:
-        assert holder.stdout.readline().strip() == "held"
         rc = _train_cam_cli(demo_root, work)
         err = capsys.readouterr().err
         assert rc == 2 and "in use by another psa-eader run" in err and f"pid {holder.pid}" in err, err
@@ -268,17 +274,10 @@ def test_a_second_run_on_a_locked_work_dir_stops_at_once(demo_root, tmp_path, ca
 def test_the_variants_of_a_work_dir_lock_apart(tmp_path):
     """Baseline and EADER write folders of their own and may run side by side (pipeline --jobs 2); a
     second run of the same variant may not. A variant name cannot reach outside the work dir."""
-    import subprocess
-    import sys
     from psa_baseline.errors import InputError
     from stages.common import lock_name, lock_work_dir
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[2]); from stages.common import "
-         "lock_name, lock_work_dir; lock_work_dir(sys.argv[1], lock_name(variant='baseline')); "
-         "print('held', flush=True); sys.stdin.read()",
-         str(tmp_path), str(ROOT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    holder = _hold_lock(tmp_path, "baseline")
     try:
-        assert holder.stdout.readline().strip() == "held"
         lock_work_dir(tmp_path, lock_name(variant="eader"))  # the other variant: free
         with pytest.raises(InputError, match="in use by another psa-eader run"):
             lock_work_dir(tmp_path, lock_name(variant="baseline"))
