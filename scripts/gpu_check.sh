@@ -5,11 +5,11 @@
 #   segmentation_models_pytorch-0.6.0-py3-none-any.whl (`pip download --no-deps`), cam_infer_a7b10a1.py
 #   (`git show a7b10a1:psa_baseline/cam_infer.py`: make-cam's float32 path before the speed work).
 # Usage: OUT=dir scripts/gpu_check.sh   (DEV=cpu and EXTRA="key=value ..." for a dry run on a CPU; PARTS picks
-# parts by name: tests cam pipeline makecam pseudo eader eader_autocast seg nccl; UNTIL=cam stops the pipeline at
-# the CAMs).
+# parts by name: tests dist cam pipeline makecam pseudo eader eader_autocast seg nccl; UNTIL=cam stops the
+# pipeline at the CAMs).
 set -u
 OUT=${OUT:-work/gpu_check}; DEV=${DEV:-cuda}; EXTRA=${EXTRA:-}; PY=${PY:-python3}
-PARTS=${PARTS:-"tests cam pipeline makecam pseudo eader eader_autocast seg nccl"}
+PARTS=${PARTS:-"tests dist cam pipeline makecam pseudo eader eader_autocast seg nccl"}
 N_CAM=${N_CAM:-40}; N_PSEUDO=${N_PSEUDO:-30}; UNTIL=${UNTIL:-seg}
 mkdir -p "$OUT"
 # logs and data outside OUT (the device tool returns at most 8 files): OUT gets logs.tgz after every part
@@ -44,6 +44,8 @@ SHORT=(cam_train.epochs=2 cam_train.log_every=4 eader.phase_steps=4 aff_train.ep
 
 part tests 120 $PY -m pytest -q -p no:cacheprovider tests/test_random_walk.py tests/test_distributed.py \
     -k "gpu or sync_batchnorm_replaces"
+# the multi-process tests with two ranks on this device (on one GPU over gloo: NCCL refuses to share it)
+part dist 240 env PSA_TEST_DEVICE="$DEV" $PY -m pytest -q -p no:cacheprovider tests/test_distributed.py
 part cam 150 $PY scripts/bench_cam.py --config voc --voc-root "$V" --model random --device "$DEV" \
     --reference-file "$G/cam_infer_a7b10a1.py" --images "$N_CAM" --rounds 2 --threads 8 --set $EXTRA
 # the paper's config, shortened (random init: the figures are times and a working CUDA path, not mIoU)

@@ -78,20 +78,48 @@ def launched_world_size():
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+BACKEND_ENV = "PSA_EADER_DIST_BACKEND"
+
+
+def dist_backend(cuda):
+    """NCCL on CUDA, gloo on the CPU; PSA_EADER_DIST_BACKEND=gloo puts CUDA ranks on gloo, which lets several
+    ranks share one GPU (NCCL refuses that: "Duplicate GPU detected"): slower, for checking the multi-process
+    path on a one-GPU machine."""
+    name = os.environ.get(BACKEND_ENV, "").strip().lower() or ("nccl" if cuda else "gloo")
+    if name not in ("nccl", "gloo"):
+        raise InputError(f"{BACKEND_ENV}={name!r}: use nccl or gloo (or leave it unset)")
+    if name == "nccl" and not cuda:
+        raise InputError(f"{BACKEND_ENV}=nccl needs --device cuda: unset it for a CPU run")
+    return name
+
+
+def local_gpu():
+    """This rank's GPU: torchrun's LOCAL_RANK. With more ranks than GPUs only gloo can share them."""
+    local, count = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+    if local < count:
+        return local
+    if dist_backend(True) == "gloo":
+        return local % count
+    raise InputError(f"process {local} of this machine has no GPU of its own ({count} here): start at most "
+                     f"{count} processes per machine (--nproc {count}), or set {BACKEND_ENV}=gloo to share "
+                     "GPUs (slow; NCCL refuses two ranks on one GPU)")
+
+
 def init_distributed(device_name):
     """Join torchrun's process group once per process: NCCL on CUDA (each rank on cuda:LOCAL_RANK),
-    gloo on CPU. Nothing to do outside torchrun or with one process. Untested on GPUs (NCCL): the CI
-    runs gloo on the CPU."""
+    gloo on CPU (dist_backend). Nothing to do outside torchrun or with one process. NCCL with two GPUs has
+    not run yet: the CI runs gloo on the CPU, a one-GPU machine ran gloo on CUDA (docs/gpu.md)."""
     if launched_world_size() <= 1 or _dist():
         return
     cuda = str(device_name).startswith("cuda")
+    backend = dist_backend(cuda)
     if cuda:
         if not torch.cuda.is_available():
             raise InputError(f"device '{device_name}' asked for, but CUDA is not available here: use --device cpu")
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(local_gpu())
     # long: the other ranks wait at a barrier while rank 0 alone scores (eval-cam on VOC val takes
     # minutes) and NCCL's default would give up after 10
-    torch.distributed.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(hours=2))
+    torch.distributed.init_process_group(backend, timeout=datetime.timedelta(hours=2))
 
 
 def end_distributed(wait=False):
@@ -124,7 +152,7 @@ def resolve_device(name):
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"device '{name}' asked for, but CUDA is not available here: use --device cpu")
     if name == "cuda" and _dist():  # one GPU per rank: torchrun's LOCAL_RANK picks it
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cuda", local_gpu())
     return torch.device(name)
 
 

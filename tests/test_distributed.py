@@ -8,6 +8,10 @@ Equality with one process needs the same arithmetic in both: BatchNorm frozen (n
 trained BN normalises each rank's half batch by its own statistics) and dropout off (its masks come from
 each process's RNG, drawn for a half batch). Everything else - data order, augmentation, the global
 batch, the lr schedule, gradient averaging - is what the tests compare.
+
+PSA_TEST_DEVICE=cuda runs the stage tests on a GPU instead: the ranks share it over gloo
+(PSA_EADER_DIST_BACKEND=gloo, set here; NCCL refuses two ranks on one GPU), with TF32 off and cuDNN
+deterministic so that one and two processes compute alike (scripts/gpu_check.sh, part dist).
 """
 import json
 import os
@@ -20,8 +24,15 @@ import torch.multiprocessing as mp
 
 from conftest import tiny_cfg
 
-# bf16 inference off: its rounding turns the float-noise differences of the weights into 1e-2 ones
-EQUAL_OVER = {"net.frozen_bn": True, "cam_train.epochs": 2, "cam_infer.bf16": False}
+DEVICE = os.environ.get("PSA_TEST_DEVICE", "cpu")
+CUDA = DEVICE.startswith("cuda")
+if CUDA:
+    os.environ["PSA_EADER_DIST_BACKEND"] = "gloo"  # inherited by the spawned ranks and by torchrun's
+
+# bf16 inference off: its rounding turns the float-noise differences of the weights into 1e-2 ones; on a GPU
+# bf16 training off too (its kernels depend on the batch size, which is halved per rank)
+EQUAL_OVER = {"net.frozen_bn": True, "cam_train.epochs": 2, "cam_infer.bf16": False,
+              **({"cam_train.bf16": False} if CUDA else {})}
 
 
 def free_port():
@@ -36,8 +47,16 @@ def join_group(rank, world, port):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
+    if CUDA:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     from stages.common import process_group
-    return process_group("cpu")
+    return process_group(DEVICE)
+
+
+def cfg_here(root, work, **over):
+    """tiny_cfg on this run's device (PSA_TEST_DEVICE)."""
+    return tiny_cfg(root, work, device=DEVICE, **over)
 
 
 def spawn(fn, world, *args):
@@ -48,7 +67,7 @@ def _train_and_infer(rank, world, port, root, work, over, stop_after, out):
     torch.nn.Dropout2d.forward = lambda self, x: x  # see the module's docstring
     from stages import make_cam, train_cam
     with join_group(rank, world, port):
-        cfg = tiny_cfg(root, work, **over)
+        cfg = cfg_here(root, work, **over)
         if train_cam.run(cfg, stop_after=stop_after) is None or out is None:
             return
         written = []
@@ -111,7 +130,7 @@ def _eader_run(rank, world, port, root, work, stop_after, out):
     with join_group(rank, world, port):
         over = {"eader.enabled": True, "eader.phase_steps": 2, "eader.adv_width": 0.25, "adv_pretrain.epochs": 1,
                 "adv_pretrain.batch_size": 4}
-        cfg = tiny_cfg(root, work, **over)
+        cfg = cfg_here(root, work, **over)
         train_adv.run(cfg)  # the adversary's pre-training, DDP too (done in the first run, skipped after)
         train_cam.run(cfg, stop_after=stop_after)
         torch.save(built[0].adversary.state_dict(), Path(out, f"adv.rank{rank}.pth"))
@@ -221,11 +240,11 @@ def _aff_and_standalone(rank, world, port, root, work, out):
     save = voc.save_label_png
     voc.save_label_png = lambda path, label: (written.append(Path(path).name), save(path, label))
     with join_group(rank, world, port):
-        cfg = tiny_cfg(root, work, **AFF)
+        cfg = cfg_here(root, work, **AFF)
         for m in (train_cam, make_cam, make_crf, train_aff, make_pseudo):
             m.run(cfg)
         Path(out, f"pseudo.{rank}.json").write_text(json.dumps(written))
-        train_standalone.run(tiny_cfg(root, work, **STANDALONE))  # trains with both ranks, scores on rank 0
+        train_standalone.run(cfg_here(root, work, **STANDALONE))  # trains with both ranks, scores on rank 0
 
 
 def test_affinity_stages_and_standalone_run_under_two_processes(demo_root, tmp_path):
@@ -253,7 +272,7 @@ def test_torchrun_runs_a_stage_with_two_processes(demo_root, tmp_path):
             "cam_train.crop=64", "cam_train.resize_long=[56,80]", "adv_pretrain.epochs=0", "net.weights=random"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
            "stages.cli", "train-cam", "--config", "demo", "--voc-root", str(demo_root), "--work-dir",
-           str(tmp_path / "w"), "--device", "cpu", *over]
+           str(tmp_path / "w"), "--device", DEVICE, *over]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -374,3 +393,24 @@ def test_the_group_is_left_with_a_wait_only_when_every_rank_gets_there(monkeypat
     def crash():
         raise RuntimeError("out of memory")
     assert leave(crash) == ["init", "destroy"]
+
+
+def test_the_backend_is_nccl_on_cuda_unless_gloo_is_asked_for_and_ranks_share_gpus_only_over_gloo(monkeypatch):
+    from psa_baseline.errors import InputError
+    from stages import common
+    monkeypatch.delenv(common.BACKEND_ENV, raising=False)
+    assert common.dist_backend(True) == "nccl" and common.dist_backend(False) == "gloo"
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert common.local_gpu() == 0
+    monkeypatch.setenv("LOCAL_RANK", "1")  # two ranks, one GPU: NCCL would refuse ("Duplicate GPU detected")
+    with pytest.raises(InputError, match=r"--nproc 1.*PSA_EADER_DIST_BACKEND=gloo"):
+        common.local_gpu()
+    monkeypatch.setenv(common.BACKEND_ENV, "GLOO")
+    assert common.dist_backend(True) == "gloo" and common.local_gpu() == 0
+    monkeypatch.setenv(common.BACKEND_ENV, "mpi")
+    with pytest.raises(InputError, match="use nccl or gloo"):
+        common.dist_backend(True)
+    monkeypatch.setenv(common.BACKEND_ENV, "nccl")
+    with pytest.raises(InputError, match="needs --device cuda"):
+        common.dist_backend(False)
