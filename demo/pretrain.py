@@ -118,7 +118,7 @@ def _train(name, net, dataset, val, lr, weight_decay, out_dir, recipe):
     if ck_path.exists() and load_checkpoint(ck_path).get("recipe") != recipe:
         log.info("%s: checkpoint made under another recipe; starting from step 0", ck_path)
         ck_path.unlink()
-    step, _ = resume(ck_path, device, net, opt, log, total)
+    step, _ = resume(ck_path, net, opt, log, total)
     amp = autocast(device, recipe["bf16"])
     step_fn = poly_classifier_step(net, opt, amp, lr, total, recipe["poly_power"], step)
     net.train()

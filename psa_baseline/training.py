@@ -138,8 +138,12 @@ def ddp_wrap(net, sync_bn=False):
     return net
 
 
-def resume(ckpt_path, device, model, optimizer, log=None, total=None, fingerprint=None):
+def resume(ckpt_path, model, optimizer, log=None, total=None, fingerprint=None):
     """Restore model, optimiser and RNG states from `ckpt_path` if it exists.
+
+    The file is read onto the CPU: load_state_dict copies the weights to the model's device and the
+    optimiser casts its state to its parameters' device, while torch.set_rng_state takes CPU tensors only
+    (a checkpoint read straight onto a GPU could not resume: "RNG state must be a torch.ByteTensor").
 
     Returns (step, checkpoint dict) - (0, None) for a fresh start; the caller restores its extra parts
     (e.g. the EADER adversary) from the dict. With `fingerprint`, a checkpoint saved under another one
@@ -148,7 +152,7 @@ def resume(ckpt_path, device, model, optimizer, log=None, total=None, fingerprin
     from pathlib import Path
     if not Path(ckpt_path).exists():
         return 0, None
-    ck = load_checkpoint(ckpt_path, device)
+    ck = load_checkpoint(ckpt_path)
     if fingerprint is not None and ck.get("fingerprint") != fingerprint:
         if log is not None:
             log.info("checkpoint %s was saved under another config or inputs (fingerprint %s, now %s); "

@@ -277,11 +277,17 @@ def sync_gradients(module):
 
 
 def sync_buffers(module):
-    """Every rank takes rank 0's buffers (BatchNorm running statistics), as DDP's broadcast_buffers."""
+    """Every rank takes rank 0's buffers (BatchNorm running statistics), as DDP's broadcast_buffers. Into
+    new tensors, not in place: in the localizer's turn this runs between the adversary's forward and the
+    backward, and cuDNN's batch norm saves the running statistics for its backward, which an in-place
+    write would break ("modified by an inplace operation", seen with two ranks on a GPU)."""
     if module is None or _world() == 1:
         return
-    for b in module.buffers():
-        torch.distributed.broadcast(b, src=0)
+    for owner in module.modules():
+        for name, b in list(owner.named_buffers(recurse=False)):
+            fresh = b.detach().clone()
+            torch.distributed.broadcast(fresh, src=0)
+            setattr(owner, name, fresh)
 
 
 def erased_class_accuracy(adv_logits, cls_idx):

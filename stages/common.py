@@ -434,7 +434,7 @@ class Stage:
         barrier()
 
 
-def resumable_training(st, device, net, opt, total, extra=None, sync_bn=False):
+def resumable_training(st, net, opt, total, extra=None, sync_bn=False):
     """Resume `net` and `opt` from <stage dir>/checkpoint.pth if it exists, and wrap net for DDP (with
     SyncBatchNorm when sync_bn and more than one process).
 
@@ -443,7 +443,7 @@ def resumable_training(st, device, net, opt, total, extra=None, sync_bn=False):
     """
     from psa_baseline.training import ddp_wrap, resume, save_checkpoint, unwrap
     path = st.dir / "checkpoint.pth"
-    step, ck = resume(path, device, net, opt, st.log, total, fingerprint=st.fp)
+    step, ck = resume(path, net, opt, st.log, total, fingerprint=st.fp)
     model = ddp_wrap(net, sync_bn)
 
     def checkpoint(step):

@@ -52,7 +52,7 @@ def run(cfg, force=False, sampler_factory=None, stop_after=None):
     net = build_adversary(width=cfg["eader"]["adv_width"]).to(device)
     opt = adversary_optimizer(net, lr=p["lr"], momentum=cfg["eader"]["adv_momentum"],
                               weight_decay=cfg["eader"]["adv_weight_decay"])
-    step, _, model, checkpoint = resumable_training(st, device, net, opt, total)
+    step, _, model, checkpoint = resumable_training(st, net, opt, total)
 
     amp = autocast(device, p["bf16"])
     st.log.info("pre-training the adversary (ResNet-18 width %g) on %d clean images from %s: %d steps "

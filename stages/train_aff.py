@@ -182,7 +182,7 @@ def run(cfg, force=False, sampler_factory=None, stop_after=None):
         net = net.to(memory_format=torch.channels_last)
     opt = PolyOptimizer(net.param_groups(), t["lr"], t["weight_decay"], total, momentum=t["momentum"],
                         momentum_quirk=t["momentum_quirk"], power=t["poly_power"])
-    step, _, model, checkpoint = resumable_training(st, device, net, opt, total)
+    step, _, model, checkpoint = resumable_training(st, net, opt, total)
 
     amp = autocast(device, t["bf16"])
     labeler = AffinityLabels(net.radius, net.psa_crop)

@@ -91,7 +91,7 @@ def run(cfg, force=False, sampler_factory=None, stop_after=None):
                         momentum=t["momentum"], momentum_quirk=t["momentum_quirk"], power=t["poly_power"],
                         new_mult=t["new_lr_mult"])
     step, ck, model, checkpoint = resumable_training(
-        st, device, net, opt, total, extra=lambda: {"eader": eader.state_dict() if eader else None})
+        st, net, opt, total, extra=lambda: {"eader": eader.state_dict() if eader else None})
     if ck is not None and eader is not None:
         eader.load_state_dict(ck["eader"])
 

@@ -104,7 +104,7 @@ def run(cfg, force=False, sampler_factory=None, stop_after=None):
     init_encoder(cfg, net, st.log)
     net = net.to(device)
     opt = seg_optimizer(cfg, net, total)
-    step, _, model, checkpoint = resumable_training(st, device, net, opt, total, sync_bn=t["sync_bn"])
+    step, _, model, checkpoint = resumable_training(st, net, opt, total, sync_bn=t["sync_bn"])
 
     amp = autocast(device, t["bf16"])
     st.log.info("training DeepLabV3+ (%s, output stride %d) %d iterations (%d per epoch), batch %d, crop %d, "

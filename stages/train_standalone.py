@@ -168,7 +168,7 @@ def run_train(cfg, force=False, stop_after=None):
     # constant lr (the authors' standalone code); it steps only in the localizer's turns under EADER
     opt = torch.optim.SGD(model.parameters(), lr=s["lr"], momentum=s["momentum"], weight_decay=s["weight_decay"])
     ckpt_path = st.dir / "checkpoint.pth"
-    step, ck = resume(ckpt_path, device, model, opt, st.log, total)
+    step, ck = resume(ckpt_path, model, opt, st.log, total)
     if ck is not None and eader is not None:
         eader.load_state_dict(ck["eader"])
     trained = ddp_wrap(model)  # DDP under torchrun (model itself with one process)

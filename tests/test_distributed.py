@@ -187,6 +187,37 @@ def test_hook_gradients_are_those_of_the_whole_batch_however_pairs_fall_on_the_r
         assert not torch.equal(load(f"adv.1.0.{case}.pth")["4.weight"], load(f"adv.init.{case}.pth")["4.weight"])
 
 
+class _Scaled(torch.nn.Module):
+    """A buffer that the forward saves for its backward, as cuDNN's batch norm saves its running statistics."""
+    def __init__(self, rank):
+        super().__init__()
+        self.register_buffer("scale", torch.full((3,), float(rank + 2)))
+
+    def forward(self, x):
+        return x * self.scale
+
+
+def _buffers_mid_step(rank, world, port, out):
+    from psa_eader.hook import sync_buffers
+    with join_group(rank, world, port):
+        m = _Scaled(rank)
+        x = torch.ones(3, requires_grad=True)
+        y = m(x).sum()
+        sync_buffers(m)  # between the forward and the backward, as in the localizer's turn
+        y.backward()
+        torch.save({"grad": x.grad, "scale": m.scale}, Path(out, f"buf.{rank}.pth"))
+
+
+def test_adversary_buffers_are_synchronised_without_breaking_the_backward_to_come(tmp_path):
+    """The localizer's turn takes rank 0's adversary buffers after the adversary's forward and before the
+    backward; an in-place broadcast broke that backward on a GPU (cuDNN saves the BN running statistics)."""
+    spawn(_buffers_mid_step, 2, str(tmp_path))
+    for r in (0, 1):
+        got = torch.load(tmp_path / f"buf.{r}.pth", weights_only=True)
+        assert torch.equal(got["scale"], torch.full((3,), 2.0))  # rank 0's buffer on both
+        assert torch.equal(got["grad"], torch.full((3,), float(r + 2)))  # the backward of each rank's own forward
+
+
 def test_eader_trains_under_two_processes_and_resumes(demo_root, tmp_path):
     work = tmp_path / "w"
     spawn(_eader_run, 2, str(demo_root), str(work), 3, str(tmp_path))  # stops in the adversary's turn

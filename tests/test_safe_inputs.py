@@ -4,6 +4,7 @@ import os
 import stat
 
 import pytest
+import torch
 
 from conftest import ROOT
 
@@ -189,13 +190,33 @@ def test_checkpoint_under_another_fingerprint_is_not_resumed(tmp_path):
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     path = tmp_path / "checkpoint.pth"
     save_checkpoint(path, model=net.state_dict(), optimizer=opt.state_dict(), step=5, fingerprint="aaa")
-    assert resume(path, "cpu", net, opt, fingerprint="aaa")[0] == 5
+    assert resume(path, net, opt, fingerprint="aaa")[0] == 5
     log = logging.getLogger("test.resume")
     records = []
     log.addHandler(type("H", (logging.Handler,), {"emit": lambda self, r: records.append(r.getMessage())})())
     log.setLevel(logging.INFO)
-    assert resume(path, "cpu", net, opt, log, 10, fingerprint="bbb") == (0, None)
+    assert resume(path, net, opt, log, 10, fingerprint="bbb") == (0, None)
     assert not path.exists() and "another config" in records[-1]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_training_on_a_gpu_resumes_its_weights_optimiser_and_random_state(tmp_path):
+    """The checkpoint is read onto the CPU: read onto the GPU, torch.set_rng_state refused its RNG state."""
+    from psa_baseline.training import resume, save_checkpoint
+    net = torch.nn.Linear(2, 2).cuda()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    net(torch.ones(1, 2, device="cuda")).sum().backward()
+    opt.step()
+    path = tmp_path / "checkpoint.pth"
+    save_checkpoint(path, model=net.state_dict(), optimizer=opt.state_dict(), step=1)
+    expected = torch.rand(3)
+    net2 = torch.nn.Linear(2, 2).cuda()
+    opt2 = torch.optim.SGD(net2.parameters(), lr=0.1, momentum=0.9)
+    assert resume(path, net2, opt2)[0] == 1
+    assert torch.equal(torch.rand(3), expected)  # the RNG state of the save, restored
+    assert torch.equal(net2.weight, net.weight)
+    buf = opt2.state[net2.weight]["momentum_buffer"]
+    assert buf.device.type == "cuda" and torch.equal(buf, opt.state[net.weight]["momentum_buffer"])
 
 
 def test_partial_make_cam_output_from_another_fingerprint_is_cleared(demo_root, tmp_path, capsys):
