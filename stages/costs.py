@@ -13,6 +13,8 @@ Only settings that were measured have costs; a stage without one is named as suc
     images/s with 8 workers (CPU); train-aff 0.121 s per step (batch 8, crop 448); make-pseudo 0.033 s per
     image (walk on the GPU); train-seg 0.088 s per step (batch 16, crop 512); make-seg 0.040 s per image.
     (An H100, issue 12 before this work: train-cam 0.187 / 0.096 s, make-cam 0.128 s, make-pseudo 0.19 s.)
+    (An H100, after it, docs/gpu.md: train-cam 0.197 / 0.099 s, make-cam 0.109 / 0.111 s with 4 workers,
+    make-pseudo 0.044 s, make-crf 9.7 images/s: 10-50% slower; the H200's costs are kept.)
 Under torchrun with N processes the training and inference stages take about 1/N of this (not measured:
 NCCL with two GPUs has not run; docs/gpu.md).
 """
