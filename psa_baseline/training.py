@@ -9,6 +9,20 @@ import torch
 from .fileio import save_torch
 
 
+class EpochIndex(int):
+    """A dataset index that carries its epoch (EpochSampler yields these). Persistent loader workers keep
+    the copy of the dataset they started with, so the epoch that seeds an item's augmentation must travel
+    with the index (EpochSeededDataset.item_rng reads it), not sit on the main process's dataset."""
+
+    def __new__(cls, index, epoch):
+        obj = super().__new__(cls, index)
+        obj.epoch = int(epoch)
+        return obj
+
+    def __reduce__(self):  # to the workers as (index, epoch)
+        return EpochIndex, (int(self), self.epoch)
+
+
 class EpochSampler(torch.utils.data.Sampler):
     """Shuffled order fixed by (seed, epoch), sharded over ranks, able to start mid-epoch.
 
@@ -35,7 +49,7 @@ class EpochSampler(torch.utils.data.Sampler):
         return order[self.rank:per_rank * self.world:self.world]
 
     def __iter__(self):
-        return iter(self._order()[self.start:])
+        return (EpochIndex(i, self.epoch) for i in self._order()[self.start:])
 
     def __len__(self):
         return self.n // self.world - self.start
@@ -74,9 +88,12 @@ def unwrap(model):
 
 def make_loader(dataset, sampler, batch_size, num_workers, device, seed):
     """DataLoader over `sampler` (drop_last) with its own generator: iterators must not draw from the
-    global RNG, or a resumed run's dropout would differ from an unbroken one."""
+    global RNG, or a resumed run's dropout would differ from an unbroken one. Its workers persist across
+    epochs (not restarted, with the dataset reloaded, at each one); the epoch reaches them on each index
+    (EpochIndex)."""
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True,
                                        num_workers=num_workers, pin_memory=device.type == "cuda",
+                                       persistent_workers=num_workers > 0,
                                        generator=torch.Generator().manual_seed(seed))
 
 

@@ -371,7 +371,9 @@ class ClsAugment:
 class EpochSeededDataset(torch.utils.data.Dataset):
     """A training set whose item i of epoch e draws from a generator seeded (seed, e, i): runs are
     reproducible whatever the number of workers, workers never share RNG state, and a resumed run sees
-    the crops of an unbroken one. Subclasses set self.ids and self.seed; call set_epoch(e) before each epoch."""
+    the crops of an unbroken one. Subclasses set self.ids and self.seed. The epoch comes with the index
+    when EpochSampler gives it (training.EpochIndex: persistent workers hold an old copy of the dataset),
+    else from set_epoch(e), called before each epoch."""
 
     epoch = 0
 
@@ -382,15 +384,14 @@ class EpochSeededDataset(torch.utils.data.Dataset):
         return len(self.ids)
 
     def item_rng(self, index):
-        return np.random.default_rng([self.seed, self.epoch, index])
+        return np.random.default_rng([self.seed, getattr(index, "epoch", self.epoch), int(index)])
 
 
 class ClsTrainDataset(EpochSeededDataset):
     """(id, augmented image float32[3,crop,crop], labels float32[20]) for classification training.
 
     Item i of epoch e uses a generator seeded from (seed, e, i): runs are reproducible whatever the
-    number of workers, and workers never share RNG state. Call set_epoch(e) before iterating each epoch
-    (with persistent_workers=True the workers would keep an old copy of the epoch).
+    number of workers, and workers never share RNG state (EpochSeededDataset says where e comes from).
     """
 
     def __init__(self, root, ids, labels, augment, seed=0):
