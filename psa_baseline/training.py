@@ -65,7 +65,9 @@ def set_rng_state(state):
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
     if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # one state per GPU visible at the save; a resume may see fewer (CUDA_VISIBLE_DEVICES, another machine)
+        for i, s in enumerate(state["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(s, i)
 
 
 def save_checkpoint(path, **parts):

@@ -219,6 +219,20 @@ def test_training_on_a_gpu_resumes_its_weights_optimiser_and_random_state(tmp_pa
     assert buf.device.type == "cuda" and torch.equal(buf, opt.state[net.weight]["momentum_buffer"])
 
 
+def test_a_resume_that_sees_fewer_gpus_than_the_save_restores_those_it_has(monkeypatch):
+    """A checkpoint saved with 4 GPUs visible, resumed where one is (CUDA_VISIBLE_DEVICES, another machine):
+    set_rng_state_all would ask for devices 1-3 and fail."""
+    from psa_baseline import training
+    state = training.rng_state()
+    state["cuda"] = [torch.full((4,), i, dtype=torch.uint8) for i in range(4)]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, i: restored.append((int(s[0]), i)))
+    training.set_rng_state(state)
+    assert restored == [(0, 0)]
+
+
 def test_partial_make_cam_output_from_another_fingerprint_is_cleared(demo_root, tmp_path, capsys):
     import json
     import numpy as np
