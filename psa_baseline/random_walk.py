@@ -86,10 +86,12 @@ def transition_csr(nbr, wgt):
     k, n = nbr.shape
     keep = wgt > 0  # drop empty slots (invalid pairs); COO coalesce sorts each row's columns
     rows = torch.arange(n, device=nbr.device).expand(k, n)
-    coo = torch.sparse_coo_tensor(torch.stack([rows[keep], nbr[keep]]), wgt[keep], (n, n),
-                                  check_invariants=True).coalesce()
-    with warnings.catch_warnings():  # torch flags CSR as beta; SpMM on CSR is the fast CPU path
+    # torch flags CSR as beta (SpMM on CSR is the fast CPU path), and torch 2.11 on CUDA warned at every
+    # image that the coalesce's invariant checks were off (the indices are checked at construction)
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
+        coo = torch.sparse_coo_tensor(torch.stack([rows[keep], nbr[keep]]), wgt[keep], (n, n),
+                                      check_invariants=True).coalesce()
         return coo.to_sparse_csr()
 
 
