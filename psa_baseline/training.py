@@ -140,6 +140,18 @@ def autocast(device, bf16):
     return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
 
 
+def sync_bn_problem(device_type, backend):
+    """Why SyncBatchNorm cannot run here, with the fix, or None."""
+    if device_type != "cuda":
+        return ("SyncBatchNorm runs on CUDA only (torch refuses CPU tensors): set sync_bn=false for a "
+                "multi-process CPU run (each process then normalises its own share)")
+    if backend != "nccl":
+        return (f"SyncBatchNorm all-gathers its statistics, which the {backend} backend cannot do with GPU "
+                "tensors: set sync_bn=false for this run (each process then normalises its own share), or "
+                "leave PSA_EADER_DIST_BACKEND unset (NCCL, one GPU per process)")
+    return None
+
+
 def ddp_wrap(net, sync_bn=False):
     """The model to train: net itself, or DDP around it when torch.distributed is initialised (DDP
     averages the gradients over the ranks; equal per-rank batches make that the global batch's mean).
@@ -148,10 +160,10 @@ def ddp_wrap(net, sync_bn=False):
     if rank_and_world()[1] > 1:
         dev = next(net.parameters()).device
         if sync_bn:
-            if dev.type != "cuda":
+            problem = sync_bn_problem(dev.type, torch.distributed.get_backend())
+            if problem:
                 from .errors import InputError
-                raise InputError("SyncBatchNorm runs on CUDA only (torch refuses CPU tensors): set sync_bn=false "
-                                 "for a multi-process CPU run (each process then normalises its own share)")
+                raise InputError(problem)
             net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
         return torch.nn.parallel.DistributedDataParallel(net, device_ids=[dev] if dev.type == "cuda" else None)
     return net

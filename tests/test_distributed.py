@@ -9,9 +9,10 @@ trained BN normalises each rank's half batch by its own statistics) and dropout 
 each process's RNG, drawn for a half batch). Everything else - data order, augmentation, the global
 batch, the lr schedule, gradient averaging - is what the tests compare.
 
-PSA_TEST_DEVICE=cuda runs the stage tests on a GPU instead: the ranks share it over gloo
-(PSA_EADER_DIST_BACKEND=gloo, set here; NCCL refuses two ranks on one GPU), with TF32 off and cuDNN
-deterministic so that one and two processes compute alike (scripts/gpu_check.sh, part dist).
+PSA_TEST_DEVICE=cuda runs the stage tests on GPUs instead, with TF32 off and cuDNN deterministic so that one
+and two processes compute alike (scripts/gpu_check.sh, part dist): over NCCL with one GPU per rank where the
+machine has two or more, else with both ranks on one GPU over gloo (PSA_EADER_DIST_BACKEND=gloo, set here;
+NCCL refuses two ranks on one GPU).
 """
 import json
 import os
@@ -26,8 +27,8 @@ from conftest import tiny_cfg
 
 DEVICE = os.environ.get("PSA_TEST_DEVICE", "cpu")
 CUDA = DEVICE.startswith("cuda")
-if CUDA:
-    os.environ["PSA_EADER_DIST_BACKEND"] = "gloo"  # inherited by the spawned ranks and by torchrun's
+if CUDA and torch.cuda.device_count() < 2:  # two GPUs or more: NCCL, one GPU per rank, as a real run
+    os.environ.setdefault("PSA_EADER_DIST_BACKEND", "gloo")  # inherited by the spawned ranks and by torchrun's
 
 # bf16 inference off: its rounding turns the float-noise differences of the weights into 1e-2 ones; on a GPU
 # bf16 training off too (its kernels depend on the batch size, which is halved per rank)
@@ -370,6 +371,9 @@ def _sync_bn(rank, world, port, out):
             result = str(e)
         plain = ddp_wrap(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4)), sync_bn=False)
         Path(out, f"r{rank}.json").write_text(json.dumps({"sync": result, "plain_bn": type(plain.module[1]).__name__}))
+        # a DDP that outlives its gloo group aborts the process at exit now and then ("terminate called without an
+        # active exception"): leaving the group collects the unreachable ones (end_distributed), not this local
+        del plain
 
 
 def test_sync_batchnorm_is_refused_on_cpu_processes_with_the_fix(tmp_path):
@@ -445,3 +449,12 @@ def test_the_backend_is_nccl_on_cuda_unless_gloo_is_asked_for_and_ranks_share_gp
     monkeypatch.setenv(common.BACKEND_ENV, "nccl")
     with pytest.raises(InputError, match="needs --device cuda"):
         common.dist_backend(False)
+
+
+def test_sync_batchnorm_asks_for_nccl_on_gpus():
+    """gloo cannot all-gather CUDA tensors (torch's backend table), which SyncBatchNorm needs: a run whose GPU
+    ranks share gloo (PSA_EADER_DIST_BACKEND=gloo) must set sync_bn=false, and is told so."""
+    from psa_baseline.training import sync_bn_problem
+    assert sync_bn_problem("cuda", "nccl") is None
+    assert "sync_bn=false" in sync_bn_problem("cuda", "gloo") and "PSA_EADER_DIST_BACKEND" in sync_bn_problem("cuda", "gloo")
+    assert "CUDA only" in sync_bn_problem("cpu", "gloo")
