@@ -44,6 +44,9 @@ SIDE_BY_SIDE_EADER_CYCLE = {("demo", "cpu"): {True: 427.9 / 150.7}}
 # train-cam seconds); demo float32: scripts/bench_eader.py --settings demo, cycle ratio before NHWC training
 EADER_CYCLE = {("voc", "cuda"): {False: 0.83, True: 1.00}, ("demo", "cpu"): {True: 273.1 / 100.7, False: 1.59}}
 MEASURED_CRF_WORKERS = {("demo", "cpu"): 2, ("voc", "cuda"): 8}
+# where the costs were measured: the check says so, as another machine's times differ
+MEASURED_ON = {("demo", "cpu"): "this project's 2-core x86 CPU (AMX)",
+               ("voc", "cuda"): "one H200; an H100 took 10-50% longer (docs/gpu.md)"}
 TRAINING = {"train-cam": "cam_train", "train-aff": "aff_train", "train-adv": "adv_pretrain"}
 BF16_KEY = {"train-cam": ("cam_train", "bf16"), "make-cam": ("cam_infer", "bf16"), "train-aff": ("aff_train", "bf16"),
             "train-seg": ("seg_train", "bf16"), "make-seg": ("seg_train", "bf16")}
@@ -106,7 +109,8 @@ def wall_time_lines(cfg, plan, rows, jobs=1):
                 "(stages/costs.py lists the measured settings)"]
     how = ("variants side by side, a process each" if measured_side else
            "one process; side by side not measured here, so the sum is an upper bound" if side else "one process")
-    lines = [f"estimated wall time on {cfg['device']} from measured costs (stages/costs.py; {how}):"]
+    lines = [f"estimated wall time on {cfg['device']} from costs measured on {MEASURED_ON[key]} "
+             f"(stages/costs.py; {how}):"]
     lines += [f"  {variant:<10} {name:<12} {human_seconds(s):>8}" for variant, name, s in known]
     per = {v: sum(s for w, _, s in known if w == v) for v in variants}
     if measured_side:

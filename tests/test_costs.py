@@ -45,5 +45,11 @@ def test_voc_on_cuda_follows_bf16_and_unmeasured_settings_say_so():
     rows = [("baseline", n, 10582, 0) for _, n, _ in plan]
     lines = wall_time_lines(cfg, plan, rows)
     assert "train-cam" in lines[1] and "not measured: baseline train-aff" in lines[-1] and "eval-cam" not in lines[-1]
+    assert "measured on one H200; an H100 took 10-50% longer" in lines[0]  # the machine behind the costs
     cpu = load_config("voc", [("device", "cpu")])
     assert "no measured costs" in wall_time_lines(cpu, plan, rows)[0]
+
+
+def test_every_measured_setting_names_its_machine():
+    from stages.costs import COSTS, MEASURED_ON, SIDE_BY_SIDE_COSTS
+    assert set(COSTS) | set(SIDE_BY_SIDE_COSTS) <= set(MEASURED_ON)
