@@ -22,6 +22,7 @@ interval includes 0 is "no difference shown". Writes <work>/compare/<A>_vs_<B>.{
 """
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -305,13 +306,36 @@ def slug(name, keep_plus=False):
 
 
 def write_comparison(work_dir, c):
-    """<work>/compare/<A>_vs_<B>.md and .json; returns (path of the .md, its text)."""
+    """<work>/compare/<A>_vs_<B>.md and .json; returns (path of the .md, its text, where an earlier comparison
+    of other runs was kept or None). That earlier pair (other seeds or dirs under the same names) is renamed
+    <stem>.earlier-<n>.md/.json, not overwritten; the same runs compared again replace their own files."""
     stem = f"{slug(c['a']['name'], True)}_vs_{slug(c['b']['name'], True)}"
     out = Path(work_dir) / "compare"
+    kept = keep_earlier(out, stem, (c["a"]["runs"], c["b"]["runs"]))
     text = markdown(c)
     write_json(out / f"{stem}.json", c)
     write_text(out / f"{stem}.md", text)
-    return out / f"{stem}.md", text
+    return out / f"{stem}.md", text, kept
+
+
+def keep_earlier(out, stem, runs):
+    """Rename <stem>.json/.md to <stem>.earlier-<n>.* when they compare other runs than `runs`; their path."""
+    old = out / f"{stem}.json"
+    if not old.is_file():
+        return None
+    try:
+        prev = json.loads(old.read_text())
+        if (prev["a"]["runs"], prev["b"]["runs"]) == tuple(json.loads(json.dumps(runs))):
+            return None
+    except (ValueError, KeyError, TypeError):
+        pass  # unreadable: kept too, rather than lost
+    n = 1
+    while (out / f"{stem}.earlier-{n}.json").exists():
+        n += 1
+    for ext in ("md", "json"):
+        if (out / f"{stem}.{ext}").is_file():
+            os.replace(out / f"{stem}.{ext}", out / f"{stem}.earlier-{n}.{ext}")
+    return out / f"{stem}.earlier-{n}.md"
 
 
 # ------------------------------------------------------------------------------------------ driver
@@ -370,9 +394,11 @@ def main(args):
     if args.jobs < 1:
         raise InputError("--jobs must be at least 1")
     a, b = sides_from_dirs(args) if args.a_dirs or args.b_dirs else sides_from_runs(args)
-    path, text = write_comparison(config_from_args(args)["work_dir"], compare_runs(a, b, args.resamples))
+    path, text, kept = write_comparison(config_from_args(args)["work_dir"], compare_runs(a, b, args.resamples))
     print(text)
     print(f"written: {path} and its .json beside it")
+    if kept:
+        print(f"the comparison of other runs that was there is kept as {kept} (and its .json)")
     return path
 
 

@@ -145,6 +145,31 @@ def test_compare_collect_only_over_fake_finished_runs(tmp_path, capsys):
     assert [r["diff"] for r in c2["metrics"]] == [r["diff"] for r in c["metrics"]]
 
 
+def test_a_comparison_of_other_runs_is_kept_not_overwritten(tmp_path, capsys):
+    """compare over seeds 3-4 in a work dir that holds the table of seeds 0-2 (the same side names) keeps that
+    table as baseline_vs_eader.earlier-1; comparing the same runs again just rewrites their own files."""
+    work = tmp_path / "work"
+    for s in range(4):
+        _fake_run(work / "runs" / "baseline" / f"seed{s}", "baseline", s, 0.5)
+        _fake_run(work / "runs" / "eader" / f"seed{s}", "eader", s, 0.8)
+    out = work / "compare"
+
+    def compare(*seeds):
+        assert cli_main(["compare", "--config", "demo", "--work-dir", str(work), "--seeds", *seeds,
+                         "--collect-only", "--resamples", "200"]) == 0
+        return capsys.readouterr().out
+    compare("0", "1", "2")
+    first = (out / "baseline_vs_eader.md").read_text()
+    assert "kept as" not in compare("0", "1", "2") and not list(out.glob("*earlier*"))  # same runs: rewritten
+    said = compare("2", "3")
+    assert f"kept as {out / 'baseline_vs_eader.earlier-1.md'}" in said
+    assert (out / "baseline_vs_eader.earlier-1.md").read_text() == first
+    assert json.loads((out / "baseline_vs_eader.earlier-1.json").read_text())["pairs"] == ["s0", "s1", "s2"]
+    assert json.loads((out / "baseline_vs_eader.json").read_text())["pairs"] == ["s2", "s3"]
+    compare("0", "3")
+    assert (out / "baseline_vs_eader.earlier-2.json").is_file()
+
+
 def test_compare_refuses_unpaired_dirs(tmp_path, capsys):
     _fake_run(tmp_path / "a", "baseline", 0, 0.5)
     assert cli_main(["compare", "--work-dir", str(tmp_path), "--a-dirs", str(tmp_path / "a"),
