@@ -6,6 +6,27 @@ from psa_baseline.resnet38 import Res38Spec
 from .common import resolve_data_path
 
 
+def load_stage_weights(net, path, what, keys, maker):
+    """Load a weights file that stage `maker` wrote (cam_net.pth, aff_net.pth, seg_net.pth) into `net`, with
+    an InputError naming the file and the fix when it is missing, unreadable or of another network
+    (`what` of this config, built from the `keys` config keys)."""
+    from pathlib import Path
+    import torch
+    if not Path(path).is_file():
+        raise InputError(f"{path} does not exist: run {maker} for this work dir and variant first")
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file: zip, pickle or EOF errors, by torch version
+        raise InputError(f"{path} cannot be read as weights ({type(e).__name__}: {e}); rerun {maker} with "
+                         f"--force to remake it") from e
+    try:
+        net.load_state_dict(sd)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise InputError(f"{path} does not fit {what} of this config ({keys}): {str(e)[:500]}; train it with "
+                         f"this config ({maker} --force) or give the {keys} keys it was trained with") from e
+    return net
+
+
 def res38_spec(cfg):
     n = cfg["net"]
     return Res38Spec(width=n["width"], blocks=tuple(n["blocks"]), frozen_bn=n["frozen_bn"],

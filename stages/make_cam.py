@@ -5,17 +5,15 @@ Writes: <work>/<variant>/make_cam/cams/<id>.npy (dict {class: HxW float32}), DON
 Each CAM file is written atomically, so a rerun after a crash only computes the missing ones.
 """
 import time
-from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from psa_baseline import voc
 from psa_baseline.cam_infer import multiscale_cam, scale_batches
-from psa_baseline.errors import InputError
 from psa_baseline.fileio import save_npy
 from psa_baseline.progress import with_progress
-from .builders import build_cam_net, labels_for, split_ids, voc_root
+from .builders import build_cam_net, labels_for, load_stage_weights, split_ids, voc_root
 from .common import (Stage, add_shard_argument, finish_when_complete, my_share, parse_shard, rank, resolve_device,
                      upstream_fp)
 
@@ -62,19 +60,8 @@ def scaled_images(root, ids, scales, flip, workers):
 def load_cam_net(cfg, path, device):
     """The trained CAM net at `path` (a cam_net.pth of this config's network), NHWC, in eval mode: as make-cam
     runs it (channels_last: faster, same CAMs; cam_infer)."""
-    net = build_cam_net({**cfg, "net": {**cfg["net"], "weights": None}})
-    if not Path(path).is_file():
-        raise InputError(f"{path} does not exist: run train-cam for this work dir and variant first")
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated or foreign file: zip, pickle or EOF errors, by torch version
-        raise InputError(f"{path} cannot be read as weights ({type(e).__name__}: {e}); rerun train-cam with "
-                         f"--force to remake it") from e
-    try:
-        net.load_state_dict(sd)
-    except (RuntimeError, TypeError, AttributeError) as e:
-        raise InputError(f"{path} does not fit the CAM net of this config (net.*): {str(e)[:500]}; train it "
-                         f"with this config (train-cam --force) or give the net.* keys it was trained with") from e
+    net = load_stage_weights(build_cam_net({**cfg, "net": {**cfg["net"], "weights": None}}), path,
+                             "the CAM net", "net.*", "train-cam")
     return net.to(device, memory_format=torch.channels_last).eval()
 
 

@@ -22,7 +22,7 @@ from psa_baseline.evaluation import load_cam_dict
 from psa_baseline.progress import with_progress
 from psa_baseline.fileio import save_npy
 from psa_baseline.random_walk import propagate_cams, random_walk_sparse
-from .builders import labels_for, res38_spec, voc_root
+from .builders import labels_for, load_stage_weights, res38_spec, voc_root
 from .common import (Stage, add_shard_argument, finish_when_complete, my_share, parse_shard, rank, resolve_device,
                      upstream_fp)
 from .make_cam import infer_ids
@@ -86,11 +86,7 @@ def walk_scores(cam_dict, aff, shape, alpha, beta, t):
 
 
 def load_aff_net(cfg, path, device):
-    net = AffinityNet(res38_spec(cfg))
-    try:
-        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    except RuntimeError as e:
-        raise InputError(f"{path} does not fit the AffinityNet of this config (net.*): {e}") from e
+    net = load_stage_weights(AffinityNet(res38_spec(cfg)), path, "the AffinityNet", "net.*", "train-aff")
     return net.to(device).eval()
 
 

@@ -8,13 +8,11 @@ Files are written atomically; a rerun does the missing ones.
 """
 import time
 
-import torch
 
 from psa_baseline import voc
-from psa_baseline.errors import InputError
 from psa_baseline.progress import with_progress
 from psa_baseline.training import autocast
-from .builders import split_ids, voc_root
+from .builders import load_stage_weights, split_ids, voc_root
 from .common import Stage, barrier, rank, resolve_device, upstream_fp, world_size
 from .deeplab import build_deeplab, predict_probs, probs_to_label
 from .train_seg import check_config
@@ -23,12 +21,8 @@ NAME = "make_seg"
 
 
 def load_seg_net(cfg, path, device):
-    net = build_deeplab(cfg)
-    try:
-        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    except RuntimeError as e:
-        raise InputError(f"{path} does not fit the DeepLabV3+ of this config (seg_train.encoder, "
-                         f"output_stride, atrous_rates): {e}") from e
+    net = load_stage_weights(build_deeplab(cfg), path, "the DeepLabV3+",
+                             "seg_train.encoder, output_stride, atrous_rates", "train-seg")
     return net.to(device).eval()
 
 

@@ -472,3 +472,10 @@ def test_make_cam_names_a_missing_corrupt_or_foreign_cam_net(demo_root, tmp_path
     torch.save({"conv.weight": torch.zeros(1)}, path)
     with pytest.raises(InputError, match="does not fit the CAM net of this config"):
         load_cam_net(cfg, path, "cpu")
+    # make-pseudo's AffinityNet goes through the same loader (stages.builders.load_stage_weights)
+    from stages.make_pseudo import load_aff_net
+    with pytest.raises(InputError, match="does not fit the AffinityNet of this config"):
+        load_aff_net(cfg, path, "cpu")
+    path.write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(InputError, match="cannot be read as weights.*rerun train-aff with --force"):
+        load_aff_net(cfg, path, "cpu")
