@@ -3,4 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 scripts/ensure_venv.sh
+# what decides precision and layout here, so a failure can be read against the machine
+.venv/bin/python -c "from psa_baseline.hardware import summary; print('[tests]', summary())"
 exec .venv/bin/python -m pytest -q "$@" tests

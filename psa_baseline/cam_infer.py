@@ -6,9 +6,9 @@ label vector, un-flipped, and all are summed; each class is then divided by its 
 present classes are kept: the result is PSA's on-disk dict {class_index: HxW float32 in [0, 1]}.
 
 Only the present classes' maps are fused (the others would be multiplied by 0 and dropped). With
-channels_last the input goes in NHWC, the layout the CPU's oneDNN and the GPU's tensor cores prefer; on
-this CPU (torch 2.14.1) its CAMs are bit-identical to NCHW's under bf16 autocast and within float noise
-(~1e-6) in float32 (tested).
+channels_last the input goes in NHWC, the layout the GPU's tensor cores and an AVX-512 oneDNN prefer
+(hardware.channels_last_ok says where it is safe); its CAMs agree with NCHW's to float and bf16 rounding
+(another convolution kernel may run for each layout).
 """
 import contextlib
 
@@ -18,14 +18,14 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .constants import IMAGENET_MEAN, IMAGENET_STD
+from .hardware import resolve_bf16
 
 
 def normalise_batch(imgs_uint8, device):
     """(B,H,W,3) uint8 -> (B,3,H,W) float, ImageNet mean/std on pixels / 255.
 
-    Returned contiguous (NCHW) whatever the caller then chooses: the permuted view would be channels_last.
-    (A CPU backward from a channels_last input was once seen to segfault here; on torch 2.14.1 none of the
-    eight layout x dtype combinations of net and input does, and train-cam now trains NHWC.)"""
+    Returned contiguous (NCHW) whatever the caller then chooses: the permuted view would be channels_last,
+    which on a CPU must be chosen by hardware.channels_last_ok, not by accident."""
     x = torch.as_tensor(np.ascontiguousarray(imgs_uint8), device=device).permute(0, 3, 1, 2).contiguous()
     x = x.float() / 255
     mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
@@ -80,7 +80,7 @@ def multiscale_cam(net, img, label, scales=(1.0, 0.5, 1.5, 2.0), flip=True, devi
     keep = torch.as_tensor(present, device=device)
     label_t = torch.as_tensor(label[present], device=device)
     cams, flips = [], []
-    amp = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if resolve_bf16(bf16, device) else contextlib.nullcontext()
     for batch in scale_batches(img, scales, flip) if batches is None else batches:
         x = normalise_batch(batch, device)
         if channels_last:

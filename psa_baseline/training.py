@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from .fileio import save_torch
+from .hardware import resolve_bf16
 
 
 class EpochIndex(int):
@@ -136,7 +137,9 @@ def epoch_loader(dataset, batch_size, num_workers, device, seed, sampler_factory
 
 
 def autocast(device, bf16):
-    """Context factory for a training step: bfloat16 autocast on `device` when bf16, else a no-op."""
+    """Context factory for a training step: bfloat16 autocast on `device` when bf16, else a no-op.
+    bf16 may be 'auto' (hardware.resolve_bf16)."""
+    bf16 = resolve_bf16(bf16, device)
     return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
 
 

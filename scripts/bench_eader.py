@@ -67,11 +67,13 @@ def build(setting, mode, batch, device, overrides=()):
         crop, bs, body = s["crop"], s["batch_size"], model.loc.net.layer4
         labelled = model.labelled
     else:
+        from psa_baseline.hardware import memory_format
         from psa_baseline.resnet38 import PolyOptimizer
         from stages.builders import build_cam_net
         t = cfg["cam_train"]
-        # NHWC net and input, as train-cam feeds them on every device
-        model = build_cam_net(merge(cfg, {"net": {"weights": None}})).to(device, memory_format=torch.channels_last)
+        # net and input in the layout train-cam picks (psa_baseline.hardware.memory_format)
+        fmt = memory_format(device, t["bf16"])
+        model = build_cam_net(merge(cfg, {"net": {"weights": None}})).to(device, memory_format=fmt)
         opt = PolyOptimizer(model.param_groups(), t["lr"], t["weight_decay"], 10 ** 6,
                             momentum=t["momentum"], momentum_quirk=t["momentum_quirk"], power=t["poly_power"])
         crop, bs, body = t["crop"], t["batch_size"], model.backbone
@@ -82,7 +84,7 @@ def build(setting, mode, batch, device, overrides=()):
     model.train()
     x = torch.randn(bs, 3, crop, crop, device=device)
     if not standalone:
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=fmt)
     y = torch.zeros(bs, 20, device=device)
     for b in range(bs):
         y[b, [b % 20, (b + 7) % 20]] = 1

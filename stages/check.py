@@ -22,7 +22,8 @@ from psa_baseline import voc
 from psa_baseline.errors import InputError
 from .builders import (RANDOM, needed_weights, null_weights_message, res38_spec, split_ids, weights_file,
                        weights_value)
-from .config import merge, variant_name
+from .config import BF16_KEYS, merge, variant_name
+from .costs import EMULATED_BF16_SLOWDOWN
 
 VARIANTS = {"off": [False], "on": [True], "both": [False, True]}
 TRAINING = ("train-adv", "train-cam", "train-aff")
@@ -409,6 +410,20 @@ def plan_lines(cfg, rows, need, free):
     return lines
 
 
+def precision_lines(cfg, f):
+    """The machine and the precision each bf16 switch resolved to on it (config.BF16_KEYS); a note where
+    bf16 would be emulated."""
+    from psa_baseline import hardware
+    on = [k for k in BF16_KEYS if cfg[k.split(".")[0]][k.split(".")[1]]]
+    cpu = str(cfg["device"]) == "cpu"
+    if on and cpu and not hardware.native_bf16_cpu():
+        f.notes.append(f"{', '.join(on)} true on a CPU without native bf16: autocast emulates it, about "
+                       f"{EMULATED_BF16_SLOWDOWN:.0f}x slower than float32; set them to auto or false")
+    return [f"machine: {hardware.summary()}",
+            f"precision on {cfg['device']}: bf16 autocast for {', '.join(on) if on else 'no stage'}, float32 "
+            f"elsewhere{' (bf16: auto resolves by the CPU)' if cpu else ''}"]
+
+
 def run_check(cfg, eader="off", until=None, out=print, jobs=1):
     """Check everything; print the plan and notes; raise InputError listing every problem. until: as for
     pipeline (None: its default); jobs: as pipeline --jobs, for the wall-time estimate."""
@@ -437,6 +452,7 @@ def run_check(cfg, eader="off", until=None, out=print, jobs=1):
     rows = stage_estimates(cfg, plan, ids_by_list, pixels, classes)
     need, free = check_disk(cfg, rows, f)
     out("\n".join(plan_lines(cfg, rows, need, free)))
+    out("\n".join(precision_lines(cfg, f)))
     from .costs import wall_time_lines
     out("\n".join(wall_time_lines(cfg, plan, rows, jobs)))
     for note in f.notes:

@@ -33,10 +33,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from psa_baseline import hardware
 from psa_baseline.errors import InputError
 from psa_baseline.fileio import write_json
 from demo.data import dataset_identity
-from .config import PROJECT_DIR, fingerprint, variant_name
+from .config import BF16_KEYS, PROJECT_DIR, fingerprint, variant_name
 
 
 _solo = []  # non-empty while this rank works alone (see solo())
@@ -331,6 +332,7 @@ class Stage:
         ident = dataset_identity(cfg["voc_root"])
         self.fp = fingerprint(name, *depends, *([ident] if ident else []))
         self.log = self._logger()
+        self.log.info("machine: %s", hardware.summary())
         self.log.info("world size %d%s", world_size(), f", shard {shard[0]}/{shard[1]}" if shard else "")
 
     @staticmethod
@@ -431,7 +433,10 @@ class Stage:
             barrier()
             return
         rec = {"stage": self.name, "variant": self.variant, "fingerprint": self.fp,
-               "finished": time.strftime("%Y-%m-%d %H:%M:%S"), **outputs}
+               "finished": time.strftime("%Y-%m-%d %H:%M:%S"), **outputs,
+               # what ran: the resolved bf16 switches (in the fingerprint too) and the machine that chose them
+               "bf16": {k: self.cfg[k.split(".")[0]][k.split(".")[1]] for k in BF16_KEYS},
+               "machine": hardware.describe()}
         write_json(self.done_file, rec)
         self.partial_file.unlink(missing_ok=True)
         self.log.info("finished; record in %s", self.done_file)

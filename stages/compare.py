@@ -130,13 +130,15 @@ def side_label(eader_on, overrides):
     return label
 
 
-def side_config(config, common, side_sets, eader_default):
+def side_config(config, common, side_sets, eader_default, where=()):
     """(cfg, label, name, overrides) of one side; its own overrides come last, so they may switch EADER.
-    The label (its runs' folder) covers every override; the default name only the side's own."""
+    The label (its runs' folder) covers every override; the default name only the side's own. where:
+    (key, value) pairs such as the data root and device, applied at load (bf16 auto resolves for the
+    device) but not part of the label."""
     from .config import load_config
     own = [override_text(o) for o in side_sets]
     overrides = [override_text(o) for o in common] + own
-    cfg = load_config(config, [f"eader.enabled={'true' if eader_default else 'false'}"] + overrides)
+    cfg = load_config(config, [f"eader.enabled={'true' if eader_default else 'false'}"] + overrides + list(where))
     on = cfg["eader"]["enabled"]
     return cfg, side_label(on, overrides), side_label(on, own), overrides
 
@@ -359,8 +361,8 @@ def sides_from_runs(args, log=print):
     config = args.config or default_config(args.stage)
     sides, todo = [], {}
     for sets, default, name in ((args.a_set, False, args.a_name), (args.b_set, True, args.b_name)):
-        cfg, label, default_name, overrides = side_config(config, args.set, sets, default)
-        cfg = merge(cfg, {k: base[k] for k in ("voc_root", "device")})
+        cfg, label, default_name, overrides = side_config(config, args.set, sets, default,
+                                                          [(k, base[k]) for k in ("voc_root", "device")])
         side = Side(name or default_name, [], overrides, label, list(args.seeds))
         for s in args.seeds:
             d = run_dir(base["work_dir"], label, s)

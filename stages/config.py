@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from psa_baseline.errors import InputError
+from psa_baseline.hardware import AUTO, resolve_bf16
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 CONFIG_DIR = PROJECT_DIR / "configs"
@@ -27,6 +28,10 @@ NULLABLE = {
     "standalone.adv_width": float,
     "seg_train.encoder_weights": str,  # file path or "random"
 }
+# bf16 autocast switches: true, false or `auto` (bf16 on CUDA and on CPUs with native bf16, float32 elsewhere).
+# load_config resolves auto for the config's device, so fingerprints hold the precision that runs.
+BF16_KEYS = ("cam_train.bf16", "cam_infer.bf16", "adv_pretrain.bf16", "standalone.bf16", "aff_train.bf16",
+             "seg_train.bf16")
 
 
 def _read_yaml(path):
@@ -74,6 +79,10 @@ def _base_path(base, child):
 
 
 def _check_type(key, value, ref):
+    if key in BF16_KEYS:  # the merged value may already be auto, so not checked against it
+        if isinstance(value, bool) or value == AUTO:
+            return value
+        raise InputError(f"config key '{key}': expected true, false or auto, got {value!r}")
     if value is None and key in NULLABLE:  # a derived config may unset what its base set
         return None
     if ref is None:
@@ -160,6 +169,15 @@ def load_config(name_or_file="voc", overrides=()):
     for o in overrides:
         cfg = merge(cfg, parse_override(o))
     validate(cfg)
+    resolve_precision(cfg)
+    return cfg
+
+
+def resolve_precision(cfg):
+    """Every bf16 key as the bool that runs on cfg's device (see BF16_KEYS); in place, returns cfg."""
+    for key in BF16_KEYS:
+        section, name = key.split(".")
+        cfg[section][name] = resolve_bf16(cfg[section][name], cfg["device"], key)
     return cfg
 
 

@@ -18,6 +18,8 @@ Only settings that were measured have costs; a stage without one is named as suc
 Under torchrun with N processes the training and inference stages take about 1/N of this (not measured:
 NCCL with two GPUs has not run; docs/gpu.md).
 """
+from psa_baseline import hardware
+
 
 # (config name, device type) -> {stage: (seconds, per, bf16 or None)}; per is "step" or "image";
 # bf16 None: the cost does not depend on it; cycle: EADER's train-cam factor by bf16
@@ -47,6 +49,9 @@ MEASURED_CRF_WORKERS = {("demo", "cpu"): 2, ("voc", "cuda"): 8}
 # where the costs were measured: the check says so, as another machine's times differ
 MEASURED_ON = {("demo", "cpu"): "this project's 2-core x86 CPU (AMX)",
                ("voc", "cuda"): "one H200; an H100 took 10-50% longer (docs/gpu.md)"}
+# bf16 autocast emulated on a CPU without bf16 instructions, against float32, the demo's train-cam step
+# (docs/performance.md): the factor applied to float32 costs when bf16 is forced on such a CPU
+EMULATED_BF16_SLOWDOWN = 14.0
 TRAINING = {"train-cam": "cam_train", "train-aff": "aff_train", "train-adv": "adv_pretrain"}
 BF16_KEY = {"train-cam": ("cam_train", "bf16"), "make-cam": ("cam_infer", "bf16"), "train-aff": ("aff_train", "bf16"),
             "train-seg": ("seg_train", "bf16"), "make-seg": ("seg_train", "bf16")}
@@ -65,9 +70,13 @@ def stage_seconds(cfg, vcfg, stage, images, side_by_side=False):
     if not by_bf16:
         return None
     bf16 = bool(vcfg[BF16_KEY[stage][0]][BF16_KEY[stage][1]]) if stage in BF16_KEY else None
+    slowdown = 1.0
+    if bf16 and key[1] == "cpu" and not hardware.native_bf16_cpu():  # measured bf16 costs are native ones
+        bf16, slowdown = False, EMULATED_BF16_SLOWDOWN
     cost = by_bf16.get(bf16, by_bf16.get(None))
     if cost is None:
         return None
+    cost *= slowdown
     if stage == "train-seg":  # a number of iterations, not epochs
         return vcfg["seg_train"]["iterations"] * cost
     if stage in TRAINING:

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 from psa_baseline import voc
 from psa_baseline.cam_infer import multiscale_cam, scale_batches
 from psa_baseline.fileio import save_npy
+from psa_baseline.hardware import channels_last_ok, memory_format
 from psa_baseline.progress import with_progress
 from .builders import build_cam_net, labels_for, load_stage_weights, split_ids, voc_root
 from .common import (Stage, add_shard_argument, finish_when_complete, my_share, parse_shard, rank, resolve_device,
@@ -58,11 +59,11 @@ def scaled_images(root, ids, scales, flip, workers):
 
 
 def load_cam_net(cfg, path, device):
-    """The trained CAM net at `path` (a cam_net.pth of this config's network), NHWC, in eval mode: as make-cam
-    runs it (channels_last: faster, same CAMs; cam_infer)."""
+    """The trained CAM net at `path` (a cam_net.pth of this config's network), in eval mode and in the
+    layout make-cam runs it in (NHWC where hardware.channels_last_ok: faster, the same CAMs to rounding)."""
     net = load_stage_weights(build_cam_net({**cfg, "net": {**cfg["net"], "weights": None}}), path,
                              "the CAM net", "net.*", "train-cam")
-    return net.to(device, memory_format=torch.channels_last).eval()
+    return net.to(device, memory_format=memory_format(device, cfg["cam_infer"]["bf16"])).eval()
 
 
 def add_arguments(p):
@@ -91,11 +92,13 @@ def run(cfg, force=False, shard=None):
                 len(mine) - len(todo), cfg["cam_infer"]["scales"], cfg["cam_infer"]["flip"], cam_dir)
     t0 = time.time()
     c = cfg["cam_infer"]
+    nhwc = channels_last_ok(device, c["bf16"])
+    st.log.info("precision %s, layout %s", "bf16 autocast" if c["bf16"] else "float32", "NHWC" if nhwc else "NCHW")
     inputs = scaled_images(root, todo, c["scales"], c["flip"], c["num_workers"])
     for i, (j, img, batches) in zip(with_progress(todo, f"make-cam[{st.variant}]", enabled=rank() == 0), inputs):
         assert i == j, (i, j)
         cams = multiscale_cam(net, img, labels[i], scales=c["scales"], flip=c["flip"], device=device,
-                              bf16=c["bf16"], channels_last=True, batches=batches)
+                              bf16=c["bf16"], channels_last=nhwc, batches=batches)
         save_npy(cam_dir / f"{i}.npy", cams)
     dt = time.time() - t0
     st.log.info("%d CAMs in %.1f s (%.3f s/image)", len(todo), dt, dt / max(1, len(todo)))

@@ -6,11 +6,14 @@ Writes: <work>/<variant>/train_cam/{checkpoint.pth, cam_net.pth, DONE.json}, log
 A rerun resumes from checkpoint.pth (model, optimisers, schedule step, EADER turn, RNG states).
 """
 import contextlib
+import dataclasses
+import logging
 import time
 
 import torch
 import torch.nn.functional as F
 
+from psa_baseline.hardware import channels_last_ok, memory_format
 from psa_baseline.resnet38 import PolyOptimizer
 from psa_baseline.training import autocast, epoch_loader, run_steps, unwrap
 from . import train_adv
@@ -49,6 +52,11 @@ def build_eader(cfg, device, pretrained=None):
     from psa_eader.hook import EADER, EaderConfig
     from psa_eader.adversary import adversary_optimizer, build_adversary
     e = EaderConfig(**cfg["eader"])
+    if e.channels_last and not channels_last_ok(device, cfg["cam_train"]["bf16"] and e.autocast):
+        # the adversary's float32 NHWC backward would run the CPU's broken kernel (hardware.py)
+        logging.getLogger("psa_eader").warning("eader.channels_last ignored: float32 NHWC convolution backward "
+                                               "is not safe on a CPU (docs/performance.md); the adversary runs NCHW")
+        e = dataclasses.replace(e, channels_last=False)
     adv = build_adversary(width=e.adv_width, weights=pretrained or weights_file(cfg, "eader.adv_weights"),
                           keep_head=bool(pretrained)).to(device)
     opt = adversary_optimizer(adv, lr=e.adv_lr, momentum=e.adv_momentum, weight_decay=e.adv_weight_decay)
@@ -82,10 +90,13 @@ def run(cfg, force=False, sampler_factory=None, stop_after=None):
                                                     cfg["seed"], sampler_factory, "cam_train")
     total = steps_per_epoch * t["epochs"]
 
-    # NHWC on every device: faster for cuDNN and the CPU's oneDNN alike (demo bf16 train-cam 1.40x on this
-    # CPU); with frozen BN the same weights as NCHW (the demo's 93-step bf16 run: bit-identical; float32:
-    # float noise, tests/test_stages.py). Trained BN in float32 differs more: NHWC sums its statistics in float.
-    net = build_cam_net(cfg, st.log).to(device, memory_format=torch.channels_last)
+    # NHWC where it is safe and fast (CUDA, CPU bf16): with frozen BN the same weights as NCHW to float
+    # noise (tests/test_stages.py); trained BN in float32 differs more (NHWC sums its statistics in float).
+    # The CPU's float32 NHWC backward is broken on narrow convs: NCHW there (hardware.py).
+    fmt = memory_format(device, t["bf16"])
+    st.log.info("precision %s, layout %s", "bf16 autocast" if t["bf16"] else "float32",
+                "NHWC" if fmt == torch.channels_last else "NCHW")
+    net = build_cam_net(cfg, st.log).to(device, memory_format=fmt)
     eader = build_eader(cfg, device, train_adv.output_path(cfg) if train_adv.enabled(cfg) else None)
     opt = PolyOptimizer(net.param_groups(), t["lr"], t["weight_decay"], localizer_steps(total, cfg),
                         momentum=t["momentum"], momentum_quirk=t["momentum_quirk"], power=t["poly_power"],
@@ -105,7 +116,7 @@ def run(cfg, force=False, sampler_factory=None, stop_after=None):
     def step_fn(batch):
         _, x, y = batch
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=fmt)
         return train_step(model, opt, eader, x, y, amp)
 
     step = run_steps(loader, sampler, dataset, step_fn, step=step, total=total, steps_per_epoch=steps_per_epoch,

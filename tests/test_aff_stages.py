@@ -319,7 +319,7 @@ def _voc_cfg(root, work, list_file, **over):
     o = [("voc_root", str(root)), ("work_dir", str(work)), ("device", "cpu"), ("data.seg_dir", "SegmentationClass"),
          ("data.train_list", str(list_file)), ("data.infer_lists", [str(list_file)]),
          ("data.eval_list", str(list_file)), ("crf.list", str(list_file)), "crf.workers=2",
-         "net.width=0.0625", "net.blocks=[1,1,1,1]", "net.frozen_bn=false", "net.frozen_stem=false",
+         "net.width=0.125", "net.blocks=[1,1,1,1]", "net.frozen_bn=false", "net.frozen_stem=false",
          "aff_train.num_workers=0", "net.weights=random"]
     return load_config("voc", o + [(k, v) for k, v in over.items()])
 

@@ -10,7 +10,7 @@ from psa_baseline.affinity import (AffinityLabels, AffinityNet, affinity_loss, f
 from psa_baseline.errors import InputError
 from psa_baseline.resnet38 import Res38Spec
 
-TINY = Res38Spec(width=0.0625, blocks=(1, 1, 1, 1), frozen_bn=False, frozen_stem=False)
+TINY = Res38Spec(width=0.125, blocks=(1, 1, 1, 1), frozen_bn=False, frozen_stem=False)
 
 
 def test_offsets_are_psa_half_disc():

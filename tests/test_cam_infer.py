@@ -66,9 +66,10 @@ def all_classes_cam(net, img, label, scales, bf16):
 
 
 def test_present_classes_and_channels_last_give_the_same_cams_as_before():
-    """make-cam's path (present classes only, channels_last input and net) against the all-classes NCHW
-    path: the very numbers under bf16 autocast and in float32 NCHW; float32 channels_last differs by float
-    noise (another conv kernel on these narrow layers; bit-identical on the demo's width-0.125 network)."""
+    """make-cam's path (present classes only, either layout) against the all-classes NCHW path. The same
+    layout runs the same convolution kernels, so NCHW must give the very numbers; NHWC runs other kernels
+    (which ones depends on the CPU: oneDNN's AVX2, AVX-512 and AMX kernels sum in different orders), so it
+    may differ by rounding: float noise in float32, a few bf16 ulps (2^-8 relative) under bf16 autocast."""
     from psa_baseline.cam_net import CAMNet
     from conftest import tiny_spec
     torch.manual_seed(0)
@@ -78,15 +79,17 @@ def test_present_classes_and_channels_last_give_the_same_cams_as_before():
     label = np.zeros(20, np.float32)
     label[[2, 9, 14]] = 1
     for bf16 in (False, True):
-        want = all_classes_cam(net, img, label, (1.0, 0.5), bf16)
+        want = all_classes_cam(net.to(memory_format=torch.contiguous_format), img, label, (1.0, 0.5), bf16)
         for cl in (False, True):
+            # Module.to converts in place: the reference above was made before this
             n = net.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
             got = multiscale_cam(n, img, label, scales=(1.0, 0.5), flip=True, bf16=bf16, channels_last=cl)
             assert sorted(got) == sorted(want) == [2, 9, 14]
             for c in got:
                 assert got[c].dtype == np.float32, c
-                if bf16 or not cl:
+                if not cl:
                     assert np.array_equal(got[c], want[c]), (bf16, cl, c)
-                else:
-                    assert np.abs(got[c] - want[c]).max() < 1e-5, c
+                else:  # maps in [0, 1]: absolute tolerance of float noise or of a few bf16 roundings
+                    tol = 2e-2 if bf16 else 1e-5
+                    assert np.abs(got[c] - want[c]).max() < tol, (bf16, c, np.abs(got[c] - want[c]).max())
     assert multiscale_cam(net, img, np.zeros(20, np.float32), scales=(1.0,)) == {}

@@ -191,7 +191,7 @@ def test_side_labels_come_from_overrides():
 # ---------------------------------------------------------------------------------- compare, real tiny runs
 
 # conftest.tiny_cfg's overrides as key=value text, random init, CAMs for val only
-TINY = ["net.width=0.0625", "net.blocks=[1,1,1,1]", "cam_train.batch_size=4", "cam_train.epochs=2",
+TINY = ["net.width=0.125", "net.blocks=[1,1,1,1]", "cam_train.batch_size=4", "cam_train.epochs=2",
         "cam_train.crop=64", "cam_train.resize_long=[56,80]", "cam_train.checkpoint_every=2",
         "cam_infer.scales=[1.0]", "cam_eval.sweep=[0.1,0.3,0.1]", "adv_pretrain.epochs=0",
         "net.weights=random", "data.infer_lists=[ImageSets/Segmentation/val.txt]"]

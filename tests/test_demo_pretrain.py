@@ -15,7 +15,7 @@ from psa_baseline.errors import InputError
 def tiny_recipe():
     r = copy.deepcopy(P.RECIPE)
     r.update(n_train=32, n_val=16, steps=2, batch_size=8, crop=64, resize_long=[56, 80], size=[64, 80])
-    r["wrn"].update(width=0.0625, blocks=[1, 1, 1, 1])
+    r["wrn"].update(width=0.125, blocks=[1, 1, 1, 1])
     r["adv"].update(width=0.125)
     return r
 

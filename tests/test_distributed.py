@@ -258,9 +258,9 @@ def test_a_locked_work_dir_stops_every_rank(demo_root, tmp_path):
 
 AFF = {"aff_train.batch_size": 4, "aff_train.epochs": 1, "aff_train.crop": 80, "crf.workers": 1,
        "cam_train.epochs": 1}
-STANDALONE = {"standalone.arch": "resnet18", "standalone.width": 0.0625, "standalone.batch_size": 4,
+STANDALONE = {"standalone.arch": "resnet18", "standalone.width": 0.125, "standalone.batch_size": 4,
               "standalone.epochs": 1, "standalone.crop": 64, "standalone.resize_long": [56, 80],
-              "standalone.num_workers": 0, "standalone.phase_steps": 2, "standalone.adv_width": 0.0625,
+              "standalone.num_workers": 0, "standalone.phase_steps": 2, "standalone.adv_width": 0.125,
               "standalone.sweep": [0.1, 0.3, 0.1],
               "eader.enabled": True}
 
@@ -300,7 +300,7 @@ def test_torchrun_runs_a_stage_with_two_processes(demo_root, tmp_path):
     import subprocess
     import sys
     from conftest import ROOT
-    over = ["net.width=0.0625", "net.blocks=[1,1,1,1]", "cam_train.batch_size=4", "cam_train.epochs=1",
+    over = ["net.width=0.125", "net.blocks=[1,1,1,1]", "cam_train.batch_size=4", "cam_train.epochs=1",
             "cam_train.crop=64", "cam_train.resize_long=[56,80]", "adv_pretrain.epochs=0", "net.weights=random"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
            "stages.cli", "train-cam", "--config", "demo", "--voc-root", str(demo_root), "--work-dir",

@@ -29,7 +29,7 @@ def one_thread():
 
 
 def tiny_localizer():
-    return CAMNet(Res38Spec(width=0.0625, blocks=(1, 1, 1, 1), frozen_bn=False, frozen_stem=False))
+    return CAMNet(Res38Spec(width=0.125, blocks=(1, 1, 1, 1), frozen_bn=False, frozen_stem=False))
 
 
 def batch(labels=((0, 2), (1,))):
@@ -43,8 +43,8 @@ def batch(labels=((0, 2), (1,))):
 
 def make(phase_steps=3, **kw):
     torch.manual_seed(1)
-    cfg = EaderConfig(enabled=True, phase_steps=phase_steps, adv_width=0.0625, **kw)
-    adv = build_adversary(width=0.0625)
+    cfg = EaderConfig(enabled=True, phase_steps=phase_steps, adv_width=0.125, **kw)
+    adv = build_adversary(width=0.125)
     return EADER(cfg, adv, adversary_optimizer(adv))
 
 

@@ -33,7 +33,7 @@ def test_full_network_shapes_and_parameter_count():
 def test_every_conv_dilation_and_stride_is_psas():
     """Every 3x3 conv of the backbone (PSA's resnet38d): b5's first conv dilation 1 then 2, b5_* 2,
     b6 and b7 4, everything else 1; padding = dilation (size kept); stride 2 only in b2, b3, b4."""
-    net = WideResNet38(Res38Spec(width=0.0625))  # PSA's block counts (2, 2, 5, 2); width does not matter
+    net = WideResNet38(Res38Spec(width=0.125))  # PSA's block counts (2, 2, 5, 2); width does not matter
     expected = {"b5.conv_branch2a": 1, "b5.conv_branch2b1": 2, "b6.conv_branch2b1": 4, "b7.conv_branch2b1": 4}
     for i in (1, 2):
         expected[f"b5_{i}.conv_branch2a"] = expected[f"b5_{i}.conv_branch2b1"] = 2
@@ -62,7 +62,7 @@ def test_output_stride_8_at_448():
 
 def test_frozen_bn_and_stem_really_frozen():
     torch.manual_seed(0)
-    net = CAMNet(Res38Spec(width=0.0625, blocks=(1, 1, 1, 1)))  # frozen_bn, frozen_stem defaults
+    net = CAMNet(Res38Spec(width=0.125, blocks=(1, 1, 1, 1)))  # frozen_bn, frozen_stem defaults
     net.train()
     bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert bns and all(not m.training for m in bns)
@@ -99,7 +99,7 @@ def test_trainable_bn_option_updates_statistics():
 
 
 def test_param_groups_and_poly_schedule_with_momentum_quirk():
-    net = CAMNet(Res38Spec(width=0.0625, blocks=(1, 1, 1, 1)))
+    net = CAMNet(Res38Spec(width=0.125, blocks=(1, 1, 1, 1)))
     groups = net.param_groups()
     assert len(groups[2]) == 1 and groups[2][0] is net.fc8.weight and groups[3] == []
     assert len(groups[0]) > 0 and len(groups[1]) == 0  # frozen BN: no pretrained biases train

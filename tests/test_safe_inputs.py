@@ -272,7 +272,7 @@ def test_partial_make_cam_output_from_another_fingerprint_is_cleared(demo_root, 
 def _train_cam_cli(demo_root, work, *extra):
     from stages.cli import main
     return main(["train-cam", "--config", "demo", "--voc-root", str(demo_root), "--work-dir", str(work),
-                 "net.width=0.0625", "net.blocks=[1,1,1,1]", "cam_train.epochs=1", "cam_train.crop=48",
+                 "net.width=0.125", "net.blocks=[1,1,1,1]", "cam_train.epochs=1", "cam_train.crop=48",
                  "cam_train.batch_size=4", "net.weights=random", *extra])
 
 

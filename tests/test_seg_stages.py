@@ -249,7 +249,7 @@ def test_export_refuses_incomplete_pseudo_labels(seg_work, demo_root, tmp_path):
     assert cli_main(args(tmp_path / "ok")) == 0 and (tmp_path / "ok/train_aug.txt").is_file()
 
 
-def test_check_plans_the_deeplab_stages(demo_root, tmp_path):
+def test_check_plans_the_deeplab_stages(demo_root, tmp_path, native_bf16):  # costs measured in bf16
     import torchvision
     from stages.check import run_check
     lines = []

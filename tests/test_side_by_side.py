@@ -69,7 +69,7 @@ def test_ctrl_c_stops_both_variants_with_the_resume_hint(demo_root, tmp_path):
     import sys
     import time
     from conftest import ROOT
-    over = ["net.width=0.0625", "net.blocks=[1,1,1,1]", "cam_train.batch_size=4", "cam_train.epochs=40",
+    over = ["net.width=0.125", "net.blocks=[1,1,1,1]", "cam_train.batch_size=4", "cam_train.epochs=40",
             "cam_train.crop=64", "cam_train.resize_long=[56,80]", "adv_pretrain.epochs=0", "net.weights=random",
             "eader.adv_weights=random", "cam_train.log_every=5"]
     cmd = [sys.executable, "-m", "stages.cli", "pipeline", "--config", "demo", "--voc-root", str(demo_root),

@@ -107,7 +107,7 @@ def test_resume_after_kill_gives_the_same_weights(demo_root, tmp_path):
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text(f"""base: demo
 voc_root: {demo_root}
-net: {{width: 0.0625, blocks: [1, 1, 1, 1], weights: random}}
+net: {{width: 0.125, blocks: [1, 1, 1, 1], weights: random}}
 cam_train: {{batch_size: 4, epochs: 30, crop: 48, resize_long: [48, 64], checkpoint_every: 3}}
 """)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
@@ -150,7 +150,7 @@ def _copy_root(demo_root, tmp_path):
 
 def _cli(root, work, *extra, stage="train-cam"):
     return cli_main([stage, "--config", "demo", "--voc-root", str(root), "--work-dir", str(work),
-                     "net.width=0.0625", "net.blocks=[1,1,1,1]", "cam_train.epochs=1", "cam_train.crop=48",
+                     "net.width=0.125", "net.blocks=[1,1,1,1]", "cam_train.epochs=1", "cam_train.crop=48",
                      "cam_train.batch_size=4", "net.weights=random", "eader.adv_weights=random", *extra])
 
 
@@ -303,14 +303,10 @@ def test_eader_with_zero_weights_is_the_baseline_step():
         assert torch.equal(nets[0][k], nets[1][k]), k
 
 
-def test_train_cam_trains_channels_last_with_nchw_weights(demo_root, tmp_path, monkeypatch):
-    """train-cam feeds the net NHWC on every device (faster on the CPU's oneDNN too). With frozen BN (the
-    paper's and the demo's) the weights match NCHW training to float noise, so a layout slip that scrambled
-    channels would show here. (Trained BN in float32 differs more: NHWC sums its statistics in float, the
-    CPU's NCHW kernel in double.)"""
-    from conftest import tiny_spec
-    from psa_baseline.cam_net import CAMNet
-    from psa_baseline.resnet38 import PolyOptimizer
+@pytest.mark.parametrize("bf16", [False, True])
+def test_train_cam_layout_follows_what_the_cpu_runs_safely(demo_root, tmp_path, monkeypatch, bf16):
+    """train-cam picks the layout by hardware.memory_format: on a CPU NHWC only under bf16 autocast, float32
+    NCHW (the CPU's float32 NHWC conv backward is broken on narrow layers); net and input agree."""
     seen = []
     step = train_cam.train_step
 
@@ -321,9 +317,20 @@ def test_train_cam_trains_channels_last_with_nchw_weights(demo_root, tmp_path, m
         return step(model, opt, eader, x, y, amp)
 
     monkeypatch.setattr(train_cam, "train_step", spy)
-    train_cam.run(tiny_cfg(demo_root, tmp_path / "work"))
-    assert seen and all(a and b for a, b in seen), seen
+    train_cam.run(tiny_cfg(demo_root, tmp_path / "work", **{"cam_train.bf16": bf16, "cam_train.epochs": 1}))
+    assert seen and all(s == (bf16, bf16) for s in seen), seen
+    log = (tmp_path / "work" / "logs" / "baseline.train_cam.log").read_text()
+    assert f"precision {'bf16 autocast' if bf16 else 'float32'}, layout {'NHWC' if bf16 else 'NCHW'}" in log
 
+
+def test_train_cam_nhwc_weights_match_nchw():
+    """With frozen BN (the paper's and the demo's) NHWC training under bf16 autocast (the CPU's NHWC case)
+    gives NCHW's weights to bf16 rounding, so a layout slip that scrambled channels would show here."""
+    from conftest import tiny_spec
+    from psa_baseline.cam_net import CAMNet
+    from psa_baseline.resnet38 import PolyOptimizer
+    from psa_baseline.training import autocast
+    step = train_cam.train_step
     torch.manual_seed(0)
     x, y = torch.randn(4, 3, 56, 48), torch.zeros(4, 20)
     y[[0, 1, 2, 3], [0, 5, 5, 11]] = 1
@@ -336,12 +343,13 @@ def test_train_cam_trains_channels_last_with_nchw_weights(demo_root, tmp_path, m
         opt = PolyOptimizer(net.param_groups(), 0.1, 5e-4, 10)
         torch.manual_seed(2)  # same dropout masks
         for _ in range(3):
-            step(net, opt, None, x.contiguous(memory_format=layout), y, __import__("contextlib").nullcontext)
+            step(net, opt, None, x.contiguous(memory_format=layout), y, autocast(torch.device("cpu"), True))
         weights.append(net.state_dict())
     moved = 0
     for k, a in weights[0].items():
         b = weights[1][k]
-        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), (k, (a - b).abs().max())
+        # the two runs' steps agree to a few percent of the step itself (bf16 rounding of the gradients)
+        assert (a - b).abs().max() <= 0.05 * (a - start[k]).abs().max(), (k, (a - b).abs().max())
     for k in weights[0]:  # and training did move the weights, so the comparison compares something
         moved += int(not torch.equal(weights[0][k], start[k]))
     assert moved > 10

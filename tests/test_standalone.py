@@ -15,10 +15,10 @@ from stages import alpha_sweep, train_standalone
 from stages.cli import main as cli_main
 from stages.config import load_config
 
-TINY = ["standalone.arch=resnet18", "standalone.width=0.0625", "standalone.batch_size=4", "standalone.epochs=2",
+TINY = ["standalone.arch=resnet18", "standalone.width=0.125", "standalone.batch_size=4", "standalone.epochs=2",
         "standalone.crop=64", "standalone.resize_long=[56,80]", "standalone.checkpoint_every=2",
         "standalone.log_every=2", "standalone.num_workers=0", "standalone.infer_scales=[1.0]",
-        "standalone.sweep=[0.1,0.3,0.1]", "standalone.phase_steps=2", "standalone.adv_width=0.0625",
+        "standalone.sweep=[0.1,0.3,0.1]", "standalone.phase_steps=2", "standalone.adv_width=0.125",
         "standalone.weights=random", "eader.adv_weights=random"]  # random init said explicitly
 
 
