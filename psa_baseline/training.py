@@ -1,11 +1,13 @@
 """Training-loop pieces shared by the CAM and affinity stages: a resumable sampler and checkpoints."""
 import contextlib
+import pickle
 import random
 import time
 
 import numpy as np
 import torch
 
+from .errors import InputError
 from .fileio import save_torch
 from .hardware import resolve_bf16
 
@@ -57,13 +59,19 @@ class EpochSampler(torch.utils.data.Sampler):
 
 
 def rng_state():
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+    """Every RNG's state in types torch.load(weights_only=True) reads back: tensors, numbers, strings,
+    tuples; numpy's key array as a tensor, so a checkpoint never needs arbitrary unpickling."""
+    kind, key, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "numpy": (kind, torch.from_numpy(key.astype(np.int64)), int(pos), int(has_gauss), float(gauss)),
+            "python": random.getstate(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
 def set_rng_state(state):
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    kind, key, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(key, dtype=np.int64).astype(np.uint32), pos, has_gauss, gauss))
     random.setstate(state["python"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         # one state per GPU visible at the save; a resume may see fewer (CUDA_VISIBLE_DEVICES, another machine)
@@ -77,7 +85,22 @@ def save_checkpoint(path, **parts):
 
 
 def load_checkpoint(path, map_location="cpu"):
-    return torch.load(path, map_location=map_location, weights_only=False)
+    """A checkpoint written by save_checkpoint, read with torch's restricted unpickler (weights_only): a
+    file that needs anything else (code, foreign objects) is refused, never run. A torn or foreign file
+    is an InputError naming it and the fix."""
+    fix = "delete it to restart the stage from step 0, or rerun with --force"
+    try:
+        ck = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise InputError(f"checkpoint {path} holds objects other than tensors, numbers and strings (made by an "
+                         f"older psa-eader, or not by psa-eader at all), so it is not loaded: {fix} "
+                         f"[{str(e).splitlines()[0][:200]}]") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise InputError(f"checkpoint {path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]}): "
+                         f"{fix}") from None
+    if not isinstance(ck, dict) or "step" not in ck:
+        raise InputError(f"checkpoint {path} is not a psa-eader training checkpoint: {fix}")
+    return ck
 
 
 def unwrap(model):
@@ -250,6 +273,14 @@ def run_steps(loader, sampler, dataset, step_fn, *, step, total, steps_per_epoch
         dataset.set_epoch(epoch)
         for batch in timed(loader, clock):
             stats = step_fn(batch)
+            bad = {k: v for k, v in stats.items() if ("loss" in k or k.startswith("l_")) and not np.isfinite(v)}
+            if bad:  # diverged: the weights are spoilt, so stop before the next checkpoint could keep them
+                bar.close()
+                raise InputError(
+                    f"{desc}: {', '.join(f'{k} {v}' for k, v in bad.items())} at step {step + 1}/{total}: training "
+                    f"diverged (most often a learning rate too high for this network, batch or precision; "
+                    f"else non-finite inputs or weights). Nothing of this step was saved; the last checkpoint "
+                    f"(if any) is kept. Lower the lr (or set bf16 to false) and rerun.")
             for k, v in stats.items():
                 running[k] = running.get(k, 0.0) * 0.9 + v * 0.1 if k in running else v
             step += 1

@@ -211,7 +211,7 @@ def main():
     va_ids, va_imgs, va_labels, va_gts, va_parts = load_split(args.root, "val")
     if args.load_model:
         net = make_net()
-        net.load_state_dict(torch.load(args.load_model))
+        net.load_state_dict(torch.load(args.load_model, weights_only=True))
         net.eval()
     else:
         net = train(tr_imgs, tr_labels, args.epochs, args, args.seed, "localizer")

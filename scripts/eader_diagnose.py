@@ -167,7 +167,7 @@ def main(argv=None):
     runs = [("eader_localizer", net, True)]
     if args.localizer:
         other = build_cam_net(cfg)
-        other.load_state_dict(torch.load(args.localizer, map_location="cpu"))
+        other.load_state_dict(torch.load(args.localizer, map_location="cpu", weights_only=True))
         runs.append(("other_localizer", other.eval(), False))
     for name, loc, grads in runs:
         acc = {k: [] for k in ("erased_head", "erased_body", "erased_background", "score_erased_class",

@@ -1,4 +1,6 @@
 """Build networks and datasets from a config (shared by the stages)."""
+from pathlib import Path
+
 from psa_baseline import voc
 from psa_baseline.cam_net import CAMNet
 from psa_baseline.errors import InputError
@@ -25,6 +27,38 @@ def load_stage_weights(net, path, what, keys, maker):
         raise InputError(f"{path} does not fit {what} of this config ({keys}): {str(e)[:500]}; train it with "
                          f"this config ({maker} --force) or give the {keys} keys it was trained with") from e
     return net
+
+
+def files_identity(paths):
+    """Short hash of each file's path, size and modification time (a missing one counts as such): a
+    fingerprint part that changes when an input file is replaced or edited, for the cost of a stat."""
+    import hashlib
+    import os
+    h = hashlib.sha256()
+    for p in paths:
+        try:
+            s = os.stat(p)
+            h.update(f"{p}\0{s.st_size}\0{s.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{p}\0missing\n".encode())
+    return h.hexdigest()[:16]
+
+
+def inputs_identity(cfg, ids, images=False, seg_dir=None, part_masks=False):
+    """files_identity of what a stage reads for `ids`: their images, their label PNGs in seg_dir, their part
+    masks, and the image-level label file; so a finished stage is redone when its inputs change on disk."""
+    root = voc_root(cfg, seg_dir)
+    paths = []
+    if images:
+        paths += [root.image_path(i) for i in ids]
+    if seg_dir:
+        paths += [root.seg_dir / f"{i}.png" for i in ids]
+    if part_masks and cfg["data"]["part_masks"]:
+        paths += [root.root / cfg["data"]["part_masks"] / f"{i}.png" for i in ids]
+    cls = cfg["data"]["cls_labels"]
+    if cls:
+        paths.append(resolve_data_path(cfg, cls, "data.cls_labels file"))
+    return files_identity(paths)
 
 
 def res38_spec(cfg):
@@ -87,7 +121,22 @@ def weights_file(cfg, key):
     value = weights_value(cfg, key)
     if value is None or value == RANDOM:
         return None
-    return resolve_data_path(cfg, value, f"{key} file")
+    path = resolve_data_path(cfg, value, f"{key} file")
+    from demo import pretrain
+    if Path(path).resolve().parent == pretrain.WEIGHTS_DIR.resolve():
+        _verified_demo_weights()  # every reader, not only the pipeline: a tampered file is refused
+    return path
+
+
+_DEMO_VERIFIED = {}
+
+
+def _verified_demo_weights():
+    """demo.pretrain.verify once per process and state of the folder (its files' sizes and times)."""
+    from demo import pretrain
+    key = files_identity(sorted(pretrain.WEIGHTS_DIR.iterdir()))
+    if key not in _DEMO_VERIFIED:
+        _DEMO_VERIFIED[key] = pretrain.verify(pretrain.WEIGHTS_DIR)
 
 
 _HASHES = {}

@@ -86,10 +86,22 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's or `kill`'s stop), handled as Ctrl-C is: the same unwinding and resume hint."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     from .common import launched_world_size, process_group
+    import signal
+    import threading
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         # under torchrun: join its process group first (the config names the device: NCCL or gloo)
         device = config_from_args(args)["device"] if launched_world_size() > 1 else "cpu"
@@ -99,9 +111,18 @@ def main(argv=None):
     except InputError as e:
         print(f"psa-eader {args.stage}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"psa-eader {args.stage}: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        print(f"psa-eader {args.stage}: {what}; rerun the same command to resume", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
+    except OSError as e:  # a full disk, a vanished or read-only folder: what and where, not a traceback
+        import errno
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        fix = ("free space on that disk, or pass --work-dir on another one; then rerun the same command to resume"
+               if e.errno in (errno.ENOSPC, errno.EDQUOT) else
+               "check that path and its permissions (or pass --work-dir elsewhere); then rerun the same command")
+        print(f"psa-eader {args.stage}: error: {e.strerror or e}{where}: {fix}", file=sys.stderr)
+        return 2
     return 0
 
 

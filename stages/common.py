@@ -319,6 +319,10 @@ class Stage:
         self.variant = variant_name(cfg)
         self.work_dir = Path(cfg["work_dir"])
         self.dir = self.folder(cfg, name)
+        # config.validate refuses a variant that is not a plain name; this holds whatever builds the name
+        if not self.dir.resolve().is_relative_to(self.work_dir.resolve()) or self.dir.parent.parent != self.work_dir:
+            raise InputError(f"stage folder {self.dir} is not inside the work dir {self.work_dir}: give `variant` as a "
+                             f"plain name (letters, digits, . _ + = -)")
         error = None
         if rank() == 0:  # one lock per run: the other ranks of a torchrun share rank 0's
             try:
@@ -382,17 +386,34 @@ class Stage:
     def partial_file(self):
         return self.dir / "PARTIAL.json"
 
+    @property
+    def replaced_dir(self):
+        """Where finished results made under another config wait while this run redoes the stage: deleted
+        when it finishes, restored when a later run asks for them again (so a run that fails on its inputs
+        never costs the results it would have replaced)."""
+        return self.dir.with_name(self.dir.name + ".replaced")
+
     def is_done(self):
-        """True when finished with the same fingerprint; a stale or forced run clears the folder, and so
-        does partial work (files of an interrupted run, a checkpoint) made under another fingerprint."""
+        """True when finished with the same fingerprint. A stale or forced run sets the finished results
+        aside (replaced_dir) rather than deleting them; partial work (files of an interrupted run, a
+        checkpoint) made under another fingerprint is cleared. The device is checked before anything moves."""
+        if rank() == 0 and not self.force:
+            self._restore_replaced()
         rec = self.record()
         if rec and rec.get("fingerprint") == self.fp and not self.force:
             self.log.info("already done (%s); skipping. Use --force to redo.", self.done_file)
             return True
+        resolve_device(str(self.cfg["device"]))  # an unusable device stops here, with nothing touched
         if rank() == 0:
-            if rec or (self.force and self.dir.exists()):
+            if rec:
                 why = "forced" if self.force else "config or inputs changed"
-                self.log.info("%s: clearing %s", why, self.dir)
+                shutil.rmtree(self.replaced_dir, ignore_errors=True)
+                os.replace(self.dir, self.replaced_dir)
+                self.log.info("%s: the finished results in %s are set aside as %s until this run finishes "
+                              "(then deleted; a rerun under their config restores them)", why, self.dir,
+                              self.replaced_dir.name)
+            elif self.force and self.dir.exists():
+                self.log.info("forced: clearing the unfinished %s", self.dir)
                 shutil.rmtree(self.dir, ignore_errors=True)
             elif self.dir.exists():
                 self._keep_partial_if_same_fingerprint()
@@ -402,6 +423,21 @@ class Stage:
                                                "started": time.strftime("%Y-%m-%d %H:%M:%S")})
         barrier()
         return False
+
+    def _restore_replaced(self):
+        """Bring back results set aside by a run under another config that did not finish, when this run
+        has their fingerprint (the user went back to the config that made them)."""
+        try:
+            old = json.loads((self.replaced_dir / "DONE.json").read_text()).get("fingerprint")
+        except (OSError, ValueError, AttributeError):
+            return
+        rec = self.record()
+        if old != self.fp or (rec and rec.get("fingerprint") == self.fp):
+            return
+        self.log.info("restoring the finished results of this config from %s (a run under another config "
+                      "set them aside and did not finish)", self.replaced_dir)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        os.replace(self.replaced_dir, self.dir)
 
     def _keep_partial_if_same_fingerprint(self):
         if not any(self.dir.iterdir()):
@@ -439,6 +475,7 @@ class Stage:
                "machine": hardware.describe()}
         write_json(self.done_file, rec)
         self.partial_file.unlink(missing_ok=True)
+        shutil.rmtree(self.replaced_dir, ignore_errors=True)  # the results this run replaced
         self.log.info("finished; record in %s", self.done_file)
         barrier()
 

@@ -20,6 +20,7 @@ seed pairs (training randomness) and a paired bootstrap 95% interval over the va
 images; only when the runs wrote per_image.npz: eval-cam, eval-seg); a verdict, where a difference whose
 interval includes 0 is "no difference shown". Writes <work>/compare/<A>_vs_<B>.{md,json}; prints the table.
 """
+import fcntl
 import hashlib
 import json
 import os
@@ -313,10 +314,14 @@ def write_comparison(work_dir, c):
     <stem>.earlier-<n>.md/.json, not overwritten; the same runs compared again replace their own files."""
     stem = f"{slug(c['a']['name'], True)}_vs_{slug(c['b']['name'], True)}"
     out = Path(work_dir) / "compare"
-    kept = keep_earlier(out, stem, (c["a"]["runs"], c["b"]["runs"]))
+    out.mkdir(parents=True, exist_ok=True)
     text = markdown(c)
-    write_json(out / f"{stem}.json", c)
-    write_text(out / f"{stem}.md", text)
+    # one writer at a time: two compares finishing together must not both keep (or lose) the earlier table
+    with open(out / f".{stem}.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        kept = keep_earlier(out, stem, (c["a"]["runs"], c["b"]["runs"]))
+        write_json(out / f"{stem}.json", c)
+        write_text(out / f"{stem}.md", text)
     return out / f"{stem}.md", text, kept
 
 

@@ -7,6 +7,8 @@ Unknown keys and values of the wrong type stop with an error naming the key.
 import copy
 import hashlib
 import json
+import math
+import re
 from pathlib import Path
 
 import yaml
@@ -181,10 +183,37 @@ def resolve_precision(cfg):
     return cfg
 
 
+# A name that becomes a folder: letters, digits and . _ + = -, not starting with a dot (no `..`, no `/`),
+# so <work>/<variant>/ can never point outside the work dir.
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_+=-][A-Za-z0-9_.+=-]{0,99}")
+
+
+def plain_name(text):
+    return isinstance(text, str) and PLAIN_NAME.fullmatch(text) is not None
+
+
 def validate(cfg):
     def need(cond, key, msg):
         if not cond:
             raise InputError(f"config key '{key}': {msg}")
+    need(cfg["variant"] is None or plain_name(cfg["variant"]), "variant",
+         f"{cfg['variant']!r} is not a plain folder name: use letters, digits and . _ + = - (not starting with "
+         f"a dot, no / or \\); it names <work_dir>/<variant>/")
+    for k, v in cfg.items():  # every number in the config: NaN and infinity are never meant
+        _need_finite(v, k, need)
+    for section, sec in cfg.items():  # optimiser settings by name, wherever they stand
+        if not isinstance(sec, dict):
+            continue
+        for k, v in sec.items():
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                continue
+            key = f"{section}.{k}"
+            if k == "lr" or k.endswith("_lr") or k.endswith("lr_mult"):
+                need(v > 0, key, f"{v} must be positive (a learning rate or its multiplier)")
+            elif k.endswith("weight_decay") or k == "poly_power":
+                need(v >= 0, key, f"{v} must be zero or positive")
+            elif k.endswith("momentum"):
+                need(0 <= v < 1, key, f"{v} must be in [0, 1)")
     need(cfg["device"] in ("cpu", "cuda") or str(cfg["device"]).startswith("cuda:"), "device", "use cpu or cuda")
     need(0 < cfg["net"]["width"] <= 1.0, "net.width", "must be in (0, 1]")
     need(len(cfg["net"]["blocks"]) == 4 and all(isinstance(b, int) and b >= 0 for b in cfg["net"]["blocks"]),
@@ -215,6 +244,17 @@ def validate(cfg):
     need(len(s["infer_scales"]) > 0 and all(x > 0 for x in s["infer_scales"]), "standalone.infer_scales",
          "a non-empty list of positive scales")
     need(len(s["sweep"]) == 3 and s["sweep"][2] > 0, "standalone.sweep", "[start, stop, step] with step > 0")
+
+
+def _need_finite(v, key, need):
+    if isinstance(v, dict):
+        for k, x in v.items():
+            _need_finite(x, f"{key}.{k}", need)
+    elif isinstance(v, list):
+        for x in v:
+            _need_finite(x, key, need)
+    elif isinstance(v, float):
+        need(math.isfinite(v), key, f"{v} is not a finite number")
 
 
 def variant_name(cfg):

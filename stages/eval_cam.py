@@ -18,7 +18,7 @@ from psa_baseline.errors import InputError
 from psa_baseline.evaluation import (METRICS_VERSION, PER_IMAGE_FILE, cam_dict_to_label, classes_note, confusion,
                                      evaluate_cam_dir, load_cam_dict, markdown_table, save_per_image, scores)
 from psa_baseline.fileio import write_json
-from .builders import labels_for, split_ids, voc_root
+from .builders import inputs_identity, labels_for, split_ids, voc_root
 from .common import Stage, resolve_data_path, upstream_fp
 from .report import update_results
 
@@ -103,8 +103,9 @@ def evaluate(cfg, cam_dir, list_rel, threshold, log=None, confusions=None, part_
 
 
 def run(cfg, force=False):
-    st = Stage(cfg, NAME, [upstream_fp(cfg, "make_cam"), cfg["cam_eval"], cfg["data"]["eval_list"],
-                           METRICS_VERSION], force)
+    d = cfg["data"]
+    gt = inputs_identity(cfg, split_ids(cfg, d["eval_list"]), seg_dir=d["eval_seg_dir"], part_masks=True)
+    st = Stage(cfg, NAME, [upstream_fp(cfg, "make_cam"), cfg["cam_eval"], d["eval_list"], METRICS_VERSION, gt], force)
     out = st.dir / "cam_eval.json"
     if not st.is_done():
         confusions, part_counts = {}, {}
@@ -114,7 +115,7 @@ def run(cfg, force=False):
         write_json(out, res)
         st.finish(metrics="cam_eval.json", per_image=PER_IMAGE_FILE)
     res = json.loads(out.read_text())
-    update_results(st.work_dir, st.variant, "cam", res)
+    update_results(st.work_dir, st.variant, "cam", res, fingerprint=st.fp)
     st.log.info("CAM mIoU %.2f precision %.2f recall %.2f at threshold %.2f (best %.2f at %.2f); "
                 "trivial: all-bg %.2f, CAM=1 %.2f; %s", res["miou"], res["precision"], res["recall"],
                 res["threshold"], res["best_miou"], res["best_threshold"], res["trivial"]["all_background"],

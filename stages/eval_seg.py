@@ -20,7 +20,7 @@ from psa_baseline import voc
 from psa_baseline.evaluation import METRICS_VERSION, PER_IMAGE_FILE, classes_note, evaluate_label_dir, save_per_image
 from psa_baseline.errors import InputError
 from psa_baseline.fileio import write_json
-from .builders import labels_for, split_ids, voc_root
+from .builders import inputs_identity, labels_for, split_ids, voc_root
 from .common import Stage, upstream_fp
 from .eval_cam import add_part_counts, folder_main, trivial_scores
 from .report import update_results
@@ -86,8 +86,9 @@ def run(cfg, force=False, target="aff"):
     folder, upstream, sub, metrics_file, key, what = TARGETS[target]
     d = cfg["data"]
     lists_dep = d["infer_lists"] if target == "aff" else None  # seg scores data.eval_list only
+    scored = [i for rel in (lists_with_gt(cfg) if target == "aff" else [d["eval_list"]]) for i in split_ids(cfg, rel)]
     deps = [upstream_fp(cfg, upstream), d["eval_list"], lists_dep, d["eval_seg_dir"], cfg["voc_root"],
-            METRICS_VERSION]
+            METRICS_VERSION, inputs_identity(cfg, scored, seg_dir=d["eval_seg_dir"], part_masks=True)]
     st = Stage(cfg, folder, deps, force)
     out = st.dir / metrics_file
     pred_dir = st.work_dir / st.variant / upstream / sub
@@ -103,7 +104,7 @@ def run(cfg, force=False, target="aff"):
         write_json(out, res)
         st.finish(metrics=metrics_file, splits=lists, per_image=PER_IMAGE_FILE)
     res = json.loads(out.read_text())
-    update_results(st.work_dir, st.variant, key, res)
+    update_results(st.work_dir, st.variant, key, res, fingerprint=st.fp)
     st.log.info(what + " mIoU %.2f precision %.2f recall %.2f on %s; %s; %s", res["miou"], res["precision"],
                 res["recall"], res["split"], ", ".join(f"{k}: {v['miou']:.2f}" for k, v in res["splits"].items()),
                 classes_note(res))

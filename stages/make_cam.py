@@ -5,18 +5,21 @@ Writes: <work>/<variant>/make_cam/cams/<id>.npy (dict {class: HxW float32}), DON
 Each CAM file is written atomically, so a rerun after a crash only computes the missing ones.
 """
 import time
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from psa_baseline import voc
 from psa_baseline.cam_infer import multiscale_cam, scale_batches
-from psa_baseline.fileio import save_npy
+from psa_baseline.fileio import looks_complete, save_npy
 from psa_baseline.hardware import channels_last_ok, memory_format
 from psa_baseline.progress import with_progress
-from .builders import build_cam_net, labels_for, load_stage_weights, split_ids, voc_root
+from .builders import (build_cam_net, files_identity, inputs_identity, labels_for, load_stage_weights, split_ids,
+                       voc_root)
 from .common import (Stage, add_shard_argument, finish_when_complete, my_share, parse_shard, rank, resolve_device,
                      upstream_fp)
+from .config import variant_name
 
 NAME = "make_cam"
 
@@ -73,7 +76,10 @@ def add_arguments(p):
 def run(cfg, force=False, shard=None):
     """shard (i, n): only shard i of n of the images (separate jobs); see common.my_share."""
     how = {k: v for k, v in cfg["cam_infer"].items() if k != "num_workers"}  # workers: same CAMs
-    deps = [upstream_fp(cfg, "train_cam"), how, cfg["data"]["infer_lists"]]
+    net_path = Path(cfg["work_dir"]) / variant_name(cfg) / "train_cam" / "cam_net.pth"
+    # the CAM net and the images as they are on disk, not only the configs that made them
+    deps = [upstream_fp(cfg, "train_cam"), how, cfg["data"]["infer_lists"], files_identity([net_path]),
+            inputs_identity(cfg, infer_ids(cfg), images=True)]
     st = Stage(cfg, NAME, deps, force, shard)
     cam_dir = st.dir / "cams"
     if st.is_done():
@@ -87,7 +93,8 @@ def run(cfg, force=False, shard=None):
     net = load_cam_net(cfg, st.work_dir / st.variant / "train_cam" / "cam_net.pth", device)
 
     mine = my_share(ids, shard)  # each rank (and --shard job) takes its share; files are per image
-    todo = [i for i in mine if not (cam_dir / f"{i}.npy").exists()]
+    # a file left by an earlier run counts only when whole (an emptied or torn one is made again)
+    todo = [i for i in mine if not looks_complete(cam_dir / f"{i}.npy")]
     st.log.info("CAMs for %d images (%d already on disk), scales %s, flip %s -> %s", len(mine),
                 len(mine) - len(todo), cfg["cam_infer"]["scales"], cfg["cam_infer"]["flip"], cam_dir)
     t0 = time.time()
@@ -102,7 +109,7 @@ def run(cfg, force=False, shard=None):
         save_npy(cam_dir / f"{i}.npy", cams)
     dt = time.time() - t0
     st.log.info("%d CAMs in %.1f s (%.3f s/image)", len(todo), dt, dt / max(1, len(todo)))
-    finish_when_complete(st, lambda: [i for i in ids if not (cam_dir / f"{i}.npy").exists()],
+    finish_when_complete(st, lambda: [i for i in ids if not looks_complete(cam_dir / f"{i}.npy")],
                          cam_dir="cams", n_images=len(ids), seconds=round(dt, 1))
     return cam_dir
 

@@ -21,7 +21,7 @@ from psa_baseline.crf import cam_dict_to_crf
 from psa_baseline.errors import InputError
 from psa_baseline.evaluation import load_cam_dict
 from psa_baseline.progress import with_progress
-from psa_baseline.fileio import save_npy
+from psa_baseline.fileio import looks_complete, save_npy
 from .builders import labels_for, split_ids, voc_root
 from .common import (Stage, add_shard_argument, finish_when_complete, my_share, parse_shard, rank,
                      resolve_data_path, upstream_fp)
@@ -106,7 +106,7 @@ def make_tasks(root, ids, labels, cam_dir, out_dir, alphas, scale_factor=1.0):
     tasks = []
     for i in ids:
         outs = (Path(out_dir) / LA / f"{i}.npy", Path(out_dir) / HA / f"{i}.npy")
-        if all(o.exists() for o in outs):
+        if all(looks_complete(o) for o in outs):  # an emptied or torn file is made again
             continue
         tasks.append((i, root.image_path(i), Path(cam_dir) / f"{i}.npy", labels[i], alphas, outs, scale_factor))
     return tasks

@@ -20,7 +20,7 @@ from psa_baseline.affinity import AffinityNet
 from psa_baseline.errors import InputError
 from psa_baseline.evaluation import load_cam_dict
 from psa_baseline.progress import with_progress
-from psa_baseline.fileio import save_npy
+from psa_baseline.fileio import looks_complete, save_npy
 from psa_baseline.random_walk import propagate_cams, random_walk_sparse
 from .builders import labels_for, load_stage_weights, res38_spec, voc_root
 from .common import (Stage, add_shard_argument, finish_when_complete, my_share, parse_shard, rank, resolve_device,
@@ -108,7 +108,8 @@ def run(cfg, force=False, cam_dir=None, shard=None):
     net = load_aff_net(cfg, st.work_dir / st.variant / "train_aff" / "aff_net.pth", device)
 
     def done(i):
-        return (out_dir / f"{i}.png").exists() and (not r["save_scores"] or (score_dir / f"{i}.npy").exists())
+        # whole files only: an emptied or torn one is made again
+        return looks_complete(out_dir / f"{i}.png") and (not r["save_scores"] or looks_complete(score_dir / f"{i}.npy"))
 
     mine = my_share(ids, shard)
     todo = [i for i in mine if not done(i)]

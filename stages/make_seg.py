@@ -10,6 +10,7 @@ import time
 
 
 from psa_baseline import voc
+from psa_baseline.fileio import looks_complete
 from psa_baseline.progress import with_progress
 from psa_baseline.training import autocast
 from .builders import load_stage_weights, split_ids, voc_root
@@ -42,7 +43,7 @@ def run(cfg, force=False):
     amp = autocast(device, cfg["seg_train"]["bf16"])
 
     mine = ids[rank()::world_size()]
-    todo = [k for k in mine if not (out_dir / f"{k}.png").exists()]
+    todo = [k for k in mine if not looks_complete(out_dir / f"{k}.png")]  # an emptied or torn one is redone
     st.log.info("DeepLabV3+ predictions (scales %s, flip %s, crf %s) for %d images (%d already on disk) -> %s",
                 i["scales"], i["flip"], i["crf"], len(mine), len(mine) - len(todo), out_dir)
     t0 = time.time()

@@ -32,13 +32,26 @@ def load_results(work_dir):
     return json.loads(p.read_text()) if p.exists() else {}
 
 
-def update_results(work_dir, variant, key, metrics, meta=None):
+# an entry stands on the ones before it: when an entry is remade under another fingerprint, the later ones
+# (made from its predecessor's outputs) are dropped until their own stages run again
+DOWNSTREAM = {"cam": ("aff", "seg"), "aff": ("seg",)}
+
+
+def update_results(work_dir, variant, key, metrics, meta=None, fingerprint=None):
     """Set results[variant][key] = metrics and rewrite report.md. Under a lock (<work>/.results.lock):
-    variants that run side by side both update these files, and neither may drop the other's entry."""
+    variants that run side by side both update these files, and neither may drop the other's entry.
+    fingerprint: the scoring stage's; a new one drops the variant's DOWNSTREAM entries (stale now)."""
     with open(Path(work_dir) / ".results.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         res = load_results(work_dir)
-        res.setdefault(variant, {})[key] = metrics
+        entry = res.setdefault(variant, {})
+        fps = entry.setdefault("meta", {}).setdefault("fingerprints", {})
+        if fingerprint is not None and fps.get(key) != fingerprint:
+            for later in DOWNSTREAM.get(key, ()):
+                entry.pop(later, None)
+                fps.pop(later, None)
+            fps[key] = fingerprint
+        entry[key] = metrics
         if meta:
             res[variant].setdefault("meta", {}).update(meta)
         write_json(results_path(work_dir), res)

@@ -45,8 +45,8 @@ from psa_baseline.training import autocast, ddp_wrap, epoch_loader, resume, run_
 from psa_baseline.errors import InputError
 from psa_eader.masks import NORMS, normalise_attention
 from psa_eader.standalone import AuthorsAugment, StandaloneLocalizer
-from .builders import (cls_train_dataset, cls_train_inputs, labels_for, require_weights, split_ids, voc_root,
-                       weights_file, weights_identity)
+from .builders import (cls_train_dataset, cls_train_inputs, labels_for, load_stage_weights, require_weights,
+                       split_ids, voc_root, weights_file, weights_identity)
 from .common import Stage, rank, resolve_device, seed_everything, solo, upstream_fp
 from .config import merge
 from .train_cam import build_eader, eader_section, train_step
@@ -286,9 +286,9 @@ def run_eval(cfg, force=False):
         ids = split_ids(cfg, cfg["data"]["eval_list"])
         labels = labels_for(cfg, root, ids, st.log)
         voc.check_dataset(root, ids, need_seg=True, labels=labels)
-        loc = build_localizer({**cfg, "standalone": {**cfg["standalone"], "weights": None}})
-        loc.load_state_dict(torch.load(st.work_dir / st.variant / TRAIN / "localizer.pth", map_location="cpu",
-                                       weights_only=True))
+        loc = load_stage_weights(build_localizer({**cfg, "standalone": {**cfg["standalone"], "weights": None}}),
+                                 st.work_dir / st.variant / TRAIN / "localizer.pth", "the standalone localizer",
+                                 "standalone.*", "standalone")
         loc.to(device)
         t0 = time.time()
         res = evaluate_localizer(cfg, loc, ids, root, labels, device,
