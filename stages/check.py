@@ -36,8 +36,9 @@ LOG_BYTES = 1 << 20
 
 
 def add_arguments(p):
-    p.add_argument("--eader", choices=tuple(VARIANTS), default="off",
-                   help="variants to check: baseline (off), EADER (on) or both, as for pipeline")
+    p.add_argument("--eader", choices=tuple(VARIANTS), default=None,
+                   help="variants to check: baseline (off), EADER (on) or both, as for pipeline (default as "
+                        "there: both, or what an eader.enabled override says)")
     from .pipeline import DEFAULT_UNTIL, UNTIL
     p.add_argument("--until", choices=tuple(UNTIL), default=DEFAULT_UNTIL,
                    help=f"last stage group of the planned run, as for pipeline (default {DEFAULT_UNTIL})")
@@ -465,7 +466,9 @@ def run_check(cfg, eader="off", until=None, out=print, jobs=1):
 
 def main(args):
     from .cli import config_from_args
-    run_check(config_from_args(args), args.eader, args.until, out=lambda m: print(m, flush=True), jobs=args.jobs)
+    from .pipeline import variants_asked
+    run_check(config_from_args(args), variants_asked(args.eader, args.set), args.until,
+              out=lambda m: print(m, flush=True), jobs=args.jobs)
 
 
 if __name__ == "__main__":

@@ -62,11 +62,18 @@ def config_from_args(args):
 def build_parser():
     parser = argparse.ArgumentParser(prog="psa-eader", description="PSA + EADER weakly-supervised "
                                      "semantic segmentation pipeline; one subcommand per stage.")
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        ver = version("psa-eader")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        ver = "unknown (not installed)"
+    parser.add_argument("--version", action="version", version=f"psa-eader {ver}")
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     parser.stage_parsers = {}
     for name, mod in STAGES.items():
         m = importlib.import_module(f"stages.{mod}")
-        p = sub.add_parser(name, help=m.__doc__.splitlines()[0], description=m.__doc__,
+        # help strings are %-formatted by argparse: a literal % (compare's "95%") must be doubled
+        p = sub.add_parser(name, help=m.__doc__.splitlines()[0].replace("%", "%%"), description=m.__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         common_options(p, name)
         if hasattr(m, "add_arguments"):

@@ -28,8 +28,9 @@ ALONE = ("eval-cam", "eval-seg")
 
 
 def add_arguments(p):
-    p.add_argument("--eader", choices=("off", "on", "both"), default="off",
-                   help="baseline PSA (off), PSA with EADER (on), or both with the same seed and data")
+    p.add_argument("--eader", choices=("off", "on", "both"), default=None,
+                   help="baseline PSA (off), PSA with EADER (on), or both with the same seed and data (default: "
+                        "both, or what an eader.enabled=true/false override says; the two must not disagree)")
     p.add_argument("--until", choices=tuple(UNTIL), default=DEFAULT_UNTIL,
                    help="last stage group to run: cam (train-cam .. eval-cam), aff (also make-crf, "
                         "train-aff, make-pseudo, eval-seg) or seg (also DeepLabV3+: train-seg, "
@@ -40,6 +41,24 @@ def add_arguments(p):
                         "fewer threads than when it runs alone; stages/jobs.py); default 1, one after the other")
     p.add_argument("--check", action="store_true",
                    help="only the pre-flight check (psa-eader check): print the plan, exit 2 listing every problem")
+
+
+def variants_asked(flag, overrides):
+    """--eader's value: the flag, else an eader.enabled override's, else both. A flag and an override that
+    disagree are refused (the flag used to overwrite the key without a word)."""
+    from .config import parse_override
+    key = None
+    for o in overrides:
+        node = parse_override(o)
+        if isinstance(node.get("eader"), dict) and "enabled" in node["eader"]:
+            key = node["eader"]["enabled"]
+    if key is not None and not isinstance(key, bool):
+        raise InputError(f"eader.enabled={key!r}: expected true or false")
+    from_key = None if key is None else ("on" if key else "off")
+    if flag is not None and from_key is not None and flag != from_key:
+        raise InputError(f"--eader {flag} and eader.enabled={str(key).lower()} disagree: give one of them "
+                         f"(--eader off|on|both chooses the variants; eader.enabled=true is --eader on)")
+    return flag or from_key or "both"
 
 
 def variant_configs(cfg, eader):
@@ -102,6 +121,7 @@ def main(args):
     if args.config is None:
         args.config = "demo"
     cfg = config_from_args(args)
+    args.eader = variants_asked(args.eader, args.set)
     jobs = args.jobs
     if jobs < 1:
         raise InputError(f"--jobs must be at least 1, got {jobs}")
