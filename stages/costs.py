@@ -24,10 +24,13 @@ from psa_baseline import hardware
 # (config name, device type) -> {stage: (seconds, per, bf16 or None)}; per is "step" or "image";
 # bf16 None: the cost does not depend on it; cycle: EADER's train-cam factor by bf16
 COSTS = {
-    ("demo", "cpu"): {"train-cam": {True: 100.7 / 930}, "make-cam": {True: 29.3 / 650},
-                      "make-crf": {None: 16.1 / 500}, "train-aff": {True: 86.6 / 496},
+    # bf16 (True): the AMX run above; float32 (False): an AMD EPYC with oneDNN and ATen capped to AVX2, as an
+    # AVX2-only CPU runs the demo under bf16: auto (docs/performance.md, the baseline of that timed run)
+    ("demo", "cpu"): {"train-cam": {True: 100.7 / 930, False: 354.6 / 930}, "make-cam": {True: 29.3 / 650, False: 58.5 / 650},
+                      "make-crf": {None: 16.1 / 500}, "train-aff": {True: 86.6 / 496, False: 104.9 / 496},
                       "make-pseudo": {None: 26.6 / 650},
-                      "train-seg": {True: 129.9 / 500}, "make-seg": {True: 4.9 / 150}},
+                      "train-seg": {True: 129.9 / 500, False: 269.9 / 500},
+                      "make-seg": {True: 4.9 / 150, False: 5.8 / 150}},
     ("voc", "cuda"): {"train-cam": {False: 0.175, True: 0.088}, "make-cam": {False: 0.088, True: 0.071},
                       "make-crf": {None: 1 / 12.1}, "train-aff": {False: 0.121}, "make-pseudo": {None: 0.033},
                       "train-seg": {False: 0.088}, "make-seg": {False: 0.040}},
@@ -43,11 +46,11 @@ SIDE_BY_SIDE_COSTS = {
 }
 SIDE_BY_SIDE_EADER_CYCLE = {("demo", "cpu"): {True: 427.9 / 150.7}}
 # voc: docs/gpu.md (200/200 cycle / baseline step); demo bf16: the README's pipeline run (EADER / baseline
-# train-cam seconds); demo float32: scripts/bench_eader.py --settings demo, cycle ratio before NHWC training
-EADER_CYCLE = {("voc", "cuda"): {False: 0.83, True: 1.00}, ("demo", "cpu"): {True: 273.1 / 100.7, False: 1.59}}
+# train-cam seconds); demo float32: the AVX2 timed run of docs/performance.md (EADER / baseline train-cam seconds)
+EADER_CYCLE = {("voc", "cuda"): {False: 0.83, True: 1.00}, ("demo", "cpu"): {True: 273.1 / 100.7, False: 622.5 / 354.6}}
 MEASURED_CRF_WORKERS = {("demo", "cpu"): 2, ("voc", "cuda"): 8}
 # where the costs were measured: the check says so, as another machine's times differ
-MEASURED_ON = {("demo", "cpu"): "this project's 2-core x86 CPU (AMX)",
+MEASURED_ON = {("demo", "cpu"): "2-core x86 CPUs (bf16: Intel with AMX; float32: AMD EPYC as AVX2-only)",
                ("voc", "cuda"): "one H200; an H100 took 10-50% longer (docs/gpu.md)"}
 # bf16 autocast emulated on a CPU without bf16 instructions, against float32, the demo's train-cam step
 # (docs/performance.md): the factor applied to float32 costs when bf16 is forced on such a CPU

@@ -45,7 +45,7 @@ def update_results(work_dir, variant, key, metrics, meta=None, fingerprint=None)
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         res = load_results(work_dir)
         entry = res.setdefault(variant, {})
-        fps = entry.setdefault("meta", {}).setdefault("fingerprints", {})
+        fps = entry.setdefault("meta", {}).setdefault("fingerprints", {}) if fingerprint is not None else {}
         if fingerprint is not None and fps.get(key) != fingerprint:
             for later in DOWNSTREAM.get(key, ()):
                 entry.pop(later, None)
