@@ -28,9 +28,6 @@ class CAMNet(nn.Module):
             return logits
         return logits, F.relu(F.conv2d(conv6, self.fc8.weight))
 
-    def forward_with_cam(self, x):
-        return self.forward(x, with_cam=True)
-
     def forward_cam(self, x):
         """CAMs (B, C, h, w) as PSA's inference computes them."""
         return F.relu(F.conv2d(self.backbone(x)["conv6"], self.fc8.weight))

@@ -4,10 +4,10 @@ Plugging in: the few lines a WSSS method adds to its classification training. Th
 optimizer stays in the loop; EADER owns the adversary and its optimizer.
 
     from psa_eader.hook import EADER, EaderConfig
-    eader = EADER(EaderConfig(enabled=True))          # builds ResNet-18 + SGD from the config
+    eader = EADER(EaderConfig(enabled=True, adv_weights="resnet18-f37072fd.pth")).to(device)  # ResNet-18 + SGD
     for x, y in loader:                               # x normalised images, y (B,20) 0/1 labels
         if eader.phase == "localizer":
-            logits, att = net.forward_with_cam(x)     # one forward: logits + attention
+            logits, att = net(x, with_cam=True)       # one forward: logits + attention
             loss_loc = F.multilabel_soft_margin_loss(logits, y)
             loss, stats = eader.localizer_loss(x, y, att, loss_loc)
             opt.zero_grad(); loss.backward(); opt.step()
@@ -27,7 +27,7 @@ the localizer's turn the adversary's optimizer does not step. That is the defaul
 during the adversary's turn; the loop then checks `eader.trains_localizer`:
 
         if eader.phase == "adversary" and eader.trains_localizer:
-            logits, att = net.forward_with_cam(x)
+            logits, att = net(x, with_cam=True)
             loss = F.multilabel_soft_margin_loss(logits, y)
             opt.zero_grad(); loss.backward(); opt.step()
             stats = eader.adversary_step(x, y, att)   # detaches att: no gradient crosses over
@@ -109,7 +109,12 @@ class EADER:
         if cfg.phase_steps < 1 or (cfg.adv_phase_steps is not None and cfg.adv_phase_steps < 1):
             raise ValueError("phase_steps and adv_phase_steps must be >= 1")
         if cfg.enabled and adversary is None:
-            adversary = build_adversary(cfg.num_classes, cfg.adv_width, cfg.adv_weights)
+            if cfg.adv_weights is None:  # a silently random adversary is not the paper's (ImageNet) start
+                raise ValueError("EaderConfig.adv_weights is unset: give the path of torchvision's ImageNet "
+                                 "ResNet-18 state dict, adv_weights='random' for random initialisation on "
+                                 "purpose, or pass an adversary of your own")
+            adversary = build_adversary(cfg.num_classes, cfg.adv_width,
+                                        None if cfg.adv_weights == "random" else cfg.adv_weights)
         if adversary is not None and adv_optimizer is None:
             adv_optimizer = adversary_optimizer(adversary, cfg.adv_lr, cfg.adv_momentum,
                                                 cfg.adv_weight_decay)
@@ -119,6 +124,30 @@ class EADER:
         # context factory for the hook's forwards: the training loop sets its autocast here when
         # cfg.autocast (train_cam.train_step); float32 otherwise
         self.amp = nullcontext
+
+    def to(self, device):
+        """Move the adversary and its optimiser's state to `device` (the localizer's); returns self."""
+        if self.adversary is not None:
+            self.adversary.to(device)
+        if self.adv_optimizer is not None:
+            for state in self.adv_optimizer.state.values():
+                for k, v in state.items():
+                    if torch.is_tensor(v):
+                        state[k] = v.to(device)
+        return self
+
+    def _check_inputs(self, x, y, att):
+        """Shapes and class counts named with the fix, instead of a broadcasting error deep inside."""
+        c = self.cfg.num_classes
+        if x.dim() != 4 or y.dim() != 2 or att.dim() != 4:
+            raise ValueError(f"EADER expects images (B,3,H,W), labels (B,C) and attention (B,C,h,w); got "
+                             f"{tuple(x.shape)}, {tuple(y.shape)}, {tuple(att.shape)}")
+        if not (x.shape[0] == y.shape[0] == att.shape[0]):
+            raise ValueError(f"batch sizes differ: images {x.shape[0]}, labels {y.shape[0]}, attention {att.shape[0]}")
+        if y.shape[1] != c or att.shape[1] != c:
+            raise ValueError(f"EaderConfig.num_classes is {c}, but the labels have {y.shape[1]} classes and the "
+                             f"attention {att.shape[1]}: set num_classes to your dataset's class count (no "
+                             f"background channel) and give one attention map per class")
 
     # ---- schedule -------------------------------------------------------------------------
     @property
@@ -152,6 +181,8 @@ class EADER:
         """
         if self.phase != "localizer":
             raise RuntimeError("localizer_loss called during the adversary's turn")
+        if self.cfg.enabled:
+            self._check_inputs(x, y, att)
         cfg = self.cfg
         loss = loss_loc
         stats = {"loss_loc": float(loss_loc.detach())}
@@ -188,6 +219,7 @@ class EADER:
         """
         if self.phase != "adversary" or self.adversary is None:
             raise RuntimeError("adversary_step called outside the adversary's turn")
+        self._check_inputs(x, y, att)
         with torch.no_grad(), self.amp():
             erased, img_idx, cls_idx = erase_pairs(x, y, att.detach(), self.cfg.omega, self.cfg.psi,
                                                    self.cfg.att_norm)

@@ -112,7 +112,7 @@ def predict(net, img, scales=(1.0,)):
     """Logits (20,) at scale 1 and CAMs (20, H, W) upsampled to the image; with several scales, PSA's
     inference: each scale and its flip, upsampled and summed."""
     x = torch.from_numpy(norm(img)).permute(2, 0, 1)[None]
-    logits, cams = net.forward_with_cam(x)
+    logits, cams = net(x, with_cam=True)
     cams = F.interpolate(cams, size=img.shape[:2], mode="bilinear", align_corners=False)[0]
     if tuple(scales) == (1.0,):
         return logits[0].numpy(), cams.numpy()

@@ -62,7 +62,7 @@ def test_adversary_frozen_in_localizer_turn():
     x, y = batch()
     adv0, net0 = snapshot(eader.adversary), snapshot(net)
     assert eader.phase == "localizer"
-    logits, att = net.forward_with_cam(x)
+    logits, att = net(x, with_cam=True)
     loss, stats = eader.localizer_loss(x, y, att, F.multilabel_soft_margin_loss(logits, y))
     opt.zero_grad()
     loss.backward()
@@ -89,7 +89,7 @@ def test_localizer_untouched_in_adversary_turn():
     assert moved(eader.adversary, adv0)
     assert stats["num_erased"] == 3 and 0 <= stats["adv_acc"] <= 1 and stats["adv_loss"] > 0
     # even with an attention that is still in the localizer's graph, nothing reaches the localizer
-    _, att = net.forward_with_cam(x)
+    _, att = net(x, with_cam=True)
     eader.adversary_step(x, y, att)
     assert all(p.grad is None for p in net.parameters())
 
@@ -115,7 +115,7 @@ def test_gradient_reaches_localizer_through_soft_mask():
     assert att.grad[y == 0].abs().sum() == 0  # absent classes are never erased
 
     net = tiny_localizer()
-    logits, cam = net.forward_with_cam(x)
+    logits, cam = net(x, with_cam=True)
     loss, _ = eader.localizer_loss(x, y, cam, 0 * logits.sum())  # L_am only
     loss.backward()
     assert sum(p.grad.abs().sum() for p in net.parameters() if p.grad is not None) > 0
@@ -339,7 +339,7 @@ def test_short_training_loop_runs():
         log = []
         for _ in range(4):
             if eader.phase == "localizer":
-                logits, att = net.forward_with_cam(x)
+                logits, att = net(x, with_cam=True)
                 loss, stats = eader.localizer_loss(x, y, att, F.multilabel_soft_margin_loss(logits, y))
                 opt.zero_grad()
                 loss.backward()
@@ -440,7 +440,7 @@ def test_one_localizer_step_lowers_the_adversarys_score_for_the_erased_class():
             return torch.sigmoid(eader.adversary(erased).gather(1, cls_idx.view(-1, 1))).mean().item()
 
     before = score()
-    _, cam = net.forward_with_cam(x)
+    _, cam = net(x, with_cam=True)
     loss, stats = eader.localizer_loss(x, y, cam, torch.tensor(0.0))
     assert stats["l_am"] == pytest.approx(before, abs=1e-5)
     net.zero_grad()
@@ -582,3 +582,20 @@ def test_eader_channels_last_feeds_the_adversary_nhwc_with_nearly_the_nchw_resul
             assert (s1[k] - s0[k]).norm() <= 0.1 * (s0[k] - init[k]).norm() + 1e-8, k
     from stages.config import load_config
     assert EaderConfig().channels_last is False and load_config("voc")["eader"]["channels_last"] is False
+
+
+def test_the_hook_as_a_library_refuses_what_it_cannot_honour():
+    """adv_weights unset is refused (a silently random adversary is not the paper's start); 'random' asks for
+    it; .to() moves the adversary and its optimiser state; mismatched shapes and class counts are named."""
+    with pytest.raises(ValueError, match="adv_weights is unset"):
+        EADER(EaderConfig(enabled=True, adv_width=0.125))
+    e = EADER(EaderConfig(enabled=True, adv_width=0.125, adv_weights="random", phase_steps=1))
+    assert e.to("cpu") is e and next(e.adversary.parameters()).device.type == "cpu"
+    x, y = batch()
+    with pytest.raises(ValueError, match="num_classes is 20, but the labels have 21 classes"):
+        e.localizer_loss(x, torch.zeros(2, 21), torch.rand(2, 21, 4, 4), torch.zeros(()))
+    with pytest.raises(ValueError, match="batch sizes differ"):
+        e.localizer_loss(x, y, torch.rand(3, C, 4, 4), torch.zeros(()))
+    e.advance()
+    with pytest.raises(ValueError, match=r"attention \(B,C,h,w\)"):
+        e.adversary_step(x, y, torch.rand(2, C, 4))

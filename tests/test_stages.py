@@ -292,7 +292,7 @@ def test_eader_with_zero_weights_is_the_baseline_step():
     torch.manual_seed(0)
     x, y = torch.randn(2, 3, 48, 48), torch.tensor([[1.0] + [0] * 19, [0, 1.0] + [0] * 18])
     nets = []
-    for eader in (None, EADER(EaderConfig(enabled=True, alpha=0.0, beta=0.0, adv_width=0.25))):
+    for eader in (None, EADER(EaderConfig(enabled=True, alpha=0.0, beta=0.0, adv_width=0.25, adv_weights="random"))):
         torch.manual_seed(1)
         net = CAMNet(tiny_spec()).train()
         opt = PolyOptimizer(net.param_groups(), 0.1, 5e-4, 10)
