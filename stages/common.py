@@ -399,6 +399,7 @@ class Stage:
         checkpoint) made under another fingerprint is cleared. The device is checked before anything moves."""
         if rank() == 0 and not self.force:
             self._restore_replaced()
+        barrier()  # every rank reads the record after rank 0 may have restored it
         rec = self.record()
         if rec and rec.get("fingerprint") == self.fp and not self.force:
             self.log.info("already done (%s); skipping. Use --force to redo.", self.done_file)
