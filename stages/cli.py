@@ -25,7 +25,10 @@ STAGES = {
     "compare": "compare",
     "weights": "weights_cmd",
     "check": "check",
+    "config": "config_cmd",
 }
+# subcommands that only read (or only write the dataset): no run record in a work dir
+NOT_RECORDED = ("check", "config", "weights", "demo-data")
 
 
 # subcommands whose config defaults to the CPU demo; every other one defaults to voc (the paper's setting)
@@ -114,6 +117,12 @@ def main(argv=None):
         device = config_from_args(args)["device"] if launched_world_size() > 1 else "cpu"
         with process_group(device):
             m = importlib.import_module(f"stages.{STAGES[args.stage]}")
+            if args.stage not in NOT_RECORDED and not getattr(args, "check", False):
+                from .common import rank
+                from .record import write_run_record
+                cfg = config_from_args(args)
+                if rank() == 0 and cfg["work_dir"]:
+                    args.record_dir = write_run_record(cfg, args.stage, args, argv)
             m.main(args) if hasattr(m, "main") else m.run(config_from_args(args), force=args.force)
     except InputError as e:
         print(f"psa-eader {args.stage}: error: {e}", file=sys.stderr)

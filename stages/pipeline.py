@@ -144,5 +144,7 @@ def main(args):
         return
     report = Path(cfg["work_dir"]) / "report.md"
     print(report.read_text())
+    record = getattr(args, "record_dir", None)
     print(f"results: {results_path(cfg['work_dir'])}\nreport:  {report}\n"
+          + (f"run record (config, command, versions): {record}\n" if record else "") +
           f"wall time {time.time() - t0:.0f} s")

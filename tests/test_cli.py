@@ -35,3 +35,42 @@ def test_a_flag_and_a_key_that_disagree_are_refused(flag, override, capsys):
         variants_asked(flag, [override])
     assert cli_main(["pipeline", "--eader", flag, override, "--work-dir", "/nonexistent/never-made"]) == 2
     assert "disagree" in capsys.readouterr().err
+
+
+def test_config_prints_the_merged_config_and_it_loads_back(tmp_path, capsys):
+    """`psa-eader config` prints the config a run would use (overrides applied, bf16 auto resolved), and that
+    text is itself a config: --config on it gives the same dict."""
+    import yaml
+    from stages.config import load_config
+    assert cli_main(["config", "--config", "demo", "cam_train.epochs=2", "--seed", "7"]) == 0
+    text = capsys.readouterr().out
+    cfg = yaml.safe_load(text)
+    assert cfg["cam_train"]["epochs"] == 2 and cfg["seed"] == 7 and cfg["name"] == "demo"
+    assert isinstance(cfg["cam_train"]["bf16"], bool)
+    (tmp_path / "c.yaml").write_text(text)
+    assert load_config(str(tmp_path / "c.yaml")) == load_config("demo", ["cam_train.epochs=2", ("seed", 7)])
+
+
+def test_every_run_records_its_config_command_and_versions(tmp_path, capsys):
+    """A stage run leaves <work_dir>/logs/runs/<time>-<stage>-<pid>/ with the merged config, the command line
+    and overrides, and the code and library versions, even when it then stops on bad input; `check` and
+    `config` leave nothing."""
+    import yaml
+    from stages.config import load_config
+    w = tmp_path / "w"
+    argv = ["make-crf", "--config", "demo", "--work-dir", str(w), "--voc-root", str(tmp_path / "none"),
+            "crf.scale_factor=2.0"]
+    assert cli_main(argv) == 2          # no CAMs to read: refused, but the invocation is on record
+    runs = list((w / "logs" / "runs").iterdir())
+    assert len(runs) == 1 and runs[0].name.split("-")[1] == "make"
+    rec = {f: yaml.safe_load((runs[0] / f"{f}.yaml").read_text()) for f in ("config", "command", "versions")}
+    assert rec["config"] == load_config("demo", ["crf.scale_factor=2.0", ("work_dir", str(w)),
+                                                 ("voc_root", str(tmp_path / "none"))])
+    assert rec["command"]["overrides"] == ["crf.scale_factor=2.0"] and rec["command"]["argv"][1:] == argv
+    assert rec["versions"]["libraries"]["torch"] and "CPU" in rec["versions"]["machine"]
+    git = rec["versions"]["git"]
+    assert git is None or (len(git["commit"]) == 40 and isinstance(git["dirty"], bool))
+    w2 = tmp_path / "w2"
+    cli_main(["check", "--config", "demo", "--work-dir", str(w2), "--voc-root", str(tmp_path / "none")])
+    cli_main(["config", "--config", "demo", "--work-dir", str(w2)])
+    assert not (w2 / "logs" / "runs").exists()
