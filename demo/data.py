@@ -1,19 +1,18 @@
 """Built-in demo dataset in Pascal VOC layout that shows the problem EADER solves.
 
-Every object is a "body" blob with a smaller "head" blob at its front end (head ~22% of the object pixels):
-- the head (strong part) is class-unique: its own saturated colour, striped with black in one of four
-  patterns (stripes along / across the object axis, checker, rings), like a cat's face;
-- the body (weak part) has a colour and texture shared by a group of 2-3 classes, plus a class cue
-  (a colour and lightness shift and a texture scale) that is plainer than the head's, like fur.
-Background: textured noise, dull clutter shapes (saturation <= 0.45, so nothing looks like a head) and,
-in 60% of images, headless "distractor" blobs in a group's body colour with another group's texture, so
-the body's evidence is the colour + texture conjunction: real, but slower to learn than a head.
-A plain CAM classifier therefore fires on heads and misses much of the bodies, while the bodies still
-carry the class for a classifier that never sees heads: what adversarial erasing exploits.
-Version 6 (DEFAULT_OBJECTS): objects as thick as VOC's (bodies 1.6x wider, heads keep their share), and a
-share of the objects drawn without a head, as a VOC animal seen from behind shows no face: there the body
-is the only evidence, so a classifier has to learn bodies too (docs/demo_v6.md measures both changes).
-scripts/demo_data_check.py measures both.
+Every object is a "body" with a smaller "head" at its front end (head ~22% of the object pixels, 30% of the
+objects seen from behind without one). Classes come in families of 2-3. The head (strong part) tells the
+class; the body (weak part) tells the family and, more faintly, the class, like fur: a plain CAM classifier
+fires on heads and misses much of the bodies, while the bodies still carry the class for a classifier that
+never sees heads, which is what adversarial erasing exploits. Three styles (STYLES):
+- "hue" (default): head and body share the family's hue and fur; the head's fine stripes, at one of three
+  orientations to the body axis, tell the class; the body's lightness steps by class. Grey background.
+- "spots": as "hue", but the class is told by the head's spot lattice (square, hex, dashes) and the body's
+  saturation; objects stand on legs; the background is dull coloured noise. A second family of data for
+  robustness, designed before the demo was tuned.
+- "v6": the head in its own saturated colour, striped in one of four patterns, the body in a group colour and
+  texture, with body-coloured distractor blobs in the background (docs/demo_v6.md).
+scripts/demo_data_check.py measures the part shares.
 
 Layout under root (as VOC, plus PartMasks and the metadata):
     JPEGImages/<id>.jpg, SegmentationClass/<id>.png (palette PNG: 0 bg, c+1 class c, 255 void border),
@@ -37,7 +36,17 @@ from psa_baseline.constants import CLASS_NAMES, IGNORE, NUM_CLASSES, voc_palette
 from psa_baseline.errors import InputError
 from psa_baseline.safe_npy import load_dict
 
-VERSION = 6  # bump when the rendering changes, so an old dataset is not mistaken for a new one
+VERSION = 7  # bump when the rendering changes, so an old dataset is not mistaken for a new one
+# Rendering styles (demo_meta.json's params["style"]); docs/demo_v7.md says why each exists.
+# "hue": an object's head and body share their family's hue and differ in fine structure only (the head's
+#     stripe orientation tells the class within the family), on a grey background: appearance is continuous
+#     inside an object and changes at its border, as PSA's CRF and AffinityNet assume.
+# "spots": a second family for robustness checks, designed before any tuning: legged objects whose parts share
+#     a hue, the class within the family told by the head's spot lattice, on a background of coloured noise.
+# "v6": generator v6 as it was, head and body of different colours and textures (kept byte-identical: its
+#     results in docs/demo_v6.md, and the pre-training's auxiliary images, which use it).
+STYLES = ("hue", "spots", "v6")
+DEFAULT_STYLE = "hue"
 # Three groups of three; consecutive classes (in this order) share a body style.
 DEFAULT_CLASSES = ("cat", "dog", "bird", "horse", "cow", "sheep", "car", "bus", "motorbike")
 DEFAULT_SIZE = (128, 160)
@@ -127,6 +136,38 @@ def class_designs(names):
     return designs
 
 
+FAMILY_HUE0, GOLDEN = 0.03, 0.618034   # family hues spread by the golden ratio: any number of families stay apart
+STRIPE_ORIENTATIONS = (0.0, np.pi / 3, 2 * np.pi / 3)   # "hue": head stripes vs the body axis, one per class
+SPOT_LATTICES = ("square", "hex", "dashes")              # "spots": the head's spot arrangement, one per class
+VALUE_CUE = 0.07        # the body's class cue within a family: a lightness step ...
+SAT_CUE = 0.10          # ... ("spots": a saturation step instead)
+
+
+def family_designs(names, style):
+    """Per class for the "hue" and "spots" styles: family (group), hue shared by the family, the body's weak
+    class cue (lightness or saturation step, texture scale) and the head's strong one (stripe orientation or
+    spot lattice)."""
+    groups = make_groups(len(names))
+    designs = []
+    for k, name in enumerate(names):
+        g = groups[k]
+        members = [i for i, gg in enumerate(groups) if gg == g]
+        j, m = members.index(k), len(members)
+        step = j - (m - 1) / 2
+        designs.append({"name": name, "index": CLASS_NAMES.index(name), "group": g,
+                        "hue": (FAMILY_HUE0 + GOLDEN * g) % 1.0,
+                        "sat": 0.55 + (SAT_CUE * step if style == "spots" else 0.0),
+                        "value": 0.6 + (VALUE_CUE * step if style == "hue" else 0.0),
+                        "texture_scale": 1.0 + TEXTURE_STEP * step,
+                        "orientation": STRIPE_ORIENTATIONS[j % len(STRIPE_ORIENTATIONS)],
+                        "lattice": SPOT_LATTICES[j % len(SPOT_LATTICES)]})
+    return designs
+
+
+def designs_for(names, style):
+    return class_designs(names) if style == "v6" else family_designs(names, style)
+
+
 def _hsv(h, s, v):
     px = np.uint8([[[int(h * 180) % 180, int(s * 255), int(v * 255)]]])
     return tuple(int(x) for x in cv2.cvtColor(px, cv2.COLOR_HSV2RGB)[0, 0])
@@ -201,12 +242,118 @@ def _head_colour(design, h, w, rng, cx, cy, theta, radius):
     return np.where(m[..., None], c1[None, None], c2[None, None])
 
 
+def _hsv_image(hue, sat, val):
+    """RGB (float, 0-255) of HSV maps or scalars: hue in turns, saturation and value in 0-1."""
+    val = np.asarray(val, np.float32)
+    hsv = np.stack([np.broadcast_to(np.float32(hue % 1.0 * 360.0), val.shape),
+                    np.broadcast_to(np.float32(sat), val.shape), np.clip(val, 0, 1)], -1)
+    return cv2.cvtColor(np.ascontiguousarray(hsv, np.float32), cv2.COLOR_HSV2RGB).astype(float) * 255
+
+
+def _family_object(design, style, h, w, rng, g):
+    """(body, head) RGB images of one "hue" or "spots" object: both parts share the object's hue, saturation
+    and fur; only the head's fine pattern (stripes or spots) sets it apart, so colour stays continuous
+    across the head/body seam and changes at the object's border."""
+    hue = design["hue"] + rng.normal(0, 0.008)
+    sat = float(np.clip(design["sat"] + rng.normal(0, 0.03), 0.2, 0.9))
+    value = design["value"] + rng.normal(0, 0.025)   # per-object jitter, below the class cue's step
+    sc = design["texture_scale"]
+    val = value + 0.08 * _smooth_noise(rng, h, w, max(3, round(w / 10 / sc)))[..., 0]   # fur
+    body = _hsv_image(hue, sat, val)
+    u, v = _frame(h, w, g["hx"], g["hy"], g["theta"])
+    if style == "hue":
+        # Fine stripes (period 4 px, two CAM cells hold four of them) across the class's orientation.
+        o = design["orientation"]
+        wave = np.sin(2 * np.pi * (u * np.sin(o) + v * np.cos(o)) / 4.0 + rng.uniform(0, 2 * np.pi))
+        head_val = val + 0.2 * np.tanh(2 * wave)
+    else:
+        head_val = np.where(_lattice(design["lattice"], u, v, rng), val * 0.35, val + 0.05)
+    return body, _hsv_image(hue, sat, head_val)
+
+
+def _lattice(kind, u, v, rng, period=5.0):
+    """Dark-spot mask of the head's lattice, in the object's frame: square grid of dots, hexagonal dots, or
+    dashes along the body axis."""
+    u = u + rng.uniform(0, period)
+    v = v + rng.uniform(0, period)
+    if kind == "hex":
+        row_h = period * np.sqrt(3) / 2
+        row = np.floor(v / row_h)
+        du = np.mod(u + (row % 2) * period / 2, period) - period / 2
+        dv = np.mod(v, row_h) - row_h / 2
+        return np.hypot(du, dv) < 1.3
+    du, dv = np.mod(u, period) - period / 2, np.mod(v, period) - period / 2
+    if kind == "dashes":
+        return (np.abs(du) < 1.8) & (np.abs(dv) < 0.7)
+    return np.hypot(du, dv) < 1.3
+
+
+def _add_legs(g, h, w, rng):
+    """"spots" objects stand on legs: two pairs of thin blobs across the body, counted as body (weak part)."""
+    legs = np.zeros((h, w), bool)
+    r, aspect, theta = g["r"], g["aspect"], g["theta"]
+    for along in (-0.45, 0.35):
+        for side in (-1, 1):
+            reach = r * (0.9 + rng.uniform(0, 0.3))
+            lx = g["cx"] + along * r * aspect * np.cos(theta) - side * reach * np.sin(theta)
+            ly = g["cy"] + along * r * aspect * np.sin(theta) + side * reach * np.cos(theta)
+            legs |= _blob(h, w, lx, ly, r * 0.22, 3.0, theta + np.pi / 2 + rng.uniform(-0.3, 0.3), rng, 0.05)
+    g["body"] = (g["body"] | legs) & ~g["head"]
+
+
+def _grey_background(h, w, rng):
+    """"hue" background: grey textured noise with grey clutter, a third of it striped at random angles, so
+    that stripes alone are no evidence of an object; object hues never occur in it."""
+    img = rng.uniform(0.3, 0.85) * 255 + 35 * _smooth_noise(rng, h, w, 3) + 12 * _smooth_noise(rng, h, w, max(4, w // 6))
+    img = img + 3 * _smooth_noise(rng, h, w, 4, 3)
+    for _ in range(rng.integers(2, 7)):
+        m = _clutter_mask(h, w, rng)
+        grey = rng.uniform(0.2, 0.95) * 255 + rng.normal(0, 6, (int(m.sum()), 1))
+        if rng.uniform() < 1 / 3:
+            u, v = _frame(h, w, 0, 0, rng.uniform(0, np.pi))
+            grey = grey + 0.2 * 255 * np.tanh(2 * np.sin(2 * np.pi * v[m] / rng.uniform(3, 6)))[:, None]
+        img[m] = grey
+    return img
+
+
+def _noise_background(h, w, rng):
+    """"spots" background: dull coloured smooth noise and dull clutter, a third of it dotted."""
+    img = _background(h, w, rng) + 25 * _smooth_noise(rng, h, w, 3, 3)
+    for _ in range(rng.integers(2, 7)):
+        m = _clutter_mask(h, w, rng)
+        col = _random_dull_colour(rng) + rng.normal(0, 6, (int(m.sum()), 3))
+        if rng.uniform() < 1 / 3:
+            u, v = _frame(h, w, 0, 0, rng.uniform(0, np.pi))
+            col = np.where(_lattice("square", u, v, rng, rng.uniform(4, 7))[m][:, None], col * 0.35, col)
+        img[m] = col
+    return img
+
+
 def _background(h, w, rng):
     """Textured noise: mostly brightness variation over a dull random colour, little chroma."""
     base = _random_dull_colour(rng)
     light = 35 * _smooth_noise(rng, h, w, 3) + 12 * _smooth_noise(rng, h, w, max(4, w // 6))
     chroma = 12 * _smooth_noise(rng, h, w, 4, 3)
     return base + light + chroma
+
+
+def _v6_background(h, w, rng, designs, objects):
+    img = _background(h, w, rng)
+    for _ in range(rng.integers(2, 7)):     # clutter under everything
+        m = _clutter_mask(h, w, rng)
+        img[m] = _random_dull_colour(rng) + rng.normal(0, 6, (int(m.sum()), 3))
+    # Distractors: headless blobs in a group's body colour but with another texture; background in
+    # the GT. They make body colour alone a poor cue, so the body's evidence lies in colour + texture:
+    # real, but harder to learn than the head's unique colours.
+    if rng.uniform() < DISTRACTOR_P:
+        for _ in range(rng.integers(1, 3)):
+            d = designs[rng.integers(len(designs))]
+            others = sorted({e["texture"] for e in designs} - {d["texture"]}) + ["plain"]
+            g = _object_geometry(h, w, rng, 2, objects)
+            m = g["body"] | g["head"]
+            tex = others[rng.integers(len(others))]
+            img[m] = _body_colour(d, h, w, rng, g["cx"], g["cy"], g["theta"], texture=tex)[m]
+    return img
 
 
 def _random_dull_colour(rng):
@@ -257,7 +404,7 @@ def _object_geometry(h, w, rng, n_obj, objects=V5_OBJECTS):
         hx, hy = cx + reach * np.cos(theta), cy + reach * np.sin(theta)
     body = _blob(h, w, cx, cy, r, aspect, theta, rng, 0.14)
     head = _blob(h, w, hx, hy, rh, rng.uniform(1.0, 1.25), theta + rng.uniform(-0.4, 0.4), rng, 0.06)
-    return {"cx": cx, "cy": cy, "theta": theta, "hx": hx, "hy": hy, "rh": rh,
+    return {"cx": cx, "cy": cy, "theta": theta, "hx": hx, "hy": hy, "rh": rh, "r": r, "aspect": aspect,
             "body": body & ~head, "head": head}
 
 
@@ -269,30 +416,22 @@ def _void_border(inst):
     return edge.astype(bool) & (cv2.dilate(inst, np.ones((5, 5), np.uint8)) > 0)
 
 
-def render_image(seed, index, designs, size=DEFAULT_SIZE, objects=V5_OBJECTS):
+def render_image(seed, index, designs, size=DEFAULT_SIZE, objects=V5_OBJECTS, style="v6"):
     """One image: (rgb uint8 HxWx3, seg uint8 HxW, parts uint8 HxW, n_objects). Depends only on
-    (seed, index, designs, size, objects), so splits can grow without changing earlier images."""
+    (seed, index, designs, size, objects, style), so splits can grow without changing earlier images.
+    `designs` from designs_for(names, style)."""
     rng = np.random.default_rng([seed, index])
     # Which objects lose their head comes from a stream of its own, so the scenes (and the ground truth)
     # do not depend on headless_share.
     rng_headless = np.random.default_rng([seed, index, 1])
     lo, hi = size
     h, w = int(rng.integers(lo, hi + 1)), int(rng.integers(lo, hi + 1))
-    img = _background(h, w, rng)
-    for _ in range(rng.integers(2, 7)):     # clutter under everything
-        m = _clutter_mask(h, w, rng)
-        img[m] = _random_dull_colour(rng) + rng.normal(0, 6, (int(m.sum()), 3))
-    # Distractors: headless blobs in a group's body colour but with another texture; background in
-    # the GT. They make body colour alone a poor cue, so the body's evidence lies in colour + texture:
-    # real, but harder to learn than the head's unique colours.
-    if rng.uniform() < DISTRACTOR_P:
-        for _ in range(rng.integers(1, 3)):
-            d = designs[rng.integers(len(designs))]
-            others = sorted({e["texture"] for e in designs} - {d["texture"]}) + ["plain"]
-            g = _object_geometry(h, w, rng, 2, objects)
-            m = g["body"] | g["head"]
-            tex = others[rng.integers(len(others))]
-            img[m] = _body_colour(d, h, w, rng, g["cx"], g["cy"], g["theta"], texture=tex)[m]
+    if style == "hue":
+        img = _grey_background(h, w, rng)
+    elif style == "spots":
+        img = _noise_background(h, w, rng)
+    else:
+        img = _v6_background(h, w, rng, designs, objects)
 
     n_cls = int(rng.choice([1, 2, 3], p=[0.5, 0.33, 0.17]))
     n_obj = n_cls + int(rng.choice(np.arange(3 - n_cls + 1), p=_extra_p(3 - n_cls)))
@@ -308,6 +447,8 @@ def render_image(seed, index, designs, size=DEFAULT_SIZE, objects=V5_OBJECTS):
         headless = rng_headless.uniform() < objects["headless_share"]
         for attempt in range(30):
             g = _object_geometry(h, w, rng, n_obj, objects)
+            if style == "spots":
+                _add_legs(g, h, w, rng)
             full = g["body"] | g["head"]
             new_inst = inst.copy()
             new_inst[full] = len(placed) + 1
@@ -320,10 +461,14 @@ def render_image(seed, index, designs, size=DEFAULT_SIZE, objects=V5_OBJECTS):
         if not ok:
             continue
         d = designs[k]
-        body = _body_colour(d, h, w, rng, g["cx"], g["cy"], g["theta"])
+        # the head is drawn even when unused: it draws from rng, and the scenes must not depend on
+        # headless_share
+        if style == "v6":
+            body = _body_colour(d, h, w, rng, g["cx"], g["cy"], g["theta"])
+            head = _head_colour(d, h, w, rng, g["hx"], g["hy"], g["theta"], g["rh"])
+        else:
+            body, head = _family_object(d, style, h, w, rng, g)
         img[g["body"]] = body[g["body"]]
-        # drawn even when unused: it draws from rng, and the scenes must not depend on headless_share
-        head = _head_colour(d, h, w, rng, g["hx"], g["hy"], g["theta"], g["rh"])
         img[g["head"]] = (body if headless else head)[g["head"]]
         inst = new_inst
         part[g["body"]] = WEAK
@@ -339,7 +484,7 @@ def render_image(seed, index, designs, size=DEFAULT_SIZE, objects=V5_OBJECTS):
         keep = all(((inst == i) & ~m & heads).sum() >= 0.6 * ha and ((inst == i) & ~m).sum() >= 0.6 * fa
                    for i, ha, fa in placed)
         if keep:
-            img[m] = _random_dull_colour(rng)
+            img[m] = rng.uniform(0.2, 0.95) * 255 if style == "hue" else _random_dull_colour(rng)
             inst[m] = 0
     part[inst == 0] = 0
 
@@ -375,8 +520,8 @@ def _jpg_bytes(rgb, quality=95):
     return buf.getvalue()
 
 
-def _params(n_train, n_val, classes, size, objects=DEFAULT_OBJECTS):
-    return {"version": VERSION, "n_train": int(n_train), "n_val": int(n_val),
+def _params(n_train, n_val, classes, size, objects=DEFAULT_OBJECTS, style=DEFAULT_STYLE):
+    return {"version": VERSION, "style": style, "n_train": int(n_train), "n_val": int(n_val),
             "classes": list(classes), "size": [int(size[0]), int(size[1])],
             "objects": {k: float(objects[k]) for k in sorted(V5_OBJECTS)}}
 
@@ -404,7 +549,7 @@ def _same_dataset(meta, seed, params, any_version=False):
     if meta is None or meta["seed"] != seed:
         return False
     if any_version:  # the generator's own settings (version, object shape) aside
-        own = ("version", "objects")
+        own = ("version", "objects", "style")
         return {k: v for k, v in meta["params"].items() if k not in own} == \
             {k: v for k, v in params.items() if k not in own}
     return meta["params"] == params
@@ -419,14 +564,16 @@ def dataset_identity(root):
 
 
 def generate(root, seed=0, n_train=500, n_val=150, classes=DEFAULT_CLASSES, size=DEFAULT_SIZE,
-             overwrite=False, objects=DEFAULT_OBJECTS):
+             overwrite=False, objects=DEFAULT_OBJECTS, style=DEFAULT_STYLE):
     """Write the demo dataset under `root`; returns a summary dict (also stored in demo_meta.json).
 
     Deterministic in (seed, params). Skips the work if `root` already holds a complete dataset with the
     same seed and params (summary["generated"] is then False). A different dataset already at `root`
     is replaced only with overwrite=True. `classes`: VOC names or indices; consecutive classes form
-    groups of 2-3 that share a body style.
+    groups (families) of 2-3 that share a body style. `style`: one of STYLES.
     """
+    if style not in STYLES:
+        raise InputError(f"demo style '{style}' is unknown; use one of {', '.join(STYLES)}")
     names = _class_names(classes)
     lo, hi = int(size[0]), int(size[1])
     if not 32 <= lo <= hi:
@@ -435,7 +582,7 @@ def generate(root, seed=0, n_train=500, n_val=150, classes=DEFAULT_CLASSES, size
         raise InputError(f"demo split sizes n_train={n_train}, n_val={n_val}: need n_train >= 1, n_val >= 0")
     root, seed = Path(root), int(seed)
     _check_objects(objects)
-    params = _params(n_train, n_val, names, (lo, hi), objects)
+    params = _params(n_train, n_val, names, (lo, hi), objects, style)
     meta = read_meta(root)
     if _same_dataset(meta, seed, params):
         return dict(meta["summary"], generated=False)
@@ -448,7 +595,7 @@ def generate(root, seed=0, n_train=500, n_val=150, classes=DEFAULT_CLASSES, size
         what = "a different demo dataset" if meta else "files that are not a demo dataset"
         raise InputError(f"{root} already holds {what}: delete it, or rerun demo-data with --force to replace it")
 
-    designs = class_designs(names)
+    designs = designs_for(names, style)
     ids = [f"demo_{i:06d}" for i in range(n_train + n_val)]
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
@@ -460,7 +607,7 @@ def generate(root, seed=0, n_train=500, n_val=150, classes=DEFAULT_CLASSES, size
         class_images = {n: 0 for n in names}
         strong_px = weak_px = 0
         for i, id_ in enumerate(ids):
-            rgb, seg, part, n = render_image(seed, i, designs, (lo, hi), params["objects"])
+            rgb, seg, part, n = render_image(seed, i, designs, (lo, hi), params["objects"], style)
             (tmp / "JPEGImages" / f"{id_}.jpg").write_bytes(_jpg_bytes(rgb))
             (tmp / "SegmentationClass" / f"{id_}.png").write_bytes(_png_bytes(seg))
             (tmp / "PartMasks" / f"{id_}.png").write_bytes(_png_bytes(part))

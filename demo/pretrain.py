@@ -81,7 +81,8 @@ def render_aux(n_images, offset, designs, seed=AUX_SEED, size=demo_data.DEFAULT_
     """(list of HxWx3 uint8 images, float32 [n, len(designs)] labels) of aux images offset..offset+n-1."""
     images, labels = [], np.zeros((n_images, len(designs)), np.float32)
     for i in range(n_images):
-        rgb, seg, _, _ = demo_data.render_image(seed, offset + i, designs, tuple(size), demo_data.V5_OBJECTS)
+        rgb, seg, _, _ = demo_data.render_image(seed, offset + i, designs, tuple(size), demo_data.V5_OBJECTS,
+                                                  style="v6")
         present = np.unique(seg[(seg > 0) & (seg != demo_data.IGNORE)]) - 1
         labels[i, present] = 1
         images.append(rgb)

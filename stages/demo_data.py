@@ -4,7 +4,7 @@ Writes: JPEGImages/, SegmentationClass/ (palette PNG, 255 borders), PartMasks/ (
 ImageSets/Segmentation/{train,val,trainval}.txt, cls_labels.npy, demo_meta.json. Deterministic in the seed;
 skipped when the same dataset is already there. Default target (demo config): work/demo-data.
 """
-from demo.data import DEFAULT_OBJECTS, VERSION, generate, read_meta
+from demo.data import DEFAULT_OBJECTS, DEFAULT_STYLE, STYLES, VERSION, generate, read_meta
 from psa_baseline.errors import InputError
 
 DEFAULTS = {"n_train": 500, "n_val": 150}
@@ -14,6 +14,9 @@ def add_arguments(p):
     p.add_argument("--n-train", type=int, default=DEFAULTS["n_train"], help="training images (default %(default)s)")
     p.add_argument("--n-val", type=int, default=DEFAULTS["n_val"], help="validation images (default %(default)s)")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the dataset (default %(default)s)")
+    p.add_argument("--style", choices=STYLES, default=DEFAULT_STYLE,
+                   help="rendering style (default %(default)s; docs/demo_v7.md): hue = parts share a hue, spots = the "
+                        "robustness family, v6 = the previous generator")
     p.add_argument("--body-scale", type=float, default=DEFAULT_OBJECTS["body_scale"],
                    help="object body radius vs generator v5's thin objects (default %(default)s)")
     p.add_argument("--aspect-scale", type=float, default=DEFAULT_OBJECTS["aspect_scale"],
@@ -23,13 +26,13 @@ def add_arguments(p):
 
 
 def run(cfg, force=False, n_train=DEFAULTS["n_train"], n_val=DEFAULTS["n_val"], data_seed=0, log=print,
-        objects=DEFAULT_OBJECTS):
+        objects=DEFAULT_OBJECTS, style=DEFAULT_STYLE):
     if not cfg["voc_root"]:
         raise InputError("demo-data needs a target folder: --voc-root DIR (the demo config uses work/demo-data)")
     summary = generate(cfg["voc_root"], seed=data_seed, n_train=n_train, n_val=n_val, overwrite=force,
-                       objects=objects)
+                       objects=objects, style=style)
     state = "written" if summary.get("generated") else "already present"
-    log(f"demo dataset {state} at {cfg['voc_root']}: {summary['splits']} images, {summary['objects']} objects, "
+    log(f"demo dataset {state} at {cfg['voc_root']} (style {style}): {summary['splits']} images, {summary['objects']} objects, "
         f"strong-part fraction of object pixels {summary['strong_part_fraction']:.2f}")
     return summary
 
@@ -42,7 +45,7 @@ def ensure(cfg, log=print):
     if meta and meta["params"].get("version") == VERSION:
         p = meta["params"]
         log(f"demo dataset at {cfg['voc_root']}: using it as it is (data seed {meta['seed']}, {p['n_train']} train / "
-            f"{p['n_val']} val images, sizes {p['size'][0]}-{p['size'][1]} px, objects {p['objects']})")
+            f"{p['n_val']} val images, style {p['style']}, sizes {p['size'][0]}-{p['size'][1]} px, objects {p['objects']})")
         return meta.get("summary", {})
     return run(cfg, log=log)
 
@@ -53,7 +56,7 @@ def main(args):
         args.config = "demo"
     objects = {"body_scale": args.body_scale, "aspect_scale": args.aspect_scale, "headless_share": args.headless_share}
     run(config_from_args(args), force=args.force, n_train=args.n_train, n_val=args.n_val, data_seed=args.data_seed,
-        objects=objects)
+        objects=objects, style=args.style)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """The built-in demo dataset: layout, determinism, label consistency, and part recall."""
 import re
 
+import cv2
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -233,14 +235,16 @@ def test_object_shape_is_recorded_and_thick_objects_cover_more_pixels(tmp_path):
     assert read_meta(root)["params"]["objects"] == {k: float(v) for k, v in dd.DEFAULT_OBJECTS.items()}
 
 
-def test_headless_objects_keep_the_scene_and_lose_only_their_heads(tmp_path):
+@pytest.mark.parametrize("style, step, share", [("v6", 40, 0.3), ("hue", 20, 0.3), ("spots", 20, 0.15)])
+def test_headless_objects_keep_the_scene_and_lose_only_their_heads(tmp_path, style, step, share):
     """headless_share draws objects without a head from a stream of its own: the ground truth and labels stay
     those of the same scenes with heads, the headless objects' head pixels become weak part (body), and the
-    image changes only on those objects."""
+    image changes only on those objects (by less in the family styles, whose heads differ from the body only
+    by their pattern: `step` and `share` are the changed pixels' RGB step and least share)."""
     import demo.data as dd
     a, b = tmp_path / "a", tmp_path / "b"
-    generate(a, seed=2, n_train=12, n_val=0, size=(64, 80))
-    generate(b, seed=2, n_train=12, n_val=0, size=(64, 80),
+    generate(a, seed=2, n_train=12, n_val=0, size=(64, 80), style=style)
+    generate(b, seed=2, n_train=12, n_val=0, size=(64, 80), style=style,
              objects=dict(dd.DEFAULT_OBJECTS, headless_share=0.5))
     assert read_meta(b)["params"]["objects"]["headless_share"] == 0.5
     la, lb = load_cls_labels(a), load_cls_labels(b)
@@ -255,8 +259,8 @@ def test_headless_objects_keep_the_scene_and_lose_only_their_heads(tmp_path):
         if lost.any():
             changed += 1
             # most of the change is on the lost heads (JPEG blocks smear a little around them)
-            diff = np.abs(ia - ib).max(2) > 40
-            assert diff[lost].mean() > 0.3 and diff[~lost].mean() < 0.05
+            diff = np.abs(ia - ib).max(2) > step
+            assert diff[lost].mean() > share and diff[~lost].mean() < 0.05, (diff[lost].mean(), diff[~lost].mean())
         else:
             assert (ia == ib).all()
     assert changed >= 3
@@ -307,3 +311,76 @@ def test_demo_data_command_takes_the_object_shape_and_names_a_bad_one(tmp_path, 
     assert cli_main(["demo-data", "--voc-root", str(bad), "--n-train", "3", "--headless-share", "1.5"]) == 2
     assert "headless_share must lie in [0, 1]" in capsys.readouterr().err
     assert not bad.exists() or not any(bad.iterdir())
+
+
+def _hue_sat(rgb):
+    hsv = cv2.cvtColor(rgb.astype(np.float32) / 255, cv2.COLOR_RGB2HSV)
+    return hsv[..., 0] / 360.0, hsv[..., 1]
+
+
+def _circular_mean(turns):
+    a = 2 * np.pi * turns
+    return np.arctan2(np.sin(a).mean(), np.cos(a).mean()) / (2 * np.pi) % 1.0
+
+
+@pytest.mark.parametrize("style", ["hue", "spots"])
+def test_family_styles_share_the_hue_across_parts_and_differ_in_fine_structure(style):
+    """"hue" / "spots": in every single-object image the head's mean hue is the body's (the parts differ by
+    fine pattern only, so colour is continuous across the seam), the body's hue is its family's, and the head
+    holds far more fine structure (Laplacian energy) than the body. In "hue" the background is grey."""
+    import demo.data as dd
+    names = list(dd.DEFAULT_CLASSES)
+    designs = dd.designs_for(names, style)
+    checked = 0
+    for i in range(40):
+        rgb, seg, part, n = dd.render_image(5, i, designs, dd.DEFAULT_SIZE, dd.DEFAULT_OBJECTS, style)
+        if n != 1 or not (part == dd.STRONG).sum() >= 40:
+            continue
+        hue, sat = _hue_sat(rgb)
+        inner = cv2.erode(((part == dd.STRONG) | (part == dd.WEAK)).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+        head, body = inner & (part == dd.STRONG), inner & (part == dd.WEAK)
+        d = next(x for x in designs if x["index"] + 1 == int(np.unique(seg[(seg > 0) & (seg != IGNORE)])[0]))
+        dh = abs((_circular_mean(hue[head]) - _circular_mean(hue[body]) + 0.5) % 1.0 - 0.5)
+        df = abs((_circular_mean(hue[body]) - d["hue"] + 0.5) % 1.0 - 0.5)
+        assert dh < 0.03 and df < 0.03, (i, dh, df)
+        lap = np.abs(cv2.Laplacian(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32), cv2.CV_32F))
+        assert lap[head].mean() > 3 * lap[body].mean(), (i, lap[head].mean(), lap[body].mean())
+        if style == "hue":
+            assert np.median(sat[(part == 0)]) < 0.1 and np.median(sat[body]) > 0.35
+        checked += 1
+    assert checked >= 5
+
+
+def test_family_designs_tell_the_class_by_the_head_within_a_family():
+    """Classes of a family share the hue; within a family each has its own head pattern and body step."""
+    import demo.data as dd
+    for style, key in (("hue", "orientation"), ("spots", "lattice")):
+        designs = dd.designs_for(list(dd.DEFAULT_CLASSES), style)
+        for g in {d["group"] for d in designs}:
+            fam = [d for d in designs if d["group"] == g]
+            assert len({d["hue"] for d in fam}) == 1 and len({d[key] for d in fam}) == len(fam)
+            assert len({(d["value"], d["sat"], d["texture_scale"]) for d in fam}) == len(fam)
+        assert len({d["hue"] for d in designs}) == len({d["group"] for d in designs})
+
+
+def test_style_is_recorded_changes_the_fingerprint_and_is_checked(tmp_path):
+    """The style is part of the dataset's identity: data of another style at the same seed and sizes is a
+    different dataset for every stage's fingerprint (results made on v6 data are not reused on the "hue"
+    data), the default style is "hue", and an unknown style is refused by name."""
+    import demo.data as dd
+    from stages import train_cam
+    from stages.common import Stage
+    from stages.config import load_config
+    fps = {}
+    for style in ("v6", "hue"):
+        root = tmp_path / style
+        generate(root, seed=1, n_train=3, n_val=1, size=(64, 72), style=style)
+        assert read_meta(root)["params"]["style"] == style
+        cfg = load_config("demo", [("voc_root", str(root)), ("work_dir", str(tmp_path / "w"))])
+        fps[style] = Stage(cfg, "train_cam", train_cam.depends(cfg)).fp
+    assert fps["v6"] != fps["hue"]
+    generate(tmp_path / "default", seed=1, n_train=3, n_val=1, size=(64, 72))
+    assert read_meta(tmp_path / "default")["params"]["style"] == dd.DEFAULT_STYLE == "hue"
+    with pytest.raises(InputError, match="style 'stripes'"):
+        generate(tmp_path / "bad", seed=1, n_train=3, n_val=1, style="stripes")
+    assert not (tmp_path / "bad").exists()
