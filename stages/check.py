@@ -141,6 +141,10 @@ def read_lists(cfg, lists, f):
 
 
 def open_root(cfg, f):
+    if cfg["name"] == "demo" and cfg["voc_root"] and _demo_data_to_be_written(cfg["voc_root"]):
+        f.notes.append(f"no demo dataset of this version at {cfg['voc_root']} yet: `pipeline` writes it first "
+                       f"(or `psa-eader demo-data`); its images are checked once it exists")
+        return None
     if not cfg["voc_root"]:
         demo = " (the demo: `psa-eader demo-data` makes it)" if cfg["name"] == "demo" else ""
         f.problem(f"no VOC root given: pass --voc-root DIR, the VOC2012 folder holding JPEGImages{demo}")
@@ -151,6 +155,17 @@ def open_root(cfg, f):
         demo = "; the demo dataset is made by `psa-eader demo-data` (the pipeline runs it first)"
         f.problem(f"{e}{demo if cfg['name'] == 'demo' else ''}")
         return None
+
+
+def _demo_data_to_be_written(root):
+    """Whether `pipeline --config demo` would write the demo dataset at root: nothing there yet, or a demo
+    dataset of an older generator version (stages.demo_data.ensure)."""
+    from demo.data import VERSION, read_meta
+    root = Path(root)
+    if not root.exists() or (root.is_dir() and not any(root.iterdir())):
+        return True
+    meta = read_meta(root)
+    return meta is not None and meta["params"].get("version") != VERSION
 
 
 def check_images(root, ids_by_list, lists, f):

@@ -41,6 +41,9 @@ def add_arguments(p):
                         "fewer threads than when it runs alone; stages/jobs.py); default 1, one after the other")
     p.add_argument("--check", action="store_true",
                    help="only the pre-flight check (psa-eader check): print the plan, exit 2 listing every problem")
+    p.add_argument("--skip-check", action="store_true",
+                   help="start the stages without the pre-flight check that otherwise runs first (it reads every "
+                        "image header and weights file once, and stops before any stage on any problem)")
 
 
 def variants_asked(flag, overrides):
@@ -138,6 +141,11 @@ def main(args):
                 print("== demo-data ==", flush=True)
                 demo_data.ensure(cfg, log=lambda m: print(m, flush=True))
     lead = rank() == 0
+    if not args.skip_check:  # every problem now, before hours of earlier stages (each rank: all stop alike)
+        from .check import run_check
+        print("== pre-flight check (psa-eader check; --skip-check skips it) ==", flush=True) if lead else None
+        run_check(cfg, args.eader, args.until, out=(lambda m: print(m, flush=True)) if lead else (lambda m: None),
+                  jobs=jobs)
     run_variants(cfg, args.eader, force=args.force, log=lambda m: print(m, flush=True) if lead else None,
                  until=args.until, jobs=jobs)
     if not lead:

@@ -74,3 +74,26 @@ def test_every_run_records_its_config_command_and_versions(tmp_path, capsys):
     cli_main(["check", "--config", "demo", "--work-dir", str(w2), "--voc-root", str(tmp_path / "none")])
     cli_main(["config", "--config", "demo", "--work-dir", str(w2)])
     assert not (w2 / "logs" / "runs").exists()
+
+
+def test_pipeline_runs_its_pre_flight_check_before_any_stage(demo_root, tmp_path, capsys):
+    """A weights file that is missing for the last stage stops `pipeline` before the first stage, naming the
+    config key and how to fix it, not with a --voc-root hint."""
+    w = tmp_path / "w"
+    over = ["seg_train.encoder_weights=/nonexistent/resnet101.pth"]
+    assert cli_main(["pipeline", "--voc-root", str(demo_root), "--work-dir", str(w), "--eader", "off", *over]) == 2
+    err = capsys.readouterr().err
+    assert "seg_train.encoder_weights" in err and "not found" in err and "--voc-root" not in err
+    assert not (w / "baseline").exists()
+
+
+def test_check_on_a_fresh_clone_knows_the_pipeline_writes_the_demo_data(tmp_path, capsys):
+    """`check --config demo` before the demo data exists is not a problem (pipeline writes it first): a note,
+    exit 0; a folder of other files at the demo root is still refused."""
+    argv = ["check", "--config", "demo", "--work-dir", str(tmp_path / "w")]
+    assert cli_main(argv + ["--voc-root", str(tmp_path / "not-yet")]) == 0
+    out = capsys.readouterr().out
+    assert "pipeline` writes it first" in out and "ready: every check passed" in out
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "x.txt").write_text("not a dataset")
+    assert cli_main(argv + ["--voc-root", str(tmp_path / "other")]) == 2
