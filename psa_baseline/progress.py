@@ -20,8 +20,9 @@ def on_terminal():
         return False
 
 
-def with_progress(items, desc, total=None, enabled=True, lines=10):
-    """Iterate over `items`; enabled=False (e.g. ranks other than 0) shows nothing."""
+def with_progress(items, desc, total=None, enabled=True, lines=10, quiet_below=1.0):
+    """Iterate over `items`; enabled=False (e.g. ranks other than 0) shows nothing. Off a terminal, about
+    `lines` lines, none in the first `quiet_below` seconds (a 0.1 s evaluation says nothing)."""
     total = len(items) if total is None else total
     if not enabled:
         yield from items
@@ -34,5 +35,27 @@ def with_progress(items, desc, total=None, enabled=True, lines=10):
     t0 = time.time()
     for n, item in enumerate(items, 1):
         yield item
-        if every and (n % every == 0 or n == total):
+        if every and (n % every == 0 or n == total) and time.time() - t0 >= quiet_below:
             log.info("%s: %d/%d (%.0f%%) in %.1f s", desc, n, total, 100.0 * n / total, time.time() - t0)
+
+
+class BarSafeHandler(logging.StreamHandler):
+    """A stream handler that writes through tqdm.write: on a terminal a log line lifts the progress bar,
+    prints whole and the bar is redrawn under it (a plain handler prints over a half-drawn bar)."""
+
+    def emit(self, record):
+        try:
+            from tqdm import tqdm
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:
+            self.handleError(record)
+
+
+def duration(seconds):
+    """'42 s', '3 min 05 s', '2 h 07 min'."""
+    s = int(round(max(0.0, seconds)))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"

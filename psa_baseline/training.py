@@ -3,6 +3,7 @@ import contextlib
 import pickle
 import random
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -247,8 +248,43 @@ def data_wait_share(clock):
     return share
 
 
+class MetricsCSV:
+    """Training curves as CSV, one row per log line (the running means the log shows). A resumed run first
+    drops the rows past the step it resumes from (written after its checkpoint, they will be redone), so
+    the file reads as one unbroken run; a torn last row (a kill during a write) goes with them."""
+
+    def __init__(self, path, step):
+        from .fileio import write_text
+        self.path, self.header = Path(path), None
+        if not self.path.exists():
+            return
+        lines = self.path.read_text().splitlines()
+        if not lines:
+            return
+        self.header = lines[0].split(",")
+        keep = []
+        for line in lines[1:]:
+            fields = line.split(",")
+            try:
+                [float(x) for x in fields]  # every field a number: not a torn row
+                if len(fields) == len(self.header) and int(fields[0]) <= step:
+                    keep.append(line)
+            except ValueError:
+                continue
+        write_text(self.path, "\n".join([lines[0]] + keep) + "\n")
+
+    def add(self, row):
+        from .fileio import write_text
+        if list(row) != self.header:  # first row, or other figures than before: a new file
+            self.header = list(row)
+            write_text(self.path, ",".join(self.header) + "\n")
+        with open(self.path, "a") as f:
+            f.write(",".join(f"{row[k]:.6g}" if isinstance(row[k], float) else str(row[k]) for k in self.header) + "\n")
+
+
 def run_steps(loader, sampler, dataset, step_fn, *, step, total, steps_per_epoch, batch_size, checkpoint,
-              log, log_every, checkpoint_every, lr, desc, stop_after=None, show=("loss",), progress=True):
+              log, log_every, checkpoint_every, lr, desc, stop_after=None, show=("loss",), progress=True,
+              metrics=None):
     """Train from `step` to `total`: step_fn(batch) -> {name: float} does one optimiser step.
 
     Epoch e, batch k is always the same data (sampler.set_epoch(e, k * the loader's batch),
@@ -258,15 +294,18 @@ def run_steps(loader, sampler, dataset, step_fn, *, step, total, steps_per_epoch
     stop_after: end (with a checkpoint) after this many steps. Returns the step reached (< total when
     stopped early). Each log line ends with the wall time per step since the last line (checkpoints
     included) and the share of that time spent waiting for the loader ("data wait"): above a few percent,
-    more loader workers would keep the device busier.
+    more loader workers would keep the device busier, and the time left at this run's pace (ETA).
+    metrics: a CSV file that gets each log line's figures as a row (training curves; see MetricsCSV).
     """
     from tqdm import tqdm
-    from .progress import on_terminal
+    from .progress import duration, on_terminal
     # a bar only on a terminal: a log file gets the log_every lines below, not the bar's redraws
     bar = tqdm(total=total, initial=step, desc=desc, disable=not (progress and on_terminal()), dynamic_ncols=True)
     running = {}
     clock = {"wait": 0.0, "since": time.perf_counter()}
     logged = step  # the step of the last log line
+    start, t_start = step, time.perf_counter()
+    curves = MetricsCSV(metrics, step) if metrics is not None else None
     while step < total:
         epoch, in_epoch = divmod(step, steps_per_epoch)
         sampler.set_epoch(epoch, in_epoch * (getattr(loader, "batch_size", None) or batch_size))
@@ -287,9 +326,14 @@ def run_steps(loader, sampler, dataset, step_fn, *, step, total, steps_per_epoch
             bar.update(1)
             if step % log_every == 0 or step == total:
                 bar.set_postfix({k: f"{v:.3g}" for k, v in running.items() if k in show})
-                per_step = (time.perf_counter() - clock["since"]) / max(1, step - logged)
-                log.info("step %d/%d epoch %d lr %.5g %s %.3f s/step data wait %.0f%%", step, total, epoch, lr(),
-                         " ".join(f"{k} {v:.4g}" for k, v in running.items()), per_step, data_wait_share(clock))
+                now = time.perf_counter()
+                per_step = (now - clock["since"]) / max(1, step - logged)
+                eta = (now - t_start) / (step - start) * (total - step)
+                log.info("step %d/%d epoch %d lr %.5g %s %.3f s/step data wait %.0f%% ETA %s", step, total, epoch,
+                         lr(), " ".join(f"{k} {v:.4g}" for k, v in running.items()), per_step,
+                         data_wait_share(clock), duration(eta))
+                if curves is not None:
+                    curves.add({"step": step, "epoch": epoch, "lr": lr(), **running, "s_per_step": per_step})
                 logged = step
             if step % checkpoint_every == 0 or step % steps_per_epoch == 0:
                 checkpoint(step)

@@ -358,7 +358,8 @@ class Stage:
             fh = logging.FileHandler(log_dir / f"{self.variant}.{self.name}.log")
             fh.setFormatter(fmt)
             log.addHandler(fh)
-        sh = logging.StreamHandler(sys.stderr)
+        from psa_baseline.progress import BarSafeHandler
+        sh = BarSafeHandler(sys.stderr)  # log lines never print over a progress bar
         sh.setFormatter(fmt)
         if rank() != 0:  # rank 0 tells the story; the others speak only of trouble
             sh.setLevel(logging.WARNING)

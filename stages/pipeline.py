@@ -100,19 +100,31 @@ def run_variant(vcfg, until=DEFAULT_UNTIL, force=False, log=print):
             mod.run(vcfg, force=force)
 
 
-def _run_variant_printing(vcfg, until, force):  # top-level, for a process pool
-    run_variant(vcfg, until, force, log=lambda m: print(m, flush=True))
+def teller(summary=None):
+    """print, and with `summary` (a file) also append there: the pipeline's own story (stage headers, check,
+    tables, wall time) is kept beside the stages' logs."""
+    def say(m):
+        print(m, flush=True)
+        if summary is not None:
+            with open(summary, "a") as f:
+                f.write(f"{m}\n")
+    return say
 
 
-def run_variants(cfg, eader="off", force=False, log=print, until=DEFAULT_UNTIL, jobs=1):
-    """The stages of each variant: one after the other, or (jobs > 1, several variants) side by side."""
+def _run_variant_printing(vcfg, until, force, summary=None):  # top-level, for a process pool
+    run_variant(vcfg, until, force, log=teller(summary))
+
+
+def run_variants(cfg, eader="off", force=False, log=print, until=DEFAULT_UNTIL, jobs=1, summary=None):
+    """The stages of each variant: one after the other, or (jobs > 1, several variants) side by side, those
+    processes telling their story to stdout and `summary`."""
     vcfgs = variant_configs(cfg, eader)
     prepare(cfg, vcfgs, until, log)
     if jobs > 1 and len(vcfgs) > 1:
         from .jobs import run_side_by_side, threads_each
         log(f"== baseline and EADER side by side: {len(vcfgs)} processes, {threads_each(jobs)} thread(s) each "
             f"(--jobs 1 runs them one after the other) ==")
-        run_side_by_side(_run_variant_printing, [(v, until, force) for v in vcfgs], jobs)
+        run_side_by_side(_run_variant_printing, [(v, until, force, summary) for v in vcfgs], jobs)
         return
     for vcfg in vcfgs:
         run_variant(vcfg, until, force, log)
@@ -135,24 +147,33 @@ def main(args):
         from .check import run_check
         return run_check(cfg, args.eader, args.until, out=lambda m: print(m, flush=True), jobs=jobs)
     t0 = time.time()
-    if cfg["name"] == "demo":
-        with solo() as lead:  # one rank writes the data; the others wait for it
-            if lead:
-                print("== demo-data ==", flush=True)
-                demo_data.ensure(cfg, log=lambda m: print(m, flush=True))
     lead = rank() == 0
+    summary = None
+    if lead:  # the story below is also kept in <work_dir>/logs/pipeline.log, one section per invocation
+        summary = Path(cfg["work_dir"]) / "logs" / "pipeline.log"
+        summary.parent.mkdir(parents=True, exist_ok=True)
+    say = teller(summary) if lead else (lambda m: None)
+    say(f"== psa-eader pipeline {time.strftime('%Y-%m-%d %H:%M:%S')}: config {cfg['name']}, seed {cfg['seed']}, "
+        f"--eader {args.eader}, --until {args.until} ==")
+    if cfg["name"] == "demo":
+        with solo() as lead_:  # one rank writes the data; the others wait for it
+            if lead_:
+                say("== demo-data ==")
+                demo_data.ensure(cfg, log=say)
     if not args.skip_check:  # every problem now, before hours of earlier stages (each rank: all stop alike)
         from .check import run_check
-        print("== pre-flight check (psa-eader check; --skip-check skips it) ==", flush=True) if lead else None
-        run_check(cfg, args.eader, args.until, out=(lambda m: print(m, flush=True)) if lead else (lambda m: None),
-                  jobs=jobs)
-    run_variants(cfg, args.eader, force=args.force, log=lambda m: print(m, flush=True) if lead else None,
-                 until=args.until, jobs=jobs)
+        say("== pre-flight check (psa-eader check; --skip-check skips it) ==")
+        try:
+            run_check(cfg, args.eader, args.until, out=say, jobs=jobs)
+        except InputError as e:
+            say(f"error: {e}")
+            raise
+    run_variants(cfg, args.eader, force=args.force, log=say, until=args.until, jobs=jobs, summary=summary)
     if not lead:
         return
     report = Path(cfg["work_dir"]) / "report.md"
-    print(report.read_text())
+    say(report.read_text())
     record = getattr(args, "record_dir", None)
-    print(f"results: {results_path(cfg['work_dir'])}\nreport:  {report}\n"
-          + (f"run record (config, command, versions): {record}\n" if record else "") +
-          f"wall time {time.time() - t0:.0f} s")
+    say(f"results: {results_path(cfg['work_dir'])}\nreport:  {report}\n"
+        + (f"run record (config, command, versions): {record}\n" if record else "")
+        + f"this summary: {summary}\nwall time {time.time() - t0:.0f} s")

@@ -66,7 +66,7 @@ def run(cfg, force=False, sampler_factory=None, stop_after=None):
                      batch_size=p["batch_size"], checkpoint=checkpoint, log=st.log,
                      log_every=cfg["cam_train"]["log_every"], checkpoint_every=cfg["cam_train"]["checkpoint_every"],
                      lr=lambda: opt.param_groups[0]["lr"], desc="train-adv", stop_after=stop_after,
-                     progress=rank() == 0)
+                     progress=rank() == 0, metrics=st.dir / "metrics.csv" if rank() == 0 else None)
     if step < total:
         return None
     return st.finish_training("adversary.pth", unwrap(model).state_dict(), total, t0)

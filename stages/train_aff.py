@@ -202,7 +202,8 @@ def run(cfg, force=False, sampler_factory=None, stop_after=None):
                      batch_size=t["batch_size"], checkpoint=checkpoint, log=st.log, log_every=t["log_every"],
                      checkpoint_every=t["checkpoint_every"], lr=lambda: opt.param_groups[0]["lr"],
                      desc=f"train-aff[{st.variant}]", stop_after=stop_after, show=("loss", "fg", "neg"),
-                     progress=rank() == 0)
+                     progress=rank() == 0,
+                     metrics=st.dir / "metrics.csv" if rank() == 0 else None)
     if step < total:
         return None
     return st.finish_training("aff_net.pth", unwrap(model).state_dict(), total, t0)

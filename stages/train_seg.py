@@ -121,7 +121,8 @@ def run(cfg, force=False, sampler_factory=None, stop_after=None):
     step = run_steps(loader, sampler, dataset, step_fn, step=step, total=total, steps_per_epoch=steps_per_epoch,
                      batch_size=t["batch_size"], checkpoint=checkpoint, log=st.log, log_every=t["log_every"],
                      checkpoint_every=t["checkpoint_every"], lr=lambda: opt.param_groups[-1]["lr"],
-                     desc=f"train-seg[{st.variant}]", stop_after=stop_after, progress=rank() == 0)
+                     desc=f"train-seg[{st.variant}]", stop_after=stop_after, progress=rank() == 0,
+                     metrics=st.dir / "metrics.csv" if rank() == 0 else None)
     if step < total:
         return None
     return st.finish_training("seg_net.pth", unwrap(model).state_dict(), total, t0)

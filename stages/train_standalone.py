@@ -197,7 +197,8 @@ def run_train(cfg, force=False, stop_after=None):
                      batch_size=s["batch_size"], checkpoint=checkpoint, log=st.log, log_every=s["log_every"],
                      checkpoint_every=s["checkpoint_every"], lr=lambda: opt.param_groups[0]["lr"],
                      desc=f"standalone[{st.variant}]", stop_after=stop_after, show=("loss", "l_cls", "adv_acc"),
-                     progress=rank() == 0)
+                     progress=rank() == 0,
+                     metrics=st.dir / "metrics.csv" if rank() == 0 else None)
     if step < total:
         return None
     return st.finish_training("localizer.pth", model.loc.state_dict(), total, t0)

@@ -97,3 +97,24 @@ def test_check_on_a_fresh_clone_knows_the_pipeline_writes_the_demo_data(tmp_path
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "x.txt").write_text("not a dataset")
     assert cli_main(argv + ["--voc-root", str(tmp_path / "other")]) == 2
+
+
+def test_pipeline_keeps_its_summary_and_the_stages_their_curves(demo_root, tmp_path, capsys):
+    """A finished `pipeline` run leaves its own story in logs/pipeline.log (the check, stage headers, the
+    report, wall time) and each training stage a metrics.csv of its log lines; rerun, the summary gets a second
+    section, not a new file."""
+    import csv
+    w = tmp_path / "w"
+    argv = ["pipeline", "--voc-root", str(demo_root), "--work-dir", str(w), "--eader", "off", "--until", "cam",
+            "net.width=0.125", "net.blocks=[1,1,1,1]", "cam_train.batch_size=4", "cam_train.epochs=2",
+            "cam_train.crop=64", "cam_train.resize_long=[56,80]", "cam_train.log_every=2",
+            "cam_infer.scales=[1.0]", "net.weights=random"]
+    assert cli_main(argv) == 0
+    text = (w / "logs" / "pipeline.log").read_text()
+    for part in ("== pre-flight check", "ready: every check passed", "== train-cam [baseline] ==",
+                 "== eval-cam [baseline] ==", "CAM mIoU", "wall time"):
+        assert part in text, part
+    rows = list(csv.DictReader(open(w / "baseline" / "train_cam" / "metrics.csv")))
+    assert rows and int(rows[-1]["step"]) == 8 and float(rows[-1]["lr"]) >= 0
+    assert cli_main(argv) == 0
+    assert (w / "logs" / "pipeline.log").read_text().count("== psa-eader pipeline") == 2

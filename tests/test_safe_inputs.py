@@ -405,9 +405,12 @@ def test_progress_is_a_bar_on_a_terminal_and_lines_in_a_file(monkeypatch, caplog
     import sys
     from psa_baseline.progress import with_progress
     caplog.set_level(logging.INFO, logger="psa_baseline.progress")
-    assert list(with_progress(range(100), "job", total=100)) == list(range(100))
+    assert list(with_progress(range(100), "job", total=100, quiet_below=0)) == list(range(100))
     lines = [r.getMessage() for r in caplog.records if r.name == "psa_baseline.progress"]
     assert len(lines) == 10 and lines[-1].startswith("job: 100/100 (100%)")
+    caplog.clear()  # a loop done within quiet_below says nothing: no lines for a 0.1 s evaluation
+    assert list(with_progress(range(100), "quick", total=100)) == list(range(100))
+    assert not [r for r in caplog.records if r.name == "psa_baseline.progress"]
     term = _Terminal()
     monkeypatch.setattr(sys, "stderr", term)
     caplog.clear()
@@ -420,7 +423,7 @@ def test_progress_is_a_bar_on_a_terminal_and_lines_in_a_file(monkeypatch, caplog
     from psa_baseline import progress
     monkeypatch.setattr(progress, "BARS", False)
     caplog.clear()
-    assert list(with_progress(range(5), "shared")) == list(range(5))
+    assert list(with_progress(range(5), "shared", quiet_below=0)) == list(range(5))
     assert "\rshared" not in term.buf.getvalue()  # no bar (tqdm redraws start with \r and the description)
     assert [r for r in caplog.records if r.getMessage().startswith("shared: 5/5")]
 
@@ -479,3 +482,37 @@ def test_make_cam_names_a_missing_corrupt_or_foreign_cam_net(demo_root, tmp_path
     path.write_bytes(b"PK\x03\x04 not a zip")
     with pytest.raises(InputError, match="cannot be read as weights.*rerun train-aff with --force"):
         load_aff_net(cfg, path, "cpu")
+
+
+def test_training_curves_go_to_a_csv_that_a_resume_keeps_unbroken(tmp_path):
+    """run_steps(metrics=...) writes one CSV row per log line; a run resumed from step 4 (after a kill that
+    left rows past its checkpoint and a torn last row) drops those rows first, so every step appears once
+    and in order. Log lines carry the time left (ETA)."""
+    import csv
+    import logging
+    from psa_baseline.training import EpochSampler, run_steps
+
+    class Data(list):
+        def set_epoch(self, epoch):
+            pass
+
+    lines = []
+    log = logging.getLogger("test.curves")
+    log.handlers = [type("H", (logging.Handler,), {"emit": lambda self, r: lines.append(r.getMessage())})()]
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    path = tmp_path / "metrics.csv"
+
+    def train(step, total):
+        data = Data(range(8))
+        run_steps([[0, 1]] * 4, EpochSampler(len(data)), data, lambda b: {"loss": 0.5, "l_cls": 0.25}, step=step,
+                  total=total, steps_per_epoch=4, batch_size=2, checkpoint=lambda s: None, log=log, log_every=2,
+                  checkpoint_every=100, lr=lambda: 0.1, desc="toy", metrics=path)
+    train(0, 6)
+    with open(path, "a") as f:
+        f.write("8,1,0.1,0.5,0.25,0.0\n6,1,0.1,0.")  # rows of a killed run past step 4, the last one torn
+    train(4, 8)
+    rows = list(csv.DictReader(open(path)))
+    assert [int(r["step"]) for r in rows] == [2, 4, 6, 8]
+    assert set(rows[0]) == {"step", "epoch", "lr", "loss", "l_cls", "s_per_step"} and float(rows[-1]["loss"]) == 0.5
+    assert all(" ETA " in x for x in lines if x.startswith("step "))
