@@ -62,7 +62,17 @@ def config_from_args(args):
     return load_config(args.config or default_config(getattr(args, "stage", None)), over)
 
 
-def build_parser():
+def module_doc(mod):
+    """A stage module's docstring read from its source: importing the module would pull in torch and the
+    other heavy libraries, seconds before `psa-eader --help` could answer."""
+    import ast
+    from pathlib import Path
+    return ast.get_docstring(ast.parse((Path(__file__).parent / f"{mod}.py").read_text())) or ""
+
+
+def build_parser(full=None):
+    """The parser; `full`: the subcommands given their own options (each imports its module), default all.
+    The others get their one-line help only."""
     parser = argparse.ArgumentParser(prog="psa-eader", description="PSA + EADER weakly-supervised "
                                      "semantic segmentation pipeline; one subcommand per stage.")
     from importlib.metadata import PackageNotFoundError, version
@@ -74,11 +84,14 @@ def build_parser():
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     parser.stage_parsers = {}
     for name, mod in STAGES.items():
-        m = importlib.import_module(f"stages.{mod}")
+        doc = module_doc(mod)
         # help strings are %-formatted by argparse: a literal % (compare's "95%") must be doubled
-        p = sub.add_parser(name, help=m.__doc__.splitlines()[0].replace("%", "%%"), description=m.__doc__,
+        p = sub.add_parser(name, help=doc.splitlines()[0].replace("%", "%%"), description=doc,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        if full is not None and name not in full:
+            continue
         common_options(p, name)
+        m = importlib.import_module(f"stages.{mod}")
         if hasattr(m, "add_arguments"):
             m.add_arguments(p)
         parser.stage_parsers[name] = p
@@ -88,7 +101,7 @@ def build_parser():
 def parse_args(argv):
     """The stage's own parser with intermixed parsing, so key=value overrides may stand anywhere on
     the line (`pipeline a=1 --eader off b=2`); plain parsing only for help and unknown stages."""
-    parser = build_parser()
+    parser = build_parser(full=argv[:1])  # only the subcommand asked for imports its module
     if argv and argv[0] in parser.stage_parsers:
         args = parser.stage_parsers[argv[0]].parse_intermixed_args(argv[1:])
         args.stage = argv[0]
