@@ -3,6 +3,7 @@ from setuptools import find_packages, setup
 setup(
     name="psa-eader",
     version="0.1.0",
+    license="MIT",
     description="PSA (Ahn & Kwak, CVPR 2018) with the EADER adversarial-erasing hook for "
                 "weakly-supervised semantic segmentation",
     python_requires=">=3.10",
