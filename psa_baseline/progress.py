@@ -22,7 +22,7 @@ def on_terminal():
 
 def with_progress(items, desc, total=None, enabled=True, lines=10, quiet_below=1.0):
     """Iterate over `items`; enabled=False (e.g. ranks other than 0) shows nothing. Off a terminal, about
-    `lines` lines, none in the first `quiet_below` seconds (a 0.1 s evaluation says nothing)."""
+    `lines` lines, none before `quiet_below` seconds but the last (a 0.1 s evaluation says it once)."""
     total = len(items) if total is None else total
     if not enabled:
         yield from items
@@ -35,7 +35,7 @@ def with_progress(items, desc, total=None, enabled=True, lines=10, quiet_below=1
     t0 = time.time()
     for n, item in enumerate(items, 1):
         yield item
-        if every and (n % every == 0 or n == total) and time.time() - t0 >= quiet_below:
+        if every and (n == total or (n % every == 0 and time.time() - t0 >= quiet_below)):
             log.info("%s: %d/%d (%.0f%%) in %.1f s", desc, n, total, 100.0 * n / total, time.time() - t0)
 
 
