@@ -248,14 +248,26 @@ def data_wait_share(clock):
     return share
 
 
+def _board(folder, step):
+    """A TensorBoard writer when the tensorboard package is installed (optional), else None."""
+    import importlib.util
+    if importlib.util.find_spec("tensorboard") is None:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+    return SummaryWriter(str(folder), purge_step=step if step > 0 else None)
+
+
 class MetricsCSV:
     """Training curves as CSV, one row per log line (the running means the log shows). A resumed run first
     drops the rows past the step it resumes from (written after its checkpoint, they will be redone), so
-    the file reads as one unbroken run; a torn last row (a kill during a write) goes with them."""
+    the file reads as one unbroken run; a torn last row (a kill during a write) goes with them. Where the
+    tensorboard package is installed, the same figures also go to <folder>/tensorboard/ (purged past `step`
+    on a resume, for the same reason)."""
 
     def __init__(self, path, step):
         from .fileio import write_text
         self.path, self.header = Path(path), None
+        self.board = _board(self.path.parent / "tensorboard", step)
         if not self.path.exists():
             return
         lines = self.path.read_text().splitlines()
@@ -275,6 +287,11 @@ class MetricsCSV:
 
     def add(self, row):
         from .fileio import write_text
+        if self.board is not None:
+            for k, v in row.items():
+                if k != "step":
+                    self.board.add_scalar(k, v, row["step"])
+            self.board.flush()
         if list(row) != self.header:  # first row, or other figures than before: a new file
             self.header = list(row)
             write_text(self.path, ",".join(self.header) + "\n")

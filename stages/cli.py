@@ -26,9 +26,10 @@ STAGES = {
     "weights": "weights_cmd",
     "check": "check",
     "config": "config_cmd",
+    "curves": "curves",
 }
 # subcommands that only read (or only write the dataset): no run record in a work dir
-NOT_RECORDED = ("check", "config", "weights", "demo-data")
+NOT_RECORDED = ("check", "config", "weights", "demo-data", "curves")
 
 
 # subcommands whose config defaults to the CPU demo; every other one defaults to voc (the paper's setting)

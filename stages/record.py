@@ -30,7 +30,7 @@ def dump_config(cfg):
 
 
 def git_state(root=REPO):
-    """{'commit', 'dirty'} of the source tree when it is a git checkout, else None."""
+    """{'commit', 'describe', 'dirty'} of the source tree when it is a git checkout, else None."""
     try:
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
                                 timeout=10)
@@ -38,9 +38,12 @@ def git_state(root=REPO):
             return None
         status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
                                 capture_output=True, text=True, timeout=10)
+        describe = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty", "--tags"],
+                                  capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
-    return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
+    return {"commit": commit.stdout.strip(), "describe": describe.stdout.strip() or None,
+            "dirty": bool(status.stdout.strip())}
 
 
 def versions():

@@ -118,3 +118,19 @@ def test_pipeline_keeps_its_summary_and_the_stages_their_curves(demo_root, tmp_p
     assert rows and int(rows[-1]["step"]) == 8 and float(rows[-1]["lr"]) >= 0
     assert cli_main(argv) == 0
     assert (w / "logs" / "pipeline.log").read_text().count("== psa-eader pipeline") == 2
+
+
+def test_curves_draws_each_training_stages_metrics(tmp_path, capsys):
+    """`psa-eader curves` turns every <variant>/<stage>/metrics.csv into curves.png beside it and prints each
+    figure's first, last and lowest value; a work dir without curves is refused by name."""
+    import cv2
+    d = tmp_path / "w" / "baseline" / "train_cam"
+    d.mkdir(parents=True)
+    (d / "metrics.csv").write_text("step,epoch,lr,loss,s_per_step\n10,0,0.1,0.9,0.2\n20,0,0.09,0.5,0.2\n"
+                                   "30,1,0.08,0.6,0.21\n")
+    assert cli_main(["curves", "--work-dir", str(tmp_path / "w")]) == 0
+    out = capsys.readouterr().out
+    assert "loss" in out and "first 0.9  last 0.6  lowest 0.5" in out
+    img = cv2.imread(str(d / "curves.png"))
+    assert img is not None and img.shape[0] >= 200 and (img < 250).any()
+    assert cli_main(["curves", "--work-dir", str(tmp_path / "empty")]) == 2
