@@ -5,13 +5,13 @@ objects seen from behind without one). Classes come in families of 2-3. The head
 class; the body (weak part) tells the family and, more faintly, the class, like fur: a plain CAM classifier
 fires on heads and misses much of the bodies, while the bodies still carry the class for a classifier that
 never sees heads, which is what adversarial erasing exploits. Three styles (STYLES):
-- "hue" (default): head and body share the family's hue and fur; the head's fine stripes, at one of three
+- "v6" (default): the head in its own saturated colour, striped in one of four patterns, the body in a group
+  colour and texture, with body-coloured distractor blobs in the background (docs/demo_v6.md).
+- "hue": head and body share the family's hue and fur; the head's fine stripes, at one of three
   orientations to the body axis, tell the class; the body's lightness steps by class. Grey background.
 - "spots": as "hue", but the class is told by the head's spot lattice (square, hex, dashes) and the body's
   saturation; objects stand on legs; the background is dull coloured noise. A second family of data for
   robustness, designed before the demo was tuned.
-- "v6": the head in its own saturated colour, striped in one of four patterns, the body in a group colour and
-  texture, with body-coloured distractor blobs in the background (docs/demo_v6.md).
 scripts/demo_data_check.py measures the part shares.
 
 Layout under root (as VOC, plus PartMasks and the metadata):
@@ -37,7 +37,9 @@ from psa_baseline.errors import InputError
 from psa_baseline.safe_npy import load_dict
 
 VERSION = 7  # bump when the rendering changes, so an old dataset is not mistaken for a new one
-# Rendering styles (demo_meta.json's params["style"]); docs/demo_v7.md says why each exists.
+V6_VERSION = 6  # "v6" renders as generator v6 did: its datasets keep that version and carry no style key, so a
+                # v6 dataset made before styles existed is the same dataset (same bytes), not a stale one
+# Rendering styles (demo_meta.json's params["style"]); docs/demo_v7.md says why each exists and what each gave.
 # "hue": an object's head and body share their family's hue and differ in fine structure only (the head's
 #     stripe orientation tells the class within the family), on a grey background: appearance is continuous
 #     inside an object and changes at its border, as PSA's CRF and AffinityNet assume.
@@ -45,8 +47,10 @@ VERSION = 7  # bump when the rendering changes, so an old dataset is not mistake
 #     a hue, the class within the family told by the head's spot lattice, on a background of coloured noise.
 # "v6": generator v6 as it was, head and body of different colours and textures (kept byte-identical: its
 #     results in docs/demo_v6.md, and the pre-training's auxiliary images, which use it).
-STYLES = ("hue", "spots", "v6")
-DEFAULT_STYLE = "hue"
+STYLES = ("v6", "hue", "spots")
+# The demo's data stays v6: "hue" did not make PSA's random walk gain over the CAMs (docs/demo_v7.md), and every
+# demo figure in the README was made on v6.
+DEFAULT_STYLE = "v6"
 # Three groups of three; consecutive classes (in this order) share a body style.
 DEFAULT_CLASSES = ("cat", "dog", "bird", "horse", "cow", "sheep", "car", "bus", "motorbike")
 DEFAULT_SIZE = (128, 160)
@@ -521,9 +525,20 @@ def _jpg_bytes(rgb, quality=95):
 
 
 def _params(n_train, n_val, classes, size, objects=DEFAULT_OBJECTS, style=DEFAULT_STYLE):
-    return {"version": VERSION, "style": style, "n_train": int(n_train), "n_val": int(n_val),
+    styled = {} if style == "v6" else {"style": style}
+    return {"version": style_version(style), **styled, "n_train": int(n_train), "n_val": int(n_val),
             "classes": list(classes), "size": [int(size[0]), int(size[1])],
             "objects": {k: float(objects[k]) for k in sorted(V5_OBJECTS)}}
+
+
+def style_version(style):
+    return V6_VERSION if style == "v6" else VERSION
+
+
+def is_current(meta):
+    """Whether demo_meta `meta` was written by this generator for its style (not by an older version)."""
+    p = meta["params"]
+    return p.get("version") == style_version(p.get("style", "v6"))
 
 
 def _check_objects(objects):

@@ -160,12 +160,12 @@ def open_root(cfg, f):
 def _demo_data_to_be_written(root):
     """Whether `pipeline --config demo` would write the demo dataset at root: nothing there yet, or a demo
     dataset of an older generator version (stages.demo_data.ensure)."""
-    from demo.data import VERSION, read_meta
+    from demo.data import is_current, read_meta
     root = Path(root)
     if not root.exists() or (root.is_dir() and not any(root.iterdir())):
         return True
     meta = read_meta(root)
-    return meta is not None and meta["params"].get("version") != VERSION
+    return meta is not None and not is_current(meta)
 
 
 def check_images(root, ids_by_list, lists, f):

@@ -4,7 +4,7 @@ Writes: JPEGImages/, SegmentationClass/ (palette PNG, 255 borders), PartMasks/ (
 ImageSets/Segmentation/{train,val,trainval}.txt, cls_labels.npy, demo_meta.json. Deterministic in the seed;
 skipped when the same dataset is already there. Default target (demo config): work/demo-data.
 """
-from demo.data import DEFAULT_OBJECTS, DEFAULT_STYLE, STYLES, VERSION, generate, read_meta
+from demo.data import DEFAULT_OBJECTS, DEFAULT_STYLE, STYLES, generate, is_current, read_meta
 from psa_baseline.errors import InputError
 
 DEFAULTS = {"n_train": 500, "n_val": 150}
@@ -15,8 +15,8 @@ def add_arguments(p):
     p.add_argument("--n-val", type=int, default=DEFAULTS["n_val"], help="validation images (default %(default)s)")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the dataset (default %(default)s)")
     p.add_argument("--style", choices=STYLES, default=DEFAULT_STYLE,
-                   help="rendering style (default %(default)s; docs/demo_v7.md): hue = parts share a hue, spots = the "
-                        "robustness family, v6 = the previous generator")
+                   help="rendering style (default %(default)s; docs/demo_v7.md): v6 = the demo's data, hue = parts "
+                        "share a hue, spots = a second family for robustness checks")
     p.add_argument("--body-scale", type=float, default=DEFAULT_OBJECTS["body_scale"],
                    help="object body radius vs generator v5's thin objects (default %(default)s)")
     p.add_argument("--aspect-scale", type=float, default=DEFAULT_OBJECTS["aspect_scale"],
@@ -42,10 +42,10 @@ def ensure(cfg, log=print):
     as it is, whatever its seed and sizes (one made by `demo-data --n-train ...`, or at another image size
     from Python); otherwise run() writes the default one (and replaces an older version's)."""
     meta = read_meta(cfg["voc_root"]) if cfg["voc_root"] else None
-    if meta and meta["params"].get("version") == VERSION:
+    if meta and is_current(meta):
         p = meta["params"]
         log(f"demo dataset at {cfg['voc_root']}: using it as it is (data seed {meta['seed']}, {p['n_train']} train / "
-            f"{p['n_val']} val images, style {p['style']}, sizes {p['size'][0]}-{p['size'][1]} px, objects {p['objects']})")
+            f"{p['n_val']} val images, style {p.get('style', 'v6')}, sizes {p['size'][0]}-{p['size'][1]} px, objects {p['objects']})")
         return meta.get("summary", {})
     return run(cfg, log=log)
 

@@ -185,11 +185,11 @@ def test_older_generator_version_is_replaced_and_changes_the_fingerprint(tmp_pat
     from stages.config import load_config
     root = tmp_path / "data"
     monkeypatch.setattr(dd, "VERSION", dd.VERSION - 1)
-    generate(root, seed=1, n_train=4, n_val=2, size=(64, 72))
+    generate(root, seed=1, n_train=4, n_val=2, size=(64, 72), style="hue")
     cfg = load_config("demo", [("voc_root", str(root)), ("work_dir", str(tmp_path / "w"))])
     fp_old = Stage(cfg, "train_cam", train_cam.depends(cfg)).fp
     monkeypatch.setattr(dd, "VERSION", dd.VERSION + 1)
-    assert generate(root, seed=1, n_train=4, n_val=2, size=(64, 72))["generated"]
+    assert generate(root, seed=1, n_train=4, n_val=2, size=(64, 72), style="hue")["generated"]
     assert read_meta(root)["params"]["version"] == dd.VERSION
     assert Stage(cfg, "train_cam", train_cam.depends(cfg)).fp != fp_old
     with pytest.raises(InputError, match="--force"):
@@ -203,7 +203,7 @@ def test_pipeline_uses_a_demo_dataset_of_other_sizes_as_it_is(tmp_path, monkeypa
     from stages import demo_data
     from stages.config import load_config
     root = tmp_path / "data"
-    generate(root, seed=1, n_train=4, n_val=2, size=(64, 72))
+    generate(root, seed=1, n_train=4, n_val=2, size=(64, 72), style="hue")
     cfg = load_config("demo", [("voc_root", str(root))])
     before = (root / "demo_meta.json").stat().st_mtime_ns
     said = []
@@ -211,7 +211,6 @@ def test_pipeline_uses_a_demo_dataset_of_other_sizes_as_it_is(tmp_path, monkeypa
     assert (root / "demo_meta.json").stat().st_mtime_ns == before
     assert "using it as it is" in said[0] and "4 train / 2 val" in said[0] and "64-72 px" in said[0]
     monkeypatch.setattr(dd, "VERSION", dd.VERSION + 1)
-    monkeypatch.setattr(demo_data, "VERSION", dd.VERSION)
     with pytest.raises(InputError, match="--force"):
         demo_data.ensure(cfg, log=said.append)
 
@@ -278,7 +277,7 @@ def test_a_v5_dataset_is_replaced_and_bad_object_shapes_are_refused(tmp_path, mo
     del meta["params"]["objects"]
     (root / "demo_meta.json").write_text(json.dumps(meta))
     assert generate(root, seed=1, n_train=3, n_val=1, size=(64, 72))["generated"]
-    assert read_meta(root)["params"]["version"] == dd.VERSION
+    assert read_meta(root)["params"]["version"] == dd.V6_VERSION
     for bad in (dict(dd.DEFAULT_OBJECTS, headless_share=1.5), dict(dd.DEFAULT_OBJECTS, body_scale=0),
                 {"body_scale": 1.0}):
         with pytest.raises(InputError, match="demo object shape"):
@@ -366,7 +365,7 @@ def test_family_designs_tell_the_class_by_the_head_within_a_family():
 def test_style_is_recorded_changes_the_fingerprint_and_is_checked(tmp_path):
     """The style is part of the dataset's identity: data of another style at the same seed and sizes is a
     different dataset for every stage's fingerprint (results made on v6 data are not reused on the "hue"
-    data), the default style is "hue", and an unknown style is refused by name."""
+    data), the default style is "v6", and an unknown style is refused by name."""
     import demo.data as dd
     from stages import train_cam
     from stages.common import Stage
@@ -375,12 +374,16 @@ def test_style_is_recorded_changes_the_fingerprint_and_is_checked(tmp_path):
     for style in ("v6", "hue"):
         root = tmp_path / style
         generate(root, seed=1, n_train=3, n_val=1, size=(64, 72), style=style)
-        assert read_meta(root)["params"]["style"] == style
+        assert read_meta(root)["params"].get("style", "v6") == style
         cfg = load_config("demo", [("voc_root", str(root)), ("work_dir", str(tmp_path / "w"))])
         fps[style] = Stage(cfg, "train_cam", train_cam.depends(cfg)).fp
     assert fps["v6"] != fps["hue"]
+    # v6 renders as generator v6 did: its params are v6's own (version 6, no style key), so a v6 dataset made
+    # before styles existed is taken as the same dataset and no finished run on it is redone
+    v6 = read_meta(tmp_path / "v6")["params"]
+    assert v6["version"] == dd.V6_VERSION and "style" not in v6 and dd.is_current(read_meta(tmp_path / "v6"))
     generate(tmp_path / "default", seed=1, n_train=3, n_val=1, size=(64, 72))
-    assert read_meta(tmp_path / "default")["params"]["style"] == dd.DEFAULT_STYLE == "hue"
+    assert "style" not in read_meta(tmp_path / "default")["params"] and dd.DEFAULT_STYLE == "v6"
     with pytest.raises(InputError, match="style 'stripes'"):
         generate(tmp_path / "bad", seed=1, n_train=3, n_val=1, style="stripes")
     assert not (tmp_path / "bad").exists()
