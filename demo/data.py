@@ -6,7 +6,7 @@ class; the body (weak part) tells the family and, more faintly, the class, like 
 fires on heads and misses much of the bodies, while the bodies still carry the class for a classifier that
 never sees heads, which is what adversarial erasing exploits. Three styles (STYLES):
 - "v6" (default): the head in its own saturated colour, striped in one of four patterns, the body in a group
-  colour and texture, with body-coloured distractor blobs in the background (docs/demo_v6.md).
+  colour and texture, with body-coloured distractor blobs in the background (docs/notes/demo_v6.md).
 - "hue": head and body share the family's hue and fur; the head's fine stripes, at one of three
   orientations to the body axis, tell the class; the body's lightness steps by class. Grey background.
 - "spots": as "hue", but the class is told by the head's spot lattice (square, hex, dashes) and the body's
@@ -39,16 +39,16 @@ from psa_baseline.safe_npy import load_dict
 VERSION = 7  # bump when the rendering changes, so an old dataset is not mistaken for a new one
 V6_VERSION = 6  # "v6" renders as generator v6 did: its datasets keep that version and carry no style key, so a
                 # v6 dataset made before styles existed is the same dataset (same bytes), not a stale one
-# Rendering styles (demo_meta.json's params["style"]); docs/demo_v7.md says why each exists and what each gave.
+# Rendering styles (demo_meta.json's params["style"]); docs/notes/demo_v7.md says why each exists and what each gave.
 # "hue": an object's head and body share their family's hue and differ in fine structure only (the head's
 #     stripe orientation tells the class within the family), on a grey background: appearance is continuous
 #     inside an object and changes at its border, as PSA's CRF and AffinityNet assume.
 # "spots": a second family for robustness checks, designed before any tuning: legged objects whose parts share
 #     a hue, the class within the family told by the head's spot lattice, on a background of coloured noise.
 # "v6": generator v6 as it was, head and body of different colours and textures (kept byte-identical: its
-#     results in docs/demo_v6.md, and the pre-training's auxiliary images, which use it).
+#     results in docs/notes/demo_v6.md, and the pre-training's auxiliary images, which use it).
 STYLES = ("v6", "hue", "spots")
-# The demo's data stays v6: "hue" did not make PSA's random walk gain over the CAMs (docs/demo_v7.md), and every
+# The demo's data stays v6: "hue" did not make PSA's random walk gain over the CAMs (docs/notes/demo_v7.md), and every
 # demo figure in the README was made on v6.
 DEFAULT_STYLE = "v6"
 # Three groups of three; consecutive classes (in this order) share a body style.
@@ -79,7 +79,7 @@ CUE_DIR = np.array([1.0, -0.35, -0.8]) / np.linalg.norm([1.0, -0.35, -0.8])
 # headless_share: the share of target objects drawn without a head (seen from behind: all body).
 # V5_OBJECTS (thin: objects on 16% of the non-void pixels) is what the shipped pre-training's aux set uses.
 # v6's default covers 30%, nearer VOC (24% on ../shared/data/VOCmini's 200 VOC 2012 images); its effect on
-# the baseline is measured in docs/demo_object_size.md.
+# the baseline is measured in docs/notes/demo_object_size.md.
 V5_OBJECTS = {"body_scale": 1.0, "aspect_scale": 1.0, "headless_share": 0.0}
 DEFAULT_OBJECTS = {"body_scale": 1.6, "aspect_scale": 1 / 1.4, "headless_share": 0.3}
 

@@ -2,7 +2,7 @@
 
 The ademxapp ImageNet weights PSA starts from are in this format; reading it ourselves means nobody
 has to install MXNet (which no longer builds on current Python). Layout, all little-endian, from
-MXNet's ndarray.cc Save/Load and dmlc-core's serializer (see REFERENCE.md):
+MXNet's ndarray.cc Save/Load and dmlc-core's serializer (see docs/reference.md):
 
     u64 magic 0x112, u64 reserved, u64 n, n array records, u64 m (0 or n), m x (u64 len, bytes)
 

@@ -21,7 +21,7 @@ to the run; the result goes to --out.
 The walk's no-walk reference (CAMs alone) is in rw_diagnose.py's report. The sample order is the stage's
 (EpochSampler, seeded crops) and the network's head is drawn after torch.manual_seed(seed). At the stage's
 thread count a probe with the stage's settings gave the stage's network (walk scores equal to the digit on
-the demo, docs/demo_v6.md 4.1); at another thread count float sums differ, and a short training drifts.
+the demo, docs/notes/demo_v6.md 4.1); at another thread count float sums differ, and a short training drifts.
 """
 import argparse
 import json

@@ -24,7 +24,7 @@ from psa_baseline.stats import fmt_pm, mean_std
 from .config import merge, variant_name
 from .report import PAPER_TABLE2
 
-# EADER Table 1 (standalone, Pascal VOC 2012 val, mean +- std over 6 runs), from REFERENCE.md
+# EADER Table 1 (standalone, Pascal VOC 2012 val, mean +- std over 6 runs), from docs/reference.md
 PAPER_TABLE1 = {
     0.0: {"miou": (41.37, 0.26), "precision": (58.26, 0.50), "recall": (58.18, 0.66)},
     0.01: {"miou": (42.51, 0.41), "precision": (57.79, 0.72), "recall": (60.88, 0.52)},

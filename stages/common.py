@@ -110,7 +110,7 @@ def local_gpu():
 def init_distributed(device_name):
     """Join torchrun's process group once per process: NCCL on CUDA (each rank on cuda:LOCAL_RANK),
     gloo on CPU (dist_backend). Nothing to do outside torchrun or with one process. NCCL with two GPUs has
-    not run yet: the CI runs gloo on the CPU, a one-GPU machine ran gloo on CUDA (docs/gpu.md)."""
+    not run yet: the CI runs gloo on the CPU, a one-GPU machine ran gloo on CUDA (docs/notes/gpu.md)."""
     if launched_world_size() <= 1 or _dist():
         return
     cuda = str(device_name).startswith("cuda")

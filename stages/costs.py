@@ -6,17 +6,17 @@ Only settings that were measured have costs; a stage without one is named as suc
     trains in both turns), make-cam 29.3 s / 650 images, make-crf 16.1 s / 500 images (2 workers),
     train-aff 86.6 s / 496 steps, make-pseudo 26.6 s / 650 images, train-seg 129.9 s / 500 steps, make-seg
     4.9 s / 150 images; side by side (`--jobs 2`, work/timing10) in SIDE_BY_SIDE_COSTS below
-  voc on one H200 (docs/gpu.md, scripts/gpu_check.sh: the paper's networks at random init on VOCmini's 200
+  voc on one H200 (docs/notes/gpu.md, scripts/gpu_check.sh: the paper's networks at random init on VOCmini's 200
     real VOC images, 16 CPU cores): a train-cam step (batch 16, crop 448) 0.175 s float32 / 0.088 s bf16, an
     EADER 200/200 cycle 0.83x / 1.00x of that; make-cam 0.088 s per image float32 / 0.071 s bf16 with 4 loader
     workers (first pass over 56 image sizes; 0.072 / 0.039 s once every size was seen); make-crf 12.1
     images/s with 8 workers (CPU); train-aff 0.121 s per step (batch 8, crop 448); make-pseudo 0.033 s per
     image (walk on the GPU); train-seg 0.088 s per step (batch 16, crop 512); make-seg 0.040 s per image.
     (An H100, issue 12 before this work: train-cam 0.187 / 0.096 s, make-cam 0.128 s, make-pseudo 0.19 s.)
-    (An H100, after it, docs/gpu.md: train-cam 0.197 / 0.099 s, make-cam 0.109 / 0.111 s with 4 workers,
+    (An H100, after it, docs/notes/gpu.md: train-cam 0.197 / 0.099 s, make-cam 0.109 / 0.111 s with 4 workers,
     make-pseudo 0.044 s, make-crf 9.7 images/s: 10-50% slower; the H200's costs are kept.)
 Under torchrun with N processes the training and inference stages take about 1/N of this (not measured:
-NCCL with two GPUs has not run; docs/gpu.md).
+NCCL with two GPUs has not run; docs/notes/gpu.md).
 """
 from psa_baseline import hardware
 
@@ -45,13 +45,13 @@ SIDE_BY_SIDE_COSTS = {
                       "train-seg": {True: 229.8 / 500}, "make-seg": {True: 7.5 / 150}},
 }
 SIDE_BY_SIDE_EADER_CYCLE = {("demo", "cpu"): {True: 427.9 / 150.7}}
-# voc: docs/gpu.md (200/200 cycle / baseline step); demo bf16: the README's pipeline run (EADER / baseline
+# voc: docs/notes/gpu.md (200/200 cycle / baseline step); demo bf16: the README's pipeline run (EADER / baseline
 # train-cam seconds); demo float32: the AVX2 timed run of docs/performance.md (EADER / baseline train-cam seconds)
 EADER_CYCLE = {("voc", "cuda"): {False: 0.83, True: 1.00}, ("demo", "cpu"): {True: 273.1 / 100.7, False: 622.5 / 354.6}}
 MEASURED_CRF_WORKERS = {("demo", "cpu"): 2, ("voc", "cuda"): 8}
 # where the costs were measured: the check says so, as another machine's times differ
 MEASURED_ON = {("demo", "cpu"): "2-core x86 CPUs (bf16: Intel with AMX; float32: AMD EPYC as AVX2-only)",
-               ("voc", "cuda"): "one H200; an H100 took 10-50% longer (docs/gpu.md)"}
+               ("voc", "cuda"): "one H200; an H100 took 10-50% longer (docs/notes/gpu.md)"}
 # bf16 autocast emulated on a CPU without bf16 instructions, against float32, the demo's train-cam step
 # (docs/performance.md): the factor applied to float32 costs when bf16 is forced on such a CPU
 EMULATED_BF16_SLOWDOWN = 14.0

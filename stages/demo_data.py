@@ -15,7 +15,7 @@ def add_arguments(p):
     p.add_argument("--n-val", type=int, default=DEFAULTS["n_val"], help="validation images (default %(default)s)")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the dataset (default %(default)s)")
     p.add_argument("--style", choices=STYLES, default=DEFAULT_STYLE,
-                   help="rendering style (default %(default)s; docs/demo_v7.md): v6 = the demo's data, hue = parts "
+                   help="rendering style (default %(default)s; docs/notes/demo_v7.md): v6 = the demo's data, hue = parts "
                         "share a hue, spots = a second family for robustness checks")
     p.add_argument("--body-scale", type=float, default=DEFAULT_OBJECTS["body_scale"],
                    help="object body radius vs generator v5's thin objects (default %(default)s)")

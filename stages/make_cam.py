@@ -54,7 +54,7 @@ def _as_is(item):
 
 def scaled_images(root, ids, scales, flip, workers):
     """ScaledImages in ids' order; workers > 0: prepared in that many processes while the device computes
-    (on a GPU PSA's PIL resizes take ~21 ms of a VOC image's ~50 ms in bf16, docs/gpu.md)."""
+    (on a GPU PSA's PIL resizes take ~21 ms of a VOC image's ~50 ms in bf16, docs/notes/gpu.md)."""
     ds = ScaledImages(root, ids, scales, flip)
     if workers <= 0:
         return (ds[k] for k in range(len(ds)))

@@ -7,7 +7,7 @@ from psa_baseline.constants import SEG_CLASS_NAMES
 from psa_baseline.evaluation import classes_note, markdown_table
 from psa_baseline.fileio import write_json, write_text
 
-# Published numbers (Pascal VOC 2012 val), from REFERENCE.md.
+# Published numbers (Pascal VOC 2012 val), from docs/reference.md.
 PAPER_TABLE2 = {
     "PSA (paper, reproduced by EADER)": {"cam": {"miou": 46.8, "precision": 60.3, "recall": 66.7},
                                          "aff": {"miou": 58.7}, "seg": {"miou": 60.7}},
@@ -15,7 +15,7 @@ PAPER_TABLE2 = {
                              "aff": {"miou": 60.1}, "seg": {"miou": 62.8}},
 }
 
-# EADER Table 3 (DeepLabV3+ per-class IoU on VOC val): REFERENCE.md gives these classes only.
+# EADER Table 3 (DeepLabV3+ per-class IoU on VOC val): docs/reference.md gives these classes only.
 PAPER_TABLE3 = {  # class: (PSA reproduced, PSA w/ EADER)
     "bird": (76.7, 84.1), "cat": (71.7, 82.1), "dog": (72.2, 80.7), "horse": (68.2, 76.4),
     "diningtable": (40.9, 35.8), "pottedplant": (37.8, 15.4),
@@ -128,7 +128,7 @@ def table3(variants):
     out = ["\n## Table 3 layout: per-class IoU, baseline vs EADER\n\n",
            f"Ours: {what} on {', '.join(sorted({str(ours[v].get('split')) for v in names}))}. "
            "Paper: EADER's Table 3 is the per-class IoU of **DeepLabV3+** (stage 3, trained on the pseudo "
-           "labels) on VOC 2012 val; REFERENCE.md gives only the classes shown, '-' elsewhere, and the "
+           "labels) on VOC 2012 val; docs/reference.md gives only the classes shown, '-' elsewhere, and the "
            "paper's mIoU row is Table 2's DeepLabV3+ column. So the paper columns are a reference for the "
            "direction of the per-class changes, not numbers to match with pseudo labels.\n\n"]
     header = ["class"] + names + (["EADER - baseline"] if delta else []) + \

@@ -122,7 +122,7 @@ def test_aff_stages_end_to_end_after_the_cam_stage(demo_root, tmp_path):
     pipeline.run_variants(cfg, log=lambda m: None, until="cam")
     assert [p.stat().st_mtime_ns for p in done] == mtimes
     # scripts/rw_diagnose.py on this run: its walk is make-pseudo's; --cam-dir walks other CAMs with the same
-    # AffinityNet (how docs/demo_v6.md 6.1 swaps the variants' CAMs)
+    # AffinityNet (how docs/notes/demo_v6.md 6.1 swaps the variants' CAMs)
     import importlib.util
     import yaml
     spec = importlib.util.spec_from_file_location("rw_diagnose", Path(__file__).parents[1] / "scripts" / "rw_diagnose.py")

@@ -36,7 +36,7 @@ def test_side_by_side_the_longest_variant_sets_the_wall_time(native_bf16):
 def test_voc_on_cuda_follows_bf16_and_unmeasured_settings_say_so():
     cfg = load_config("voc", [("device", "cuda")])
     fp32 = stage_seconds(cfg, cfg, "train-cam", 10582)
-    assert fp32 == pytest.approx(10582 // 16 * 15 * 0.175)  # docs/gpu.md, one H200
+    assert fp32 == pytest.approx(10582 // 16 * 15 * 0.175)  # docs/notes/gpu.md, one H200
     bf16 = merge(cfg, {"cam_train": {"bf16": True}, "aff_train": {"bf16": True}})
     assert stage_seconds(cfg, bf16, "train-cam", 10582) == pytest.approx(10582 // 16 * 15 * 0.088)
     assert stage_seconds(cfg, cfg, "train-aff", 10582) == pytest.approx(10582 // 8 * 8 * 0.121)
