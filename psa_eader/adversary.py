@@ -125,7 +125,7 @@ def build_adversary(num_classes=20, width=1.0, weights=None, keep_head=False):
 
 
 def adversary_optimizer(model, lr=0.01, momentum=0.9, weight_decay=1e-4):
-    """SGD for the adversary. lr 0.01 is the PSA-integration value (REFERENCE); momentum 0.9 and weight
+    """SGD for the adversary. lr 0.01 is the PSA-integration value (docs/reference.md); momentum 0.9 and weight
     decay 1e-4 are the authors' standalone settings (their `load_optimizer`), used for both networks.
 
     All parameters are registered (EADER switches requires_grad off only while the localizer trains).

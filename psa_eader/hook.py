@@ -71,7 +71,7 @@ class EaderConfig:
     psi: float = 0.5             # soft-mask threshold
     phase_steps: int = 200       # steps per localizer turn (and per adversary turn unless set below)
     am_form: str = "authors"     # 'authors': mean sigmoid score; 'paper': Eq. 6, sum of logits / C, per image
-    adv_lr: float = 0.01         # PSA integration (REFERENCE)
+    adv_lr: float = 0.01         # PSA integration (docs/reference.md)
     adv_momentum: float = 0.9
     adv_weight_decay: float = 1e-4
     adv_width: float = 1.0       # ResNet-18 channel multiplier (<1 for CPU)
