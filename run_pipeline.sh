@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole pipeline. No arguments: the CPU demo (builds the demo dataset, then every stage to DeepLabV3+).
 # Paper setting: ./run_pipeline.sh --config voc --voc-root DIR --device cuda [--eader on|off|both]
-# Extra key=value arguments override config keys. --nproc N: N processes (torchrun). See README.md.
+# Extra key=value arguments override config keys. --nproc N: N processes (torchrun). See README.md and docs/architecture.md.
 set -euo pipefail
 cd "$(dirname "$0")"
 scripts/ensure_venv.sh

@@ -49,7 +49,7 @@ V6_VERSION = 6  # "v6" renders as generator v6 did: its datasets keep that versi
 #     results in docs/notes/demo_v6.md, and the pre-training's auxiliary images, which use it).
 STYLES = ("v6", "hue", "spots")
 # The demo's data stays v6: "hue" did not make PSA's random walk gain over the CAMs (docs/notes/demo_v7.md), and every
-# demo figure in the README was made on v6.
+# demo figure in docs/results.md was made on v6.
 DEFAULT_STYLE = "v6"
 # Three groups of three; consecutive classes (in this order) share a body style.
 DEFAULT_CLASSES = ("cat", "dog", "bird", "horse", "cow", "sheep", "car", "bus", "motorbike")

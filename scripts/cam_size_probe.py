@@ -12,7 +12,7 @@ fresh process, timed. Score them with eval-cam:
         --split val --threshold 0.2 --out /tmp/cams16.json
 
 Not a make-cam option: rounding changes the aspect ratio of the network's input, and on the demo it cost
-more CAM mIoU than the issue allows (README, make-cam speed).
+more CAM mIoU than the issue allows (docs/performance.md, make-cam speed).
 """
 import argparse
 import sys

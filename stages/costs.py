@@ -1,7 +1,7 @@
 """Measured costs per training step and per image, and the wall time they give a planned run.
 
 Only settings that were measured have costs; a stage without one is named as such, not guessed.
-  demo on the CPU: README, `time ./run_pipeline.sh --eader both` on the idle 2-core CPU (bf16 as
+  demo on the CPU: docs/performance.md, `time ./run_pipeline.sh --eader both` on the idle 2-core CPU (bf16 as
     configs/demo.yaml, work/timing11): train-cam 100.7 s / 930 steps (EADER 273.1 s: 2.71x, its localizer
     trains in both turns), make-cam 29.3 s / 650 images, make-crf 16.1 s / 500 images (2 workers),
     train-aff 86.6 s / 496 steps, make-pseudo 26.6 s / 650 images, train-seg 129.9 s / 500 steps, make-seg
@@ -35,7 +35,7 @@ COSTS = {
                       "make-crf": {None: 1 / 12.1}, "train-aff": {False: 0.121}, "make-pseudo": {None: 0.033},
                       "train-seg": {False: 0.088}, "make-seg": {False: 0.040}},
 }
-# The demo on the CPU with the two variants side by side, one thread each (pipeline --jobs 2; README,
+# The demo on the CPU with the two variants side by side, one thread each (pipeline --jobs 2; docs/performance.md,
 # `time ./run_pipeline.sh --eader both --jobs 2 --work-dir work/timing10 ...`, the config's 8 aff epochs):
 # the baseline's stages; EADER's train-cam took 427.9 s (2.84x), its other stages within 9% of these
 SIDE_BY_SIDE_COSTS = {
@@ -45,7 +45,7 @@ SIDE_BY_SIDE_COSTS = {
                       "train-seg": {True: 229.8 / 500}, "make-seg": {True: 7.5 / 150}},
 }
 SIDE_BY_SIDE_EADER_CYCLE = {("demo", "cpu"): {True: 427.9 / 150.7}}
-# voc: docs/notes/gpu.md (200/200 cycle / baseline step); demo bf16: the README's pipeline run (EADER / baseline
+# voc: docs/notes/gpu.md (200/200 cycle / baseline step); demo bf16: docs/performance.md's pipeline run (EADER / baseline
 # train-cam seconds); demo float32: the AVX2 timed run of docs/performance.md (EADER / baseline train-cam seconds)
 EADER_CYCLE = {("voc", "cuda"): {False: 0.83, True: 1.00}, ("demo", "cpu"): {True: 273.1 / 100.7, False: 622.5 / 354.6}}
 MEASURED_CRF_WORKERS = {("demo", "cpu"): 2, ("voc", "cuda"): 8}

@@ -7,7 +7,7 @@ from stages.costs import stage_seconds, wall_time_lines
 
 def test_the_demo_estimate_gives_back_the_measured_run(native_bf16):  # measured with bf16 on AMX
     cfg = load_config("demo", [("device", "cpu")])
-    # the README's run (work/timing11): 930 steps (500 images / 16 x 30 epochs) in 100.7 s, 650 CAMs in 29.3 s
+    # docs/performance.md's run (work/timing11): 930 steps (500 images / 16 x 30 epochs) in 100.7 s, 650 CAMs in 29.3 s
     assert stage_seconds(cfg, cfg, "train-cam", 500) == pytest.approx(100.7)
     assert stage_seconds(cfg, cfg, "make-cam", 650) == pytest.approx(29.3)
     assert stage_seconds(cfg, cfg, "train-aff", 500) == pytest.approx(86.6)  # 8 epochs of 62 steps
