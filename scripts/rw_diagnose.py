@@ -169,10 +169,11 @@ def main(argv=None):
                   i, gt)
         with torch.no_grad():
             feats = net(padded_input(img))
-        affs = {"affinitynet": feature_affinities(feats, 5, True)[0],
-                "affinitynet, no border crop": feature_affinities(feats, 5, False)[0],
-                "oracle (ground truth)": oracle_affinities(gt)}
-        same, diff = split_pairs(affs["affinitynet"], gt, oracle=affs["oracle (ground truth)"])
+        r = net.radius  # the config's aff_train.radius (PSA: 5)
+        affs = {"affinitynet": feature_affinities(feats, r, True)[0],
+                "affinitynet, no border crop": feature_affinities(feats, r, False)[0],
+                "oracle (ground truth)": oracle_affinities(gt, radius=r)}
+        same, diff = split_pairs(affs["affinitynet"], gt, r, oracle=affs["oracle (ground truth)"])
         same_aff.append(same)
         diff_aff.append(diff)
         for name, aff in affs.items():
@@ -181,7 +182,7 @@ def main(argv=None):
                 if name != "affinitynet" and t not in (32, 256):
                     continue
                 pred = propagate_cams(cams, aff, img.shape[:2], alpha_bg=rw_alpha, beta=args.beta, t=t,
-                                      psa_crop=crop, name=i)
+                                      radius=r, psa_crop=crop, name=i)
                 score(f"{name}, t {t}", pred, i, gt)
     report = {"run": str(run), "cams": str(cam_dir), "n_images": len(ids), "rw_alpha": rw_alpha, "beta": args.beta,
               "rows": {k: v.result() for k, v in rows.items()},
@@ -208,7 +209,7 @@ def main(argv=None):
             obj = ok & (gt > 0)
             obj_n += int(obj.sum())
             obj_in_bg += int((obj & (ha_l == 0)).sum())
-            pairs += label_pair_precision(make_seg_label(la, ha), gt)
+            pairs += label_pair_precision(make_seg_label(la, ha), gt, net.radius)
         report["crf_labels"] = {"la_foreground_precision": round(100 * fg_ok / max(fg_n, 1), 2),
                                 "ha_background_precision": round(100 * bg_ok / max(bg_n, 1), 2),
                                 "object_pixels_in_ha_background": round(100 * obj_in_bg / max(obj_n, 1), 2),

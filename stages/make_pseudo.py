@@ -6,7 +6,7 @@ Writes: <work>/<variant>/make_pseudo/pseudo/<id>.png (VOC palette PNG: 0 bg, c+1
 rw.save_scores also scores/<id>.npy (the walked scores on the stride-8 grid, {0: bg, c+1: class c}
 float32 dicts), DONE.json. PSA's infer_aff: image zero-padded to a multiple of 8 (after normalisation),
 background (1 - max CAM)^rw.alpha, affinities ** rw.beta, rw.t walk steps (sparse: the neighbour lists
-within radius 5), bilinear upsampling, argmax. Files are written atomically; a rerun does the missing ones.
+within aff_train.radius, PSA: 5), bilinear upsampling, argmax. Files are written atomically; a rerun does the missing ones.
 """
 import contextlib
 import time
@@ -65,7 +65,7 @@ def padded_input(img):
     return F.pad(x, (0, -(-W // 8) * 8 - W, 0, -(-H // 8) * 8 - H))
 
 
-def walk_scores(cam_dict, aff, shape, alpha, beta, t):
+def walk_scores(cam_dict, aff, shape, alpha, beta, t, radius=5):
     """propagate_cams with the walked scores kept: (label uint8 HxW, {0: bg, c+1: class c} on the grid).
 
     Same steps as psa_baseline.random_walk.propagate_cams (tests check that the labels agree).
@@ -78,7 +78,7 @@ def walk_scores(cam_dict, aff, shape, alpha, beta, t):
         cams[i + 1, :H, :W] = cam_dict[k]
     cams[0, :H, :W] = (1 - cams[1:, :H, :W].max(0, initial=0)) ** alpha
     grid = F.avg_pool2d(torch.from_numpy(cams)[None], 8, 8)[0]
-    rw = random_walk_sparse(aff, grid, beta, t)
+    rw = random_walk_sparse(aff, grid, beta, t, radius)
     up = F.interpolate(rw[None], size=(h * 8, w * 8), mode="bilinear", align_corners=False)[0]
     ids = np.asarray([0] + [int(k) + 1 for k in keys], np.uint8)
     label = ids[up.argmax(0)[:H, :W].cpu().numpy()]
@@ -86,7 +86,7 @@ def walk_scores(cam_dict, aff, shape, alpha, beta, t):
 
 
 def load_aff_net(cfg, path, device):
-    net = load_stage_weights(AffinityNet(res38_spec(cfg)), path, "the AffinityNet", "net.*", "train-aff")
+    net = load_stage_weights(AffinityNet(res38_spec(cfg), radius=cfg["aff_train"]["radius"]), path, "the AffinityNet", "net.*", "train-aff")
     return net.to(device).eval()
 
 
@@ -123,11 +123,11 @@ def run(cfg, force=False, cam_dir=None, shard=None):
             aff = net.affinities(net(padded_input(img).to(device)))[0]
             with torch_threads(1):
                 if r["save_scores"]:
-                    label, scores = walk_scores(cams, aff, img.shape[:2], r["alpha"], r["beta"], r["t"])
+                    label, scores = walk_scores(cams, aff, img.shape[:2], r["alpha"], r["beta"], r["t"], net.radius)
                     save_npy(score_dir / f"{i}.npy", scores)
                 else:
                     label = propagate_cams(cams, aff, img.shape[:2], alpha_bg=r["alpha"], beta=r["beta"],
-                                           t=r["t"], name=f"id {i}")
+                                           t=r["t"], radius=net.radius, name=f"id {i}")
         voc.save_label_png(out_dir / f"{i}.png", label)
     dt = time.time() - t0
     st.log.info("%d pseudo labels in %.1f s (%.3f s/image)", len(todo), dt, dt / max(1, len(todo)))

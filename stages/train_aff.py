@@ -6,7 +6,7 @@ Writes: <work>/<variant>/train_aff/{checkpoint.pth, aff_net.pth, DONE.json}, log
 PSA's recipe: colour jitter, joint random crop (padded with black pixels, before normalising) and flip of
 image and la/ha scores, no rescale;
 label = make_seg_label(la, ha) on the crop at feature resolution (stride 8); affinity loss on the pairs
-within radius 5; four lr groups with the poly schedule. A rerun resumes from checkpoint.pth.
+within aff_train.radius (PSA: 5); four lr groups with the poly schedule. A rerun resumes from checkpoint.pth.
 """
 import time
 from pathlib import Path
@@ -28,7 +28,6 @@ from .make_crf import HA, LA
 
 NAME = "train_aff"
 STRIDE = 8
-RADIUS = 5  # AffinityNet's pair radius (PSA)
 
 
 def check_config(cfg):
@@ -39,11 +38,14 @@ def check_config(cfg):
     if t["crop"] % STRIDE:
         raise InputError(f"config key 'aff_train.crop': must be a multiple of {STRIDE} (the label is pooled "
                          f"{STRIDE}x{STRIDE} to the feature grid), got {t['crop']}")
-    if t["crop"] // STRIDE <= 2 * (RADIUS - 1):
+    radius = t["radius"]
+    if not (isinstance(radius, int) and radius >= 2):
+        raise InputError(f"config key 'aff_train.radius': an integer of at least 2 (PSA: 5), got {radius!r}")
+    if t["crop"] // STRIDE <= 2 * (radius - 1):
         raise InputError(f"config key 'aff_train.crop': {t['crop']} gives a {t['crop'] // STRIDE} x "
                          f"{t['crop'] // STRIDE} feature grid, on which PSA's pair rule (source pixels at least "
-                         f"{RADIUS - 1} cells from the left/right borders) leaves no pairs; use at least "
-                         f"{STRIDE * (2 * RADIUS - 1)}")
+                         f"{radius - 1} cells from the left/right borders) leaves no pairs; use at least "
+                         f"{STRIDE * (2 * radius - 1)}")
     if t["init"] not in ("imagenet", "cam"):
         raise InputError(f"config key 'aff_train.init': imagenet or cam, got {t['init']!r}")
 
@@ -130,7 +132,7 @@ class AffTrainDataset(voc.EpochSeededDataset):
 
 def build_aff_net(cfg, log=None):
     """AffinityNet with the config's backbone, initialised as aff_train.init says."""
-    net = AffinityNet(res38_spec(cfg))
+    net = AffinityNet(res38_spec(cfg), radius=cfg["aff_train"]["radius"])
     if cfg["aff_train"]["init"] == "cam":
         path = Path(cfg["work_dir"]) / variant_name(cfg) / "train_cam" / "cam_net.pth"
         sd = torch.load(path, map_location="cpu", weights_only=True)

@@ -407,3 +407,24 @@ def test_random_walk_with_a_briefly_trained_affinitynet_on_voc(tmp_path):
     assert oracle > before + 3, (before, oracle)
     assert losses[-1] < losses[0] - 0.05, losses
     assert 0 < after <= 100
+
+
+def test_pair_radius_is_a_config_key_with_psas_value(tmp_path, monkeypatch):
+    """aff_train.radius is PSA's 5 in voc.yaml (and so in the demo); another value reaches AffinityNet's pairs,
+    the walk's network and train-aff's fingerprint, and a radius under 2 or one that leaves the crop no pairs
+    is refused by name."""
+    from psa_baseline.errors import InputError
+    from stages.config import load_config
+    from stages.make_pseudo import load_aff_net
+    assert load_config("voc")["aff_train"]["radius"] == 5 and load_config("demo")["aff_train"]["radius"] == 5
+    cfg = load_config("demo", [("work_dir", str(tmp_path)), "net.weights=random"])
+    cfg3 = load_config("demo", [("work_dir", str(tmp_path)), "net.weights=random", "aff_train.radius=3"])
+    net = train_aff.build_aff_net(cfg3)
+    assert net.radius == 3
+    torch.save(net.state_dict(), tmp_path / "aff_net.pth")
+    assert load_aff_net(cfg3, tmp_path / "aff_net.pth", "cpu").radius == 3
+    monkeypatch.setattr(train_aff, "upstream_fp", lambda cfg, name: "the CRF labels' fingerprint")
+    assert train_aff.depends(cfg) != train_aff.depends(cfg3)  # a new radius retrains, and redoes the walk
+    for bad, match in (("aff_train.radius=1", "aff_train.radius"), ("aff_train.radius=7", "aff_train.crop")):
+        with pytest.raises(InputError, match=match):
+            train_aff.check_config(load_config("demo", [bad]))
