@@ -7,7 +7,6 @@ Each CAM file is written atomically, so a rerun after a crash only computes the 
 import time
 from pathlib import Path
 
-import torch
 from torch.utils.data import DataLoader, Dataset
 
 from psa_baseline import voc
