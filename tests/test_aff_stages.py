@@ -351,6 +351,7 @@ def test_make_crf_sharpens_degraded_ground_truth_on_voc(tmp_path):
         assert a > b + 2, res
 
 
+@pytest.mark.slow
 @needs_voc
 def test_random_walk_with_a_briefly_trained_affinitynet_on_voc(tmp_path):
     """make-crf -> train-aff (tiny random-init net, < 1 min) -> make-pseudo -> eval-seg on degraded GT.

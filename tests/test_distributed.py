@@ -25,6 +25,8 @@ import torch.multiprocessing as mp
 
 from conftest import tiny_cfg
 
+pytestmark = pytest.mark.dist  # several processes: slow, and skipped by the fast subset
+
 DEVICE = os.environ.get("PSA_TEST_DEVICE", "cpu")
 CUDA = DEVICE.startswith("cuda")
 if CUDA and torch.cuda.device_count() < 2:  # two GPUs or more: NCCL, one GPU per rank, as a real run

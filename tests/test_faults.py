@@ -148,6 +148,7 @@ def test_a_config_change_never_costs_finished_results_when_the_run_then_fails(de
     assert json.loads((d / "DONE.json").read_text())["fingerprint"] != "" and not aside.exists()
 
 
+@pytest.mark.slow
 def test_sigterm_is_handled_as_ctrl_c(demo_root, tmp_path):
     """SIGTERM (a scheduler's stop) gives the resume hint and exit 143, as SIGINT gives 130; the rerun resumes."""
     import signal

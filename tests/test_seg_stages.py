@@ -280,6 +280,7 @@ def test_pipeline_refuses_null_encoder_weights_before_any_stage(demo_root, tmp_p
     assert not (tmp_path / "w").exists()  # not after hours of the earlier stages
 
 
+@pytest.mark.slow
 def test_pipeline_until_seg_runs_to_deeplab_scores(demo_root, tmp_path):
     """The real wiring: CAM, affinity and DeepLabV3+ stages in order, on a seconds-long tiny config."""
     from test_aff_stages import AFF
@@ -310,6 +311,7 @@ def _seg_two_ranks(rank, world, port, root, work, over):
         Path(work, f"written.{rank}.json").write_text(json.dumps(written))
 
 
+@pytest.mark.slow
 def test_two_processes_train_seg_and_write_every_prediction_once(demo_root, tmp_path):
     """Under torchrun (2 gloo processes): a global batch of 2 would give 1 image per process, on which
     DeepLabV3+'s BatchNorm cannot train, so it is refused; a batch of 4 trains and make-seg writes each

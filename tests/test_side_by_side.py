@@ -7,6 +7,8 @@ import torch
 
 from conftest import tiny_cfg
 
+pytestmark = pytest.mark.dist  # several processes: slow, and skipped by the fast subset
+
 
 def test_side_by_side_gives_the_results_of_one_after_the_other(demo_root, tmp_path):
     """Same weights and scores as the two variants run in turn at the same thread count; both land in the

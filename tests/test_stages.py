@@ -103,6 +103,7 @@ def _train_cmd(cfg_file, work):
     return [sys.executable, "-m", "stages.train_cam", "--config", str(cfg_file), "--work-dir", str(work)]
 
 
+@pytest.mark.slow
 def test_resume_after_kill_gives_the_same_weights(demo_root, tmp_path):
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text(f"""base: demo
