@@ -142,9 +142,12 @@ def main(argv=None):
     p.add_argument("--cam-dir", help="walk these CAMs (<id>.npy) instead of the variant's own make_cam/cams, e.g. "
                    "another variant's, to tell the CAMs' share of a difference from the AffinityNet's")
     p.add_argument("--out", required=True)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config overrides the run was made with that matter here, e.g. aff_train.radius=3")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    cfg = load_config(args.config, [("voc_root", args.voc_root), ("work_dir", args.work_dir), ("device", "cpu")])
+    cfg = load_config(args.config, [("voc_root", args.voc_root), ("work_dir", args.work_dir), ("device", "cpu")]
+                      + list(args.overrides))
     root = voc_root(cfg)
     ids = split_ids(cfg, args.split)[:args.n]
     labels = labels_for(cfg, root, ids)
