@@ -113,17 +113,23 @@ def make_groups(n):
     return [g for g, s in enumerate(sizes) for _ in range(s)]
 
 
+def group_positions(n):
+    """Per class k of n (in order): (its group, its index j in the group, its step j - (m - 1) / 2 in a group of
+    m: -1/0/+1 or -0.5/+0.5), the step scaling a class cue shared out within the group."""
+    groups = make_groups(n)
+    out = []
+    for k, g in enumerate(groups):
+        members = [i for i, gg in enumerate(groups) if gg == g]
+        j = members.index(k)
+        out.append((g, j, j - (len(members) - 1) / 2))
+    return out
+
+
 def class_designs(names):
     """Per class: group, body style, body class cue, head colour pair and head pattern."""
-    groups = make_groups(len(names))
     designs = []
-    for k, name in enumerate(names):
-        g = groups[k]
-        members = [i for i, gg in enumerate(groups) if gg == g]
-        j, m = members.index(k), len(members)
-        # Subtle body cue: a small colour shift and texture scale, -1/0/+1 (or -0.5/+0.5) steps
-        # between the classes of a group.
-        step = j - (m - 1) / 2
+    for k, (name, (g, _, step)) in enumerate(zip(names, group_positions(len(names)))):
+        # Subtle body cue: a small colour shift and texture scale, one step between the classes of a group.
         base, texture = BODY_STYLES[g % len(BODY_STYLES)]
         # Head: a saturated colour from a hand-picked list (far apart in RGB; consecutive entries,
         # which share a body, differ most) striped with black in one of four patterns. Not white:
@@ -151,13 +157,8 @@ def family_designs(names, style):
     """Per class for the "hue" and "spots" styles: family (group), hue shared by the family, the body's weak
     class cue (lightness or saturation step, texture scale) and the head's strong one (stripe orientation or
     spot lattice)."""
-    groups = make_groups(len(names))
     designs = []
-    for k, name in enumerate(names):
-        g = groups[k]
-        members = [i for i, gg in enumerate(groups) if gg == g]
-        j, m = members.index(k), len(members)
-        step = j - (m - 1) / 2
+    for name, (g, j, step) in zip(names, group_positions(len(names))):
         designs.append({"name": name, "index": CLASS_NAMES.index(name), "group": g,
                         "hue": (FAMILY_HUE0 + GOLDEN * g) % 1.0,
                         "sat": 0.55 + (SAT_CUE * step if style == "spots" else 0.0),
