@@ -121,11 +121,9 @@ def weights_file(cfg, key):
     value = weights_value(cfg, key)
     if value is None or value == RANDOM:
         return None
-    try:
-        path = resolve_data_path(cfg, value, f"{key} file")
-    except InputError as e:  # a weights file is named by its key, not found under the data root
-        raise InputError(f"{key}: weights file {value!r} not found ({str(e).split(': tried ', 1)[-1].split(';')[0]});"
-                         f" set {key}=PATH to the file (`psa-eader weights list` shows the published files)") from None
+    # a weights file is named by its key, not looked for under the data root
+    path = resolve_data_path(cfg, value, f"{key}: weights file {value!r}",
+                             fix=f"set {key}=PATH to the file (`psa-eader weights list` shows the published files)")
     from demo import pretrain
     if Path(path).resolve().parent == pretrain.WEIGHTS_DIR.resolve():
         _verified_demo_weights()  # every reader, not only the pipeline: a tampered file is refused

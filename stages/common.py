@@ -230,8 +230,9 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
-def resolve_data_path(cfg, rel, what):
-    """Absolute as given; relative: under voc_root, then the project folder."""
+def resolve_data_path(cfg, rel, what, fix="set --voc-root or the config key to an existing path"):
+    """Absolute as given; relative: under voc_root, then the project folder. `fix`: what the error tells the
+    user to do when no candidate exists."""
     p = Path(rel)
     if p.is_absolute():
         cands = [p]
@@ -240,8 +241,7 @@ def resolve_data_path(cfg, rel, what):
     for c in cands:
         if c.exists():
             return c
-    raise InputError(f"{what} not found: tried {', '.join(str(c) for c in cands)}; "
-                     f"set --voc-root or the config key to an existing path")
+    raise InputError(f"{what} not found: tried {', '.join(str(c) for c in cands)}; {fix}")
 
 
 def prepare_work_dir(work_dir):
