@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Create .venv with pip when it is missing or when requirements.txt / setup.py changed since it was made.
+# Create .venv with pip when it is missing or when requirements.txt / pyproject.toml changed since it was made.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-stamp=$(cat requirements.txt setup.py | sha256sum | cut -c1-16)
+stamp=$(cat requirements.txt pyproject.toml | sha256sum | cut -c1-16)
 if [ -f .venv/.ready ] && [ "$(cat .venv/.ready)" = "$stamp" ]; then
   exit 0
 fi

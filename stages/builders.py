@@ -5,6 +5,7 @@ from psa_baseline import voc
 from psa_baseline.cam_net import CAMNet
 from psa_baseline.errors import InputError
 from psa_baseline.resnet38 import Res38Spec
+from . import demo_module
 from .common import resolve_data_path
 
 
@@ -124,7 +125,7 @@ def weights_file(cfg, key):
     # a weights file is named by its key, not looked for under the data root
     path = resolve_data_path(cfg, value, f"{key}: weights file {value!r}",
                              fix=f"set {key}=PATH to the file (`psa-eader weights list` shows the published files)")
-    from demo import pretrain
+    pretrain = demo_module("pretrain")
     if Path(path).resolve().parent == pretrain.WEIGHTS_DIR.resolve():
         _verified_demo_weights()  # every reader, not only the pipeline: a tampered file is refused
     return path
@@ -135,7 +136,7 @@ _DEMO_VERIFIED = {}
 
 def _verified_demo_weights():
     """demo.pretrain.verify once per process and state of the folder (its files' sizes and times)."""
-    from demo import pretrain
+    pretrain = demo_module("pretrain")
     key = files_identity(sorted(pretrain.WEIGHTS_DIR.iterdir()))
     if key not in _DEMO_VERIFIED:
         _DEMO_VERIFIED[key] = pretrain.verify(pretrain.WEIGHTS_DIR)

@@ -20,6 +20,7 @@ import torch
 
 from psa_baseline import voc
 from psa_baseline.errors import InputError
+from . import demo_module
 from .builders import (RANDOM, needed_weights, null_weights_message, res38_spec, split_ids, weights_file,
                        weights_value)
 from .config import BF16_KEYS, merge, variant_name
@@ -160,7 +161,8 @@ def open_root(cfg, f):
 def _demo_data_to_be_written(root):
     """Whether `pipeline --config demo` would write the demo dataset at root: nothing there yet, or a demo
     dataset of an older generator version (stages.demo_data.ensure)."""
-    from demo.data import is_current, read_meta
+    demo_data = demo_module("data")
+    is_current, read_meta = demo_data.is_current, demo_data.read_meta
     root = Path(root)
     if not root.exists() or (root.is_dir() and not any(root.iterdir())):
         return True

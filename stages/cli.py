@@ -92,7 +92,7 @@ def build_parser(full=None):
         if full is not None and name not in full:
             continue
         common_options(p, name)
-        m = importlib.import_module(f"stages.{mod}")
+        m = importlib.import_module(f".{mod}", __package__)
         if hasattr(m, "add_arguments"):
             m.add_arguments(p)
         parser.stage_parsers[name] = p
@@ -130,7 +130,7 @@ def main(argv=None):
         # under torchrun: join its process group first (the config names the device: NCCL or gloo)
         device = config_from_args(args)["device"] if launched_world_size() > 1 else "cpu"
         with process_group(device):
-            m = importlib.import_module(f"stages.{STAGES[args.stage]}")
+            m = importlib.import_module(f".{STAGES[args.stage]}", __package__)
             if args.stage not in NOT_RECORDED and not getattr(args, "check", False):
                 from .common import rank
                 from .record import write_run_record

@@ -36,7 +36,7 @@ import torch
 from psa_baseline import hardware
 from psa_baseline.errors import InputError
 from psa_baseline.fileio import write_json
-from demo.data import dataset_identity
+from . import demo_module
 from .config import BF16_KEYS, PROJECT_DIR, fingerprint, variant_name
 
 
@@ -333,7 +333,7 @@ class Stage:
         agree(error)  # every rank stops when rank 0 cannot have the work dir
         # demo data: its identity (seed, params, generator version), so regenerated data is not taken
         # for the data a finished stage used; None (left out) for other datasets
-        ident = dataset_identity(cfg["voc_root"])
+        ident = demo_module("data").dataset_identity(cfg["voc_root"])
         self.fp = fingerprint(name, *depends, *([ident] if ident else []))
         self.log = self._logger()
         self.log.info("machine: %s", hardware.summary())

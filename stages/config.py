@@ -16,6 +16,7 @@ import yaml
 from psa_baseline.errors import InputError
 from psa_baseline.hardware import AUTO, resolve_bf16
 
+# the folder holding configs/, voc12/ and demo/: the checkout, or site-packages/psa_eader in a wheel (pyproject.toml)
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 CONFIG_DIR = PROJECT_DIR / "configs"
 SCHEMA = "voc"

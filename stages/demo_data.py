@@ -4,8 +4,13 @@ Writes: JPEGImages/, SegmentationClass/ (palette PNG, 255 borders), PartMasks/ (
 ImageSets/Segmentation/{train,val,trainval}.txt, cls_labels.npy, demo_meta.json. Deterministic in the seed;
 skipped when the same dataset is already there. Default target (demo config): work/demo-data.
 """
-from demo.data import DEFAULT_OBJECTS, DEFAULT_STYLE, STYLES, generate, is_current, read_meta
 from psa_baseline.errors import InputError
+
+from . import demo_module
+
+_data = demo_module("data")
+DEFAULT_OBJECTS, DEFAULT_STYLE, STYLES = _data.DEFAULT_OBJECTS, _data.DEFAULT_STYLE, _data.STYLES
+generate, is_current, read_meta = _data.generate, _data.is_current, _data.read_meta
 
 DEFAULTS = {"n_train": 500, "n_val": 150}
 

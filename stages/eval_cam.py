@@ -18,6 +18,7 @@ from psa_baseline.errors import InputError
 from psa_baseline.evaluation import (METRICS_VERSION, PER_IMAGE_FILE, cam_dict_to_label, classes_note, confusion,
                                      evaluate_cam_dir, load_cam_dict, markdown_table, save_per_image, scores)
 from psa_baseline.fileio import write_json
+from . import demo_module
 from .builders import inputs_identity, labels_for, split_ids, voc_root
 from .common import Stage, resolve_data_path, upstream_fp
 from .report import update_results
@@ -77,7 +78,8 @@ def add_part_counts(acc, pred, parts, gt, img_id, part_counts):
 
 def part_recall_from_cams(cfg, cam_dir, root, ids, threshold, part_counts=None):
     """Demo data: recall of the objects' strong and weak parts by the CAMs at `threshold`."""
-    from demo.data import PartRecall, load_png
+    demo_data = demo_module("data")
+    PartRecall, load_png = demo_data.PartRecall, demo_data.load_png
     acc = PartRecall()
     for i in ids:
         gt = load_png(Path(root) / "SegmentationClass" / f"{i}.png")

@@ -20,6 +20,7 @@ from psa_baseline import voc
 from psa_baseline.evaluation import METRICS_VERSION, PER_IMAGE_FILE, classes_note, evaluate_label_dir, save_per_image
 from psa_baseline.errors import InputError
 from psa_baseline.fileio import write_json
+from . import demo_module
 from .builders import inputs_identity, labels_for, split_ids, voc_root
 from .common import Stage, upstream_fp
 from .eval_cam import add_part_counts, folder_main, trivial_scores
@@ -46,7 +47,8 @@ def add_arguments(p):
 
 def part_recall_from_labels(cfg, pred_dir, root, ids, part_counts=None):
     """Demo data: recall of the objects' strong and weak parts by the label maps."""
-    from demo.data import PartRecall, load_png
+    demo_data = demo_module("data")
+    PartRecall, load_png = demo_data.PartRecall, demo_data.load_png
     acc = PartRecall()
     for i in ids:
         gt = load_png(Path(root) / "SegmentationClass" / f"{i}.png")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from psa_baseline.errors import InputError
 
+from . import demo_module
 from . import (eval_cam, eval_seg, make_cam, make_crf, make_pseudo, make_seg, train_adv, train_aff, train_cam,
                train_seg)
 from .common import launched_world_size, rank, solo
@@ -79,7 +80,7 @@ def prepare(cfg, vcfgs, until, log=print):
     for vcfg in vcfgs:  # e.g. a null seg_train.encoder_weights stops now, not after the baseline
         for name, _ in UNTIL[until]:
             require_weights(vcfg, name)
-    from demo import pretrain
+    pretrain = demo_module("pretrain")
     if pretrain.named_in(cfg):  # the demo's stand-in for ImageNet: verified, made once if absent
         with solo() as lead:
             if lead:

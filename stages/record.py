@@ -31,6 +31,8 @@ def dump_config(cfg):
 
 def git_state(root=REPO):
     """{'commit', 'describe', 'dirty'} of the source tree when it is a git checkout, else None."""
+    if not (Path(root) / ".git").exists():  # an installed wheel inside some other checkout (a venv in it) is not it
+        return None
     try:
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
                                 timeout=10)
