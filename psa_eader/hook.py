@@ -57,9 +57,10 @@ import torch
 
 from .adversary import adversary_optimizer, build_adversary
 from .losses import adversary_loss, attention_mining_loss, regularisation_loss
-from .masks import NORMS, erase_pairs, normalise_attention
+from .masks import NORMS, erase_maps, erase_pairs, normalise_attention, pair_maps
 
 PHASES = ("localizer", "adversary")
+REG_RESOLUTIONS = ("full", "attention")
 
 
 @dataclass
@@ -79,6 +80,7 @@ class EaderConfig:
     adv_phase_steps: Optional[int] = None  # adversary turn length; None -> phase_steps (authors: 200/200)
     loc_in_adv_turn: bool = False  # not the authors': also train the localizer on L_loc in the adversary's turn
     att_norm: str = "max"        # attention scaled to max 1: 'max' (PSA's CAMs) or 'minmax' (the authors' Grad-CAM)
+    reg_resolution: str = "full"  # L_reg on the maps at the image's size (authors) or 'attention' (their own size)
     autocast: bool = False       # run the hook (adversary, masks) under the localizer's autocast (bf16) too
     channels_last: bool = False  # feed the adversary NHWC: faster on the CPU, float32 gradients differ (see adversary_forward)
     num_classes: int = 20
@@ -106,6 +108,8 @@ class EADER:
             raise ValueError(f"am_form must be 'authors' or 'paper', got {cfg.am_form!r}")
         if cfg.att_norm not in NORMS:
             raise ValueError(f"att_norm must be one of {NORMS}, got {cfg.att_norm!r}")
+        if cfg.reg_resolution not in REG_RESOLUTIONS:
+            raise ValueError(f"reg_resolution must be one of {REG_RESOLUTIONS}, got {cfg.reg_resolution!r}")
         if cfg.phase_steps < 1 or (cfg.adv_phase_steps is not None and cfg.adv_phase_steps < 1):
             raise ValueError("phase_steps and adv_phase_steps must be >= 1")
         if cfg.enabled and adversary is None:
@@ -188,9 +192,14 @@ class EADER:
         stats = {"loss_loc": float(loss_loc.detach())}
         if not cfg.enabled:
             return loss, stats
+        full_reg = cfg.beta > 0 and cfg.reg_resolution == "full"
+        if cfg.alpha > 0 or full_reg:
+            # the K (image, class) maps at the image's size, normalised there: the masks and L_reg share them
+            with self.amp():
+                maps, img_idx, cls_idx = pair_maps(y, att.to(x.dtype), x.shape[-2:], cfg.att_norm)
         if cfg.alpha > 0:
             with self.amp():
-                erased, _, cls_idx = erase_pairs(x, y, att, cfg.omega, cfg.psi, cfg.att_norm)
+                erased = erase_maps(x, maps, img_idx, cfg.omega, cfg.psi)
             stats["num_erased"] = int(cls_idx.numel())
             # 'authors' is a mean over pairs, 'paper' a sum over the (equal) per-rank batch
             share = pair_share(cls_idx.numel(), x.device) if cfg.am_form == "authors" else 1.0
@@ -203,9 +212,11 @@ class EADER:
                 stats["adv_acc"] = erased_class_accuracy(adv_logits, cls_idx)
             sync_buffers(self.adversary)
         if cfg.beta > 0:
-            # at the attention's own resolution: a bilinear upsample keeps the mean (up to borders),
-            # so this matches the authors' full-resolution mean without K full-size maps
-            l_reg = regularisation_loss(normalise_attention(att, norm=cfg.att_norm), y)
+            if full_reg:  # the authors' train.py: the mean of the K normalised maps at the image's size
+                l_reg = maps.float().mean() if maps.numel() else att.sum() * 0
+            else:  # 'attention': at the map's own resolution, without K image-sized maps when alpha is 0; the
+                # mean is close (a bilinear upsample keeps it up to borders), the max and the gradients are not
+                l_reg = regularisation_loss(normalise_attention(att, norm=cfg.att_norm), y)
             loss = loss + cfg.beta * pair_share(int((y > 0.5).sum()), x.device) * l_reg
             stats["l_reg"] = float(l_reg.detach())
         stats["loss"] = float(loss.detach())

@@ -232,6 +232,10 @@ def validate(cfg):
          "[start, stop, step] with step > 0")
     need(cfg["eader"]["am_form"] in ("authors", "paper"), "eader.am_form", "authors or paper")
     need(cfg["eader"]["phase_steps"] > 0, "eader.phase_steps", "must be positive")
+    need(cfg["eader"]["att_norm"] in ("max", "minmax"), "eader.att_norm", "max or minmax")
+    need(cfg["eader"]["reg_resolution"] in ("full", "attention"), "eader.reg_resolution", "full or attention")
+    need(cfg["eader"]["localizer_poly"] in ("own_steps", "all_steps"), "eader.localizer_poly",
+         "own_steps or all_steps")
     s = cfg["standalone"]
     need(s["arch"] in ("resnet18", "resnet50", "resnet101"), "standalone.arch", "resnet18, resnet50 or resnet101")
     need(0 < s["width"] <= 1.0, "standalone.width", "must be in (0, 1]")

@@ -13,6 +13,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from psa_baseline.errors import InputError
 from psa_baseline.hardware import channels_last_ok, memory_format
 from psa_baseline.resnet38 import PolyOptimizer
 from psa_baseline.training import autocast, epoch_loader, run_steps, unwrap
@@ -51,7 +52,8 @@ def build_eader(cfg, device, pretrained=None):
         return None
     from psa_eader.hook import EADER, EaderConfig
     from psa_eader.adversary import adversary_optimizer, build_adversary
-    e = EaderConfig(**cfg["eader"])
+    # localizer_poly is train-cam's optimiser schedule (poly_max_step), not the hook's
+    e = EaderConfig(**{k: v for k, v in cfg["eader"].items() if k != "localizer_poly"})
     if e.channels_last and not channels_last_ok(device, cfg["cam_train"]["bf16"] and e.autocast):
         # the adversary's float32 NHWC backward would run the CPU's broken kernel (hardware.py)
         logging.getLogger("psa_eader").warning("eader.channels_last ignored: float32 NHWC convolution backward "
@@ -63,10 +65,23 @@ def build_eader(cfg, device, pretrained=None):
     return EADER(e, adv, opt)
 
 
-def localizer_steps(total, cfg):
-    """Steps on which the localizer's optimiser steps: all without EADER, its turns with it."""
+POLY_READINGS = ("own_steps", "all_steps")
+
+
+def poly_max_step(total, cfg):
+    """max_step of the localizer's poly schedule, which advances only when its optimiser steps.
+
+    Without EADER (or with eader.loc_in_adv_turn) that is every step. With EADER the localizer rests in the
+    adversary's turns, and eader.localizer_poly picks one of two defensible readings:
+    - own_steps: its own steps (its turns), so its lr reaches 0 at the end, as a baseline run's does;
+    - all_steps: every training step, as PSA's train_cls.py sets max_step with the hook dropped into its loop;
+      the lr then ends near (1 - 1/2) ** 0.9 = 0.54 of its start (turns of equal length).
+    """
     e = cfg["eader"]
-    if not e["enabled"] or e["loc_in_adv_turn"]:
+    if e["localizer_poly"] not in POLY_READINGS:
+        raise InputError(f"config key 'eader.localizer_poly': one of {', '.join(POLY_READINGS)}, "
+                         f"got {e['localizer_poly']!r}")
+    if not e["enabled"] or e["loc_in_adv_turn"] or e["localizer_poly"] == "all_steps":
         return total
     return sum(1 for s in range(total) if (s // e["phase_steps"]) % 2 == 0)
 
@@ -98,7 +113,7 @@ def run(cfg, force=False, sampler_factory=None, stop_after=None):
                 "NHWC" if fmt == torch.channels_last else "NCHW")
     net = build_cam_net(cfg, st.log).to(device, memory_format=fmt)
     eader = build_eader(cfg, device, train_adv.output_path(cfg) if train_adv.enabled(cfg) else None)
-    opt = PolyOptimizer(net.param_groups(), t["lr"], t["weight_decay"], localizer_steps(total, cfg),
+    opt = PolyOptimizer(net.param_groups(), t["lr"], t["weight_decay"], poly_max_step(total, cfg),
                         momentum=t["momentum"], momentum_quirk=t["momentum_quirk"], power=t["poly_power"],
                         new_mult=t["new_lr_mult"])
     step, ck, model, checkpoint = resumable_training(

@@ -13,7 +13,7 @@ from psa_eader.adversary import adversary_optimizer, build_adversary
 from psa_eader.gradcam import grad_cam
 from psa_eader.hook import EADER, EaderConfig
 from psa_eader.losses import adversary_loss, attention_mining_loss, regularisation_loss
-from psa_eader.masks import erase_pairs, normalise_attention, soft_mask
+from psa_eader.masks import EPS, erase_pairs, normalise_attention, pair_masks, soft_mask
 from psa_eader.standalone import StandaloneLocalizer, segment_from_attention
 
 C = 20
@@ -599,3 +599,92 @@ def test_the_hook_as_a_library_refuses_what_it_cannot_honour():
     e.advance()
     with pytest.raises(ValueError, match=r"attention \(B,C,h,w\)"):
         e.adversary_step(x, y, torch.rand(2, C, 4))
+
+
+# ---- fidelity to the authors' code: exact max, full-resolution L_reg, the config keys --------------------
+
+def test_maps_are_normalised_by_their_exact_max_whatever_their_scale():
+    """attention_map_wrapper.py divides by the exact max (a zero map stays zero): a Grad-CAM with a small max
+    early in training peaks at 1 and erases as much as a large one. PSA's +1e-5 (its CAM inference) would
+    leave a map of max 4e-4 peaking at 0.976."""
+    att = torch.tensor([[0.0, 2.0], [1.0, 4.0]])
+    want = torch.tensor([[0.0, 0.5], [0.25, 1.0]])
+    for scale in (1e-4, 1.0, 1e3):
+        n = normalise_attention(att * scale)
+        assert torch.allclose(n, want, rtol=0, atol=1e-7)
+        assert n.max().item() == 1.0
+    assert torch.equal(normalise_attention(torch.zeros(2, 2)), torch.zeros(2, 2))
+    assert normalise_attention(att * 1e-4, eps=EPS).max().item() == pytest.approx(4e-4 / (4e-4 + 1e-5))
+    y = torch.zeros(1, C)
+    y[0, 3] = 1
+    raw = torch.zeros(1, C, 4, 4)
+    raw[0, 3] = torch.rand(4, 4)
+    small, _, _ = pair_masks(y, raw * 1e-4, (16, 16))
+    large, _, _ = pair_masks(y, raw * 10, (16, 16))
+    assert torch.allclose(small, large, atol=1e-5)
+
+
+def centre_peak(reg_resolution, norm="max"):
+    """L_reg of one (image, class) pair: a 3x3 map peaking at its centre, for a 6x6 image."""
+    x = torch.randn(1, 3, 6, 6)
+    y = torch.zeros(1, C)
+    y[0, 4] = 1
+    att = torch.zeros(1, C, 3, 3)
+    att[0, 4, 1, 1] = 5.0
+    eader = EADER(EaderConfig(enabled=True, alpha=0.0, beta=1.0, reg_resolution=reg_resolution, att_norm=norm),
+                  FixedLogits(torch.zeros(C)), torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1))
+    return eader.localizer_loss(x, y, att, torch.tensor(0.0))[1]["l_reg"]
+
+
+def test_l_reg_is_the_mean_of_the_image_sized_normalised_maps():
+    """By hand: bilinear 3 -> 6 (align_corners False) weighs the centre cell by a = (0, 1/4, 3/4, 3/4, 1/4, 0)
+    along each axis, so the upsampled map is 5 * a a^T with max 5 * 9/16, and once normalised its mean is
+    (sum a)^2 / 36 / (9/16) = 4 / 20.25 (the authors' train.py: mean of the full-resolution maps). At the map's
+    own size the mean is 1/9: L_reg there is 44% lower, and so are its gradients' spread."""
+    assert centre_peak("full") == pytest.approx(4 / 20.25, abs=1e-6)
+    assert centre_peak("attention") == pytest.approx(1 / 9, abs=1e-6)
+    with pytest.raises(ValueError, match="reg_resolution"):
+        centre_peak("half")
+
+
+def test_config_keys_reach_the_hook():
+    """eader.att_norm and eader.reg_resolution from the config (train-cam's build_eader); minmax on a map whose
+    minimum is 1 and max 3 gives mean (0+0+0+2)/2/4 = 0.25 at its own size, max gives 6/4/3 = 0.5."""
+    from stages.config import load_config
+    from stages.train_cam import build_eader
+    x = torch.randn(1, 3, 2, 2)
+    y = torch.zeros(1, C)
+    y[0, 7] = 1
+    att = torch.ones(1, C, 2, 2)
+    att[0, 7, 1, 1] = 3.0
+    got = {}
+    for norm in ("max", "minmax"):
+        cfg = load_config("demo", ["eader.enabled=true", "eader.adv_weights=random", "eader.alpha=0",
+                                   "eader.beta=1", f"eader.att_norm={norm}"])
+        eader = build_eader(cfg, "cpu")
+        assert eader.cfg.att_norm == norm and eader.cfg.reg_resolution == "full"
+        got[norm] = eader.localizer_loss(x, y, att, torch.tensor(0.0))[1]["l_reg"]
+    assert got == pytest.approx({"max": 0.5, "minmax": 0.25}, abs=1e-6)
+    cfg = load_config("voc", ["eader.enabled=true", "eader.adv_weights=random"])
+    assert (cfg["eader"]["att_norm"], cfg["eader"]["reg_resolution"]) == ("max", "full")  # the paper's
+    with pytest.raises(InputError, match="eader.att_norm"):
+        load_config("voc", ["eader.att_norm=mean"])
+    with pytest.raises(InputError, match="eader.reg_resolution"):
+        load_config("voc", ["eader.reg_resolution=half"])
+
+
+def test_the_localizer_poly_schedule_reads_the_key():
+    """Turns of 2 steps over 10 steps: the localizer steps at 0,1, 4,5, 8,9. own_steps: max_step 6 (its lr
+    reaches 0); all_steps: 10, as PSA's loop with the hook dropped in (its lr ends at (1 - 6/10)^0.9)."""
+    from stages.config import load_config
+    from stages.train_cam import poly_max_step
+
+    def cfg(*o):
+        return load_config("voc", ["eader.phase_steps=2", *o])
+    assert cfg()["eader"]["localizer_poly"] == "own_steps"
+    assert poly_max_step(10, cfg("eader.enabled=true")) == 6
+    assert poly_max_step(10, cfg("eader.enabled=true", "eader.localizer_poly=all_steps")) == 10
+    assert poly_max_step(10, cfg("eader.enabled=true", "eader.loc_in_adv_turn=true")) == 10
+    assert poly_max_step(10, cfg()) == 10  # baseline: every step is the localizer's
+    with pytest.raises(InputError, match="eader.localizer_poly"):
+        cfg("eader.localizer_poly=half")
