@@ -293,6 +293,8 @@ def load_per_image(path) -> dict:
 # --------------------------------------------------------------------------- reports
 
 def _fmt(v, digits):
+    if isinstance(v, str):  # a cell given as the paper prints it (e.g. "60.3 †")
+        return v
     return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{digits}f}"
 
 

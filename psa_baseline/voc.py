@@ -293,10 +293,10 @@ def check_dataset(root, ids, need_seg, labels, deep=False):
 
 # --------------------------------------------------------------------------- augmentation
 
-def normalize(img_uint8) -> torch.Tensor:
-    """HxWx3 uint8 -> 3xHxW float32, ImageNet mean/std on pixels / 255."""
+def normalize(img_uint8, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """HxWx3 uint8 -> 3xHxW float32, (pixels / 255 - mean) / std; ImageNet's by default."""
     img = np.asarray(img_uint8, dtype=np.float32) / 255.0
-    img = (img - np.array(IMAGENET_MEAN, np.float32)) / np.array(IMAGENET_STD, np.float32)
+    img = (img - np.array(mean, np.float32)) / np.array(std, np.float32)
     return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
 
 

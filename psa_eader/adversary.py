@@ -71,8 +71,9 @@ def build_resnet(arch="resnet18", width=1.0, num_classes=20):
     return ScaledResNet(block, layers, width, num_classes)
 
 
-def load_backbone_weights(model, path, skip_prefixes=("fc.",)):
-    """Load a local (ImageNet) state dict, dropping the classifier; returns a report dict.
+def load_backbone_weights(model, path, skip_prefixes=("fc.",), rename=None):
+    """Load a local (ImageNet) state dict, dropping the classifier; returns a report dict. rename: a function
+    from the file's key names to the model's (after a `module.` prefix is dropped).
 
     Keys whose shape does not fit (e.g. full-width weights into a narrow model) count as mismatched.
     A file from which nothing loads is refused: it is surely the wrong file.
@@ -89,6 +90,8 @@ def load_backbone_weights(model, path, skip_prefixes=("fc.",)):
     if not isinstance(sd, dict):
         raise InputError(f"{path} does not hold a state dict")
     sd = {k[7:] if k.startswith("module.") else k: v for k, v in sd.items()}
+    if rename is not None:
+        sd = {k if k.startswith(skip_prefixes) else rename(k): v for k, v in sd.items()}
     own = model.state_dict()
     keep, mismatched, unexpected = {}, [], []
     for k, v in sd.items():

@@ -100,8 +100,17 @@ def needed_weights(cfg, stage):
     return []
 
 
-def null_weights_message(key, stage):
-    what, name = WEIGHTS_KEYS[key]
+def download_name(cfg, key):
+    """The `psa-eader weights download` name of the file `key` takes in this config."""
+    if key == "seg_train.encoder_weights" and cfg is not None:  # the file of the configured encoder
+        from .weights_cmd import KNOWN
+        enc = cfg["seg_train"]["encoder"]
+        return enc if enc in KNOWN else f"<the torchvision ImageNet file of {enc}: not listed>"
+    return WEIGHTS_KEYS[key][1]
+
+
+def null_weights_message(key, stage, cfg=None):
+    what, name = WEIGHTS_KEYS[key][0], download_name(cfg, key)
     return (f"config key '{key}' is null, so {stage} would start {what} from random weights. Get the "
             f"published ImageNet file with `psa-eader weights download {name} --cache-dir DIR` (or copy it by "
             f"hand; `psa-eader weights list` shows the files) and set {key}=DIR/<file>; to train from "
@@ -113,7 +122,7 @@ def require_weights(cfg, stage):
     weights key is an error (paper-scale runs need ImageNet init); `random` asks for it explicitly."""
     for key in needed_weights(cfg, stage):
         if weights_value(cfg, key) is None:
-            raise InputError(null_weights_message(key, stage))
+            raise InputError(null_weights_message(key, stage, cfg))
 
 
 def weights_file(cfg, key):

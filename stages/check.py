@@ -126,7 +126,7 @@ def check_config(cfg, plan, f):
                 stages_by_key[key].append(name)
     for key, names in stages_by_key.items():
         if names:
-            f.problem(null_weights_message(key, " and ".join(names)))
+            f.problem(null_weights_message(key, " and ".join(names), cfg))
 
 
 # ------------------------------------------------------------------------------------------ the VOC root
@@ -265,17 +265,19 @@ def meta_nets(cfg):
                 "seg_train.encoder_weights": build_deeplab(cfg).encoder}
 
 
-def load_report(key, net, path):
+def load_report(key, net, path, cfg):
     """Load `path` into the meta network `net` with the loader training uses; [] or the problems."""
     from psa_baseline.weights import load_weights
     from psa_eader.adversary import load_backbone_weights
+    from .deeplab import load_encoder_weights
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # copying into meta tensors is a no-op, and torch says so
         if key == "net.weights":
             missing = [k for k in load_weights(net, path).missing if k.startswith("backbone.")]
             mismatched, extra = [], []
         else:
-            rep = load_backbone_weights(net, path)
+            rep = (load_encoder_weights(net, path, cfg["seg_train"]["encoder"]) if key == "seg_train.encoder_weights"
+                   else load_backbone_weights(net, path))
             missing, mismatched = rep["missing"], rep["mismatched"]
             # train-seg also refuses extra tensors: a deeper ResNet's file fits a shallower encoder's keys
             extra = rep["unexpected"] if key == "seg_train.encoder_weights" else []
@@ -314,7 +316,7 @@ def check_weight_files(cfg, plan, f):
             continue
         nets = nets or meta_nets(cfg)
         try:
-            texts = load_report(key, nets[key], path)
+            texts = load_report(key, nets[key], path, cfg)
         except InputError as e:
             texts = [f"{key}: {e} (`psa-eader weights list` shows the published files)"]
         for text in texts:

@@ -27,9 +27,10 @@ STAGES = {
     "check": "check",
     "config": "config_cmd",
     "curves": "curves",
+    "figure": "figure",
 }
 # subcommands that only read (or only write the dataset): no run record in a work dir
-NOT_RECORDED = ("check", "config", "weights", "demo-data", "curves")
+NOT_RECORDED = ("check", "config", "weights", "demo-data", "curves", "figure")
 
 
 # subcommands whose config defaults to the CPU demo; every other one defaults to voc (the paper's setting)

@@ -49,6 +49,8 @@ SIDE_BY_SIDE_EADER_CYCLE = {("demo", "cpu"): {True: 427.9 / 150.7}}
 # train-cam seconds); demo float32: the AVX2 timed run of docs/performance.md (EADER / baseline train-cam seconds)
 EADER_CYCLE = {("voc", "cuda"): {False: 0.83, True: 1.00}, ("demo", "cpu"): {True: 273.1 / 100.7, False: 622.5 / 354.6}}
 MEASURED_CRF_WORKERS = {("demo", "cpu"): 2, ("voc", "cuda"): 8}
+# the DeepLabV3+ encoder the train-seg / make-seg costs were measured with; another one is not guessed from them
+MEASURED_ENCODER = {("demo", "cpu"): "resnet18", ("voc", "cuda"): "resnet101"}
 # where the costs were measured: the check says so, as another machine's times differ
 MEASURED_ON = {("demo", "cpu"): "2-core x86 CPUs (bf16: Intel with AMX; float32: AMD EPYC as AVX2-only)",
                ("voc", "cuda"): "one H200; an H100 took 10-50% longer (docs/notes/gpu.md)"}
@@ -71,6 +73,8 @@ def stage_seconds(cfg, vcfg, stage, images, side_by_side=False):
     key = cost_key(cfg)
     by_bf16 = (SIDE_BY_SIDE_COSTS if side_by_side else COSTS).get(key, {}).get(stage)
     if not by_bf16:
+        return None
+    if stage in ("train-seg", "make-seg") and vcfg["seg_train"]["encoder"] != MEASURED_ENCODER.get(key):
         return None
     bf16 = bool(vcfg[BF16_KEY[stage][0]][BF16_KEY[stage][1]]) if stage in BF16_KEY else None
     slowdown = 1.0

@@ -1,18 +1,45 @@
 """Stage 3's network: DeepLabV3+ from segmentation-models-pytorch, its training data and its inference.
 
-Shared by train-seg and make-seg. The paper names only the backbone (ResNet-101; Xception-65 the other);
-the recipe in configs/voc.yaml (seg_train, seg_infer) is the common public one.
+Shared by train-seg and make-seg. The paper trains DeepLabV3+ with ResNet-101 and Xception-65 backbones and
+"the default training strategy" of DeepLabV3+ (configs/voc.yaml seg_train; docs/reference.md).
+
+How segmentation-models-pytorch's DeepLabV3Plus differs from the paper's network (DeepLabV3+, Chen et al.
+ECCV 2018, and its TensorFlow code), written down here because this is where the model is built:
+- ASPP and decoder 3x3 convolutions are depthwise-separable for every encoder; DeepLab uses them with
+  Xception-65 (and plain convolutions in its ResNet-101 variant);
+- the ASPP projection has dropout 0.5 (DeepLab's TF code: 0.9 keep probability, i.e. dropout 0.1), and a
+  separable 3x3 conv + BN + ReLU follows the projection before the decoder (not in DeepLab's TF code);
+- BatchNorm momentum 0.1 and eps 1e-5 (TF: decay 0.9997, eps 1e-5);
+- the ResNet-101 encoder is torchvision's (its ImageNet file), not DeepLab's ResNet-101 "beta" with a
+  three-conv stem; Xception-65 is timm's port of DeepLab's TF ImageNet checkpoint (the same network).
 """
+import re
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from psa_baseline import voc
-from psa_baseline.constants import IGNORE, NUM_CLASSES
+from psa_baseline.constants import IGNORE, IMAGENET_MEAN, IMAGENET_STD, NUM_CLASSES
 from psa_baseline.errors import InputError
 from .builders import weights_file
 
 N_OUT = NUM_CLASSES + 1  # background + 20 classes
+
+# seg_train.encoder -> segmentation-models-pytorch's name: Xception-65 through its timm encoders ("tu-")
+ENCODERS = {"xception65": "tu-xception65"}
+# input scaling the encoder's ImageNet weights were trained with: DeepLab's TF Xception takes pixels in [-1, 1]
+# (its preprocessing, and timm's pretrained config), torchvision's ResNets the ImageNet mean/std
+INPUT_STATS = {"xception65": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))}
+
+
+def smp_encoder_name(encoder):
+    return ENCODERS.get(encoder, encoder)
+
+
+def input_stats(encoder):
+    """(mean, std) on pixels / 255 for this encoder's inputs."""
+    return INPUT_STATS.get(encoder, (IMAGENET_MEAN, IMAGENET_STD))
 
 
 def build_deeplab(cfg):
@@ -20,31 +47,47 @@ def build_deeplab(cfg):
     import segmentation_models_pytorch as smp
     t = cfg["seg_train"]
     try:
-        return smp.DeepLabV3Plus(encoder_name=t["encoder"], encoder_weights=None,
+        return smp.DeepLabV3Plus(encoder_name=smp_encoder_name(t["encoder"]), encoder_weights=None,
                                  encoder_output_stride=t["output_stride"],
                                  decoder_atrous_rates=tuple(t["atrous_rates"]), classes=N_OUT)
-    except (KeyError, ValueError) as e:
+    except (KeyError, ValueError, RuntimeError) as e:
         raise InputError(f"config key 'seg_train.encoder' / 'seg_train.output_stride': segmentation-models-pytorch "
                          f"cannot build DeepLabV3+ with encoder {t['encoder']!r} at output stride "
-                         f"{t['output_stride']} ({e}); use e.g. resnet101 and 16") from e
+                         f"{t['output_stride']} ({e}); use resnet101 or xception65 and 16") from e
+
+
+def _timm_key(key):
+    """A timm classifier's key as the features model of a "tu-" encoder names it: that model flattens the
+    top-level sequences (stem.0.conv.weight -> stem_0.conv.weight, blocks.3... -> blocks_3...)."""
+    return re.sub(r"^([A-Za-z]\w*)\.(\d+)\.", r"\1_\2.", key)
+
+
+def load_encoder_weights(encoder, path, name):
+    """Load an ImageNet file into DeepLabV3+'s encoder (name: seg_train.encoder); returns load_backbone_weights'
+    report. torchvision files load as they are (fc dropped); timm files (Xception-65) are mapped onto the
+    features model's names and their classifier (head.*) dropped."""
+    from psa_eader.adversary import load_backbone_weights
+    if not smp_encoder_name(name).startswith("tu-"):
+        return load_backbone_weights(encoder, path)
+    return load_backbone_weights(encoder.model, path, skip_prefixes=("head.",), rename=_timm_key)
 
 
 def init_encoder(cfg, net, log=None):
-    """Load seg_train.encoder_weights (a torchvision ImageNet state dict; its `fc` is dropped) into the
-    encoder. `random` keeps random init; a file that leaves encoder tensors unset is refused."""
-    from psa_eader.adversary import load_backbone_weights
+    """Load seg_train.encoder_weights (the ImageNet file of seg_train.encoder: `psa-eader weights list`) into
+    the encoder. `random` keeps random init; a file that leaves encoder tensors unset is refused."""
     path = weights_file(cfg, "seg_train.encoder_weights")
     if path is None:
         if log:
             log.info("seg_train.encoder_weights is %s: encoder from random init", cfg["seg_train"]["encoder_weights"])
         return
-    rep = load_backbone_weights(net.encoder, path)
+    encoder = cfg["seg_train"]["encoder"]
+    rep = load_encoder_weights(net.encoder, path, encoder)
     # a file of another architecture (e.g. resnet34 for resnet18) leaves tensors out or brings extra ones
     bad = [k for k in rep["missing"] if not k.endswith("num_batches_tracked")] + rep["mismatched"] + rep["unexpected"]
     if bad:
-        raise InputError(f"seg_train.encoder_weights: {path} does not fit the {cfg['seg_train']['encoder']} "
+        raise InputError(f"seg_train.encoder_weights: {path} does not fit the {encoder} "
                          f"encoder ({len(bad)} tensors missing, extra or of the wrong shape, e.g. {bad[:3]}); give the "
-                         f"torchvision ImageNet file of that architecture (`psa-eader weights list`)")
+                         f"ImageNet file of that architecture (`psa-eader weights list`)")
     if log:
         log.info("encoder weights: %d tensors from %s", rep["loaded"], path)
 
@@ -105,14 +148,15 @@ class SegTrainDataset(voc.EpochSeededDataset):
     """(id, image float32[3, crop, crop], label int64[crop, crop]) for DeepLabV3+ training.
 
     The public recipe's augmentation: random scale in scale_range (image bilinear, label nearest),
-    random crop (padded: image with the mean colour, label with 255), horizontal flip, ImageNet
-    normalisation. Item i of epoch e draws from a generator seeded by (seed, e, i), so a resumed run sees
+    random crop (padded: image with the mean colour, label with 255), horizontal flip, the encoder's input
+    normalisation (input_stats). Item i of epoch e draws from a generator seeded by (seed, e, i), so a resumed run sees
     the same crops as an unbroken one.
     """
 
-    def __init__(self, root, ids, label_dir, crop, scale_range, flip=True, seed=0):
+    def __init__(self, root, ids, label_dir, crop, scale_range, flip=True, seed=0, stats=(IMAGENET_MEAN, IMAGENET_STD)):
         self.root, self.ids, self.label_dir = root, list(ids), label_dir
         self.crop, self.scale_range, self.flip, self.seed = crop, tuple(scale_range), flip, int(seed)
+        self.stats = stats  # (mean, std) of the encoder's inputs (input_stats)
 
     def __getitem__(self, index):
         img_id = self.ids[index]
@@ -120,7 +164,7 @@ class SegTrainDataset(voc.EpochSeededDataset):
         img, lab = read_pair(self.root, self.label_dir, img_id)
         s = rng.uniform(*self.scale_range)
         h, w = max(1, round(img.shape[0] * s)), max(1, round(img.shape[1] * s))
-        x = voc.normalize(resize(img, h, w))
+        x = voc.normalize(resize(img, h, w), *self.stats)
         lab = resize(lab, h, w, nearest=True)
         c = self.crop
         sy, sx, dy, dx, ch, cw = voc.random_crop_offsets(h, w, c, rng)
@@ -153,8 +197,9 @@ def _forward_padded(net, x, stride):
 
 
 @torch.no_grad()
-def predict_probs(net, img, scales=(1.0,), flip=False, device="cpu", amp=None):
-    """Softmax (21, H, W) float32 of one HxWx3 uint8 image, averaged over scales (and flips)."""
+def predict_probs(net, img, scales=(1.0,), flip=False, device="cpu", amp=None, stats=(IMAGENET_MEAN, IMAGENET_STD)):
+    """Softmax (21, H, W) float32 of one HxWx3 uint8 image, averaged over scales (and flips); stats: the
+    encoder's input (mean, std) (input_stats)."""
     import contextlib
     amp = amp or contextlib.nullcontext
     H, W = img.shape[:2]
@@ -163,7 +208,7 @@ def predict_probs(net, img, scales=(1.0,), flip=False, device="cpu", amp=None):
     n = 0
     for s in scales:
         h, w = max(1, round(H * s)), max(1, round(W * s))
-        x = voc.normalize(img if (h, w) == (H, W) else resize(img, h, w))[None].to(device)
+        x = voc.normalize(img if (h, w) == (H, W) else resize(img, h, w), *stats)[None].to(device)
         for flipped in ((False, True) if flip else (False,)):
             with amp():
                 logits = _forward_padded(net, x.flip(3) if flipped else x, stride)

@@ -106,7 +106,9 @@ def run(cfg, force=False, target="aff"):
         write_json(out, res)
         st.finish(metrics=metrics_file, splits=lists, per_image=PER_IMAGE_FILE)
     res = json.loads(out.read_text())
-    update_results(st.work_dir, st.variant, key, res, fingerprint=st.fp)
+    # the backbone decides which published DeepLabV3+ number a row compares with (report.backbone_note)
+    meta = {"seg_encoder": cfg["seg_train"]["encoder"]} if key == "seg" else None
+    update_results(st.work_dir, st.variant, key, res, meta=meta, fingerprint=st.fp)
     st.log.info(what + " mIoU %.2f precision %.2f recall %.2f on %s; %s; %s", res["miou"], res["precision"],
                 res["recall"], res["split"], ", ".join(f"{k}: {v['miou']:.2f}" for k, v in res["splits"].items()),
                 classes_note(res))

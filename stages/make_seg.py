@@ -15,7 +15,7 @@ from psa_baseline.progress import with_progress
 from psa_baseline.training import autocast
 from .builders import load_stage_weights, split_ids, voc_root
 from .common import Stage, barrier, rank, resolve_device, upstream_fp, world_size
-from .deeplab import build_deeplab, predict_probs, probs_to_label
+from .deeplab import build_deeplab, input_stats, predict_probs, probs_to_label
 from .train_seg import check_config
 
 NAME = "make_seg"
@@ -49,7 +49,7 @@ def run(cfg, force=False):
     t0 = time.time()
     for k in with_progress(todo, f"make-seg[{st.variant}]", enabled=rank() == 0):
         img = root.read_image(k)
-        probs = predict_probs(net, img, i["scales"], i["flip"], device, amp)
+        probs = predict_probs(net, img, i["scales"], i["flip"], device, amp, input_stats(cfg["seg_train"]["encoder"]))
         label = probs_to_label(probs, img, i["crf"], i["crf_scale_factor"], name=f"id {k}")
         voc.save_label_png(out_dir / f"{k}.png", label)
     dt = time.time() - t0

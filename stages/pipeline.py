@@ -172,6 +172,15 @@ def main(args):
     run_variants(cfg, args.eader, force=args.force, log=say, until=args.until, jobs=jobs, summary=summary)
     if not lead:
         return
+    from . import figure
+    from .report import refresh_report
+    try:  # the same first images of data.eval_list for every variant (report.md shows the figure)
+        fig = figure.draw(cfg)
+        if fig:
+            say(f"qualitative figure: {fig}")
+            refresh_report(cfg["work_dir"])
+    except InputError as e:  # a figure never fails a finished pipeline
+        say(f"note: no qualitative figure ({e})")
     report = Path(cfg["work_dir"]) / "report.md"
     say(report.read_text())
     record = getattr(args, "record_dir", None)

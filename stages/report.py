@@ -9,18 +9,61 @@ from psa_baseline.fileio import write_json, write_text
 
 # Published numbers (Pascal VOC 2012 val), from docs/reference.md.
 PAPER_TABLE2 = {
-    "PSA (paper, reproduced by EADER)": {"cam": {"miou": 46.8, "precision": 60.3, "recall": 66.7},
-                                         "aff": {"miou": 58.7}, "seg": {"miou": 60.7}},
-    "PSA w/ EADER (paper)": {"cam": {"miou": 48.6, "precision": 61.3, "recall": 68.7},
-                             "aff": {"miou": 60.1}, "seg": {"miou": 62.8}},
+    "PSA (paper)": {"cam": {"miou": 46.8, "precision": 60.3, "recall": 66.7}, "aff": {"miou": 58.7},
+                    "seg": {"miou": 60.7}},
+    "PSA w/ EADER (paper)": {"cam": {"miou": 48.6, "precision": 61.3, "recall": 68.7}, "aff": {"miou": 60.1},
+                             "seg": {"miou": 62.8}},
 }
+# Table 2's dagger: the PSA numbers the EADER authors reproduced themselves (46.8 and 58.7 are PSA's own)
+REPRODUCED = {("PSA (paper)", "cam", "precision"), ("PSA (paper)", "cam", "recall"), ("PSA (paper)", "seg", "miou")}
+# PSA w/ EADER's DeepLabV3+ per backbone (the paper's Table 4, val); Tables 2 and 3's 62.8 is Xception-65's.
+# The baseline's 60.7 names no backbone.
+PAPER_EADER_SEG = {"xception65": 62.8, "resnet101": 62.5}
+BACKBONES = {"xception65": "Xception-65", "resnet101": "ResNet-101"}
 
 # EADER Table 3 (DeepLabV3+ per-class IoU on VOC val): docs/reference.md gives these classes only.
 PAPER_TABLE3 = {  # class: (PSA reproduced, PSA w/ EADER)
     "bird": (76.7, 84.1), "cat": (71.7, 82.1), "dog": (72.2, 80.7), "horse": (68.2, 76.4),
     "diningtable": (40.9, 35.8), "pottedplant": (37.8, 15.4),
 }
-PAPER_TABLE3_MIOU = (60.7, 62.8)  # Table 2's DeepLabV3+ column
+PAPER_TABLE3_MIOU = (60.7, 62.8)  # Table 2's DeepLabV3+ column (EADER: Xception-65)
+
+
+def paper_cell(row, stage, metric):
+    """A published number as the paper prints it: with its dagger where the EADER authors reproduced it."""
+    v = PAPER_TABLE2[row][stage][metric]
+    return f"{v:.1f} †" if (row, stage, metric) in REPRODUCED else f"{v:.1f}"
+
+
+def paper_table2_rows():
+    """Table 2's published rows for report.md, labelled as the paper labels them, with the EADER DeepLabV3+
+    number of each backbone on its own row."""
+    rows = {}
+    for row in PAPER_TABLE2:
+        rows[row] = {stage: {m: paper_cell(row, stage, m) for m in ms} for stage, ms in PAPER_TABLE2[row].items()}
+    rows["PSA (paper; † reproduced by EADER's authors)"] = rows.pop("PSA (paper)")
+    eader = rows.pop("PSA w/ EADER (paper)")
+    eader["seg"] = {"miou": f"{PAPER_EADER_SEG['xception65']:.1f}"}
+    rows["PSA w/ EADER (paper; DeepLabV3+ Xception-65)"] = eader
+    rows["PSA w/ EADER (paper Table 4; DeepLabV3+ ResNet-101)"] = {"seg": {"miou": f"{PAPER_EADER_SEG['resnet101']:.1f}"}}
+    return rows
+
+
+def backbone_note(variants):
+    """Which paper number each of our DeepLabV3+ rows compares with: the one of its backbone."""
+    encs = sorted({r.get("meta", {}).get("seg_encoder") for r in variants.values()
+                   if "seg" in r and r.get("meta", {}).get("seg_encoder")})
+    if not encs:
+        return ""
+    parts = []
+    for e in encs:
+        if e in PAPER_EADER_SEG:
+            parts.append(f"{e}: compare with PSA w/ EADER's {PAPER_EADER_SEG[e]:.1f} ({BACKBONES[e]})")
+        else:
+            parts.append(f"{e}: the paper has no DeepLabV3+ number for this backbone (ResNet-101 62.5, "
+                         f"Xception-65 62.8)")
+    return ("\nDeepLabV3+ backbone of our rows: " + "; ".join(parts) +
+            ". The baseline's published 60.7 names no backbone.\n")
 
 
 def results_path(work_dir):
@@ -59,13 +102,34 @@ def update_results(work_dir, variant, key, metrics, meta=None, fingerprint=None)
     return res
 
 
+def refresh_report(work_dir):
+    """Rewrite report.md from results.json (and the sweeps' tables), under the results lock."""
+    if not Path(work_dir).is_dir():
+        return
+    with open(Path(work_dir) / ".results.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        write_report(work_dir, load_results(work_dir))
+
+
+def sweep_tables(work_dir):
+    """The alpha-sweep's tables (Table 1, Table 2's CAM columns over seeds) written under <work>/sweep/, with
+    their headings one level down."""
+    out = []
+    for path in sorted(Path(work_dir).glob("sweep/*/table[12].md")):
+        text = path.read_text()
+        out.append("\n" + "\n".join(("#" + line) if line.startswith("#") else line for line in text.splitlines())
+                   + f"\n\n(from `{path.relative_to(work_dir)}`)\n")
+    return "".join(out)
+
+
 def write_report(work_dir, res):
     variants = {v: r for v, r in res.items() if isinstance(r, dict)}
     parts = ["# Results\n", f"Work dir: `{Path(work_dir)}`. Percentages. Our rows come from `results.json`; "
              "paper rows are the published Pascal VOC 2012 val numbers, for reference only when our "
              "rows are not on VOC val.\n"]
     parts.append("\n## Table 2: CAM (and later stages) per variant\n\n")
-    parts.append(markdown_table(variants, "table2", reference=PAPER_TABLE2))
+    parts.append(markdown_table(variants, "table2", reference=paper_table2_rows()))
+    parts.append(backbone_note(variants))
     parts.append(classes_scored(variants))
     cam = {v: r["cam"] for v, r in variants.items() if "cam" in r}
     if cam:
@@ -81,6 +145,10 @@ def write_report(work_dir, res):
     if aff:
         parts.append(pseudo_details(aff))
     parts.append(table3(variants))
+    if (Path(work_dir) / "figures" / "qualitative.png").is_file():  # psa-eader figure (pipeline draws it)
+        parts.append("\n## Qualitative: image, CAMs, pseudo labels, DeepLabV3+, ground truth\n\n"
+                     "![the first images of data.eval_list](figures/qualitative.png)\n")
+    parts.append(sweep_tables(work_dir))
     write_text(Path(work_dir) / "report.md", "".join(parts))
 
 
@@ -132,7 +200,7 @@ def table3(variants):
            "paper's mIoU row is Table 2's DeepLabV3+ column. So the paper columns are a reference for the "
            "direction of the per-class changes, not numbers to match with pseudo labels.\n\n"]
     header = ["class"] + names + (["EADER - baseline"] if delta else []) + \
-        ["PSA (paper, DeepLabV3+)", "PSA w/ EADER (paper, DeepLabV3+)", "paper difference"]
+        ["PSA (paper †, DeepLabV3+)", "PSA w/ EADER (paper, DeepLabV3+ Xception-65)", "paper difference"]
     out.append("| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n")
     rows = [(c, [(ours[v].get("per_class") or {}).get(c) for v in names], PAPER_TABLE3.get(c))
             for c in SEG_CLASS_NAMES]

@@ -1,11 +1,12 @@
 """Stage train-seg: train DeepLabV3+ (segmentation-models-pytorch) on this variant's pseudo labels.
 
 Reads: the ids of seg_train.list, their images under the VOC root, <work>/<variant>/make_pseudo/pseudo/<id>.png,
-seg_train.encoder_weights (a local torchvision ImageNet state dict; `random`: random init on purpose).
+seg_train.encoder_weights (the encoder's ImageNet file, `psa-eader weights list`; `random`: random init on purpose).
 Writes: <work>/<variant>/train_seg/{checkpoint.pth, seg_net.pth, DONE.json}, logs/<variant>.train_seg.log.
-The common public recipe (the paper gives none): SGD momentum 0.9, weight decay 1e-4, lr 0.01 with the poly
-schedule (encoder at seg_train.encoder_lr_mult of it), batch 16, crop 512, random scale 0.5-2.0, flip,
-cross-entropy with 255 ignored, 30k iterations, output stride 16. A rerun resumes from checkpoint.pth.
+The paper's recipe, DeepLabV3+'s own (configs/voc.yaml): SGD momentum 0.9, weight decay 4e-5, lr 0.007 with the
+poly schedule (power 0.9; the encoder at seg_train.encoder_lr_mult of it, 1.0), batch 16 with BatchNorm trained,
+crop 512, random scale 0.5-2.0, flip, cross-entropy with 255 ignored, 30k iterations, output stride 16 (ASPP
+6/12/18). `--config voc-seg-port` takes a PyTorch port's recipe instead. A rerun resumes from checkpoint.pth.
 """
 import time
 
@@ -15,7 +16,7 @@ from psa_baseline.training import autocast, epoch_loader, run_steps, unwrap
 from .builders import require_weights, split_ids, voc_root, weights_identity
 from .common import (Stage, launched_world_size, rank, resolve_device, resumable_training, seed_everything,
                      upstream_fp)
-from .deeplab import SegTrainDataset, build_deeplab, init_encoder, seg_loss, seg_optimizer
+from .deeplab import SegTrainDataset, build_deeplab, init_encoder, input_stats, seg_loss, seg_optimizer
 
 NAME = "train_seg"
 
@@ -91,7 +92,8 @@ def run(cfg, force=False, sampler_factory=None, stop_after=None):
     st.log.info("variant %s: %d training images from %s, pseudo labels from %s", st.variant, len(ids),
                 root.root, labels)
 
-    dataset = SegTrainDataset(root, ids, labels, t["crop"], t["scale_range"], flip=t["flip"], seed=cfg["seed"])
+    dataset = SegTrainDataset(root, ids, labels, t["crop"], t["scale_range"], flip=t["flip"], seed=cfg["seed"],
+                              stats=input_stats(t["encoder"]))
     sampler, loader, steps_per_epoch = epoch_loader(dataset, t["batch_size"], t["num_workers"], device,
                                                     cfg["seed"], sampler_factory, "seg_train")
     if loader.batch_size < 2:  # the global batch split over torchrun's processes

@@ -8,7 +8,7 @@
 download fetches each file to a temporary name in the cache dir, checks its published digest and renames
 it; a file that fails the check is deleted (exit 2). A file already in the cache dir is checked, not
 fetched again, so a file copied there by hand (offline machines) is verified the same way.
-Digests: torchvision publishes the first 8 hex digits of each file's SHA-256 in its name (what
+Digests: torchvision and timm's releases publish the first 8 hex digits of each file's SHA-256 in its name (what
 torch.hub checks); ResNet-18's full SHA-256 and size are also checked (as widely recorded for that file).
 ademxapp publishes an MD5 (models/checksum.md5 of itijyou/ademxapp); its SHA-256 is not published: the
 command prints it after the first download so you can record it.
@@ -60,6 +60,14 @@ KNOWN = {
         "standalone.weights", "the standalone localizer, and DeepLabV3+'s encoder as seg_train.encoder_weights "
         "(torchvision ResNet101_Weights.IMAGENET1K_V1)",
         sha256_prefix="63fe2227", note="full SHA-256 not published (torchvision checks the 8-digit prefix)"),
+    "xception65": Published(
+        "tf_xception_65-c9ae96e8.pth",
+        "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/tf_xception_65-c9ae96e8.pth",
+        "seg_train.encoder_weights", "DeepLabV3+'s encoder with seg_train.encoder xception65: DeepLab's TensorFlow "
+        "ImageNet Xception-65 as ported by timm (its model xception65.tf_in1k)",
+        sha256_prefix="c9ae96e8",
+        note="timm's release file; the first 8 hex digits of its SHA-256 are in the name, as torch.hub checks "
+             "them; timm now serves the same model from the Hugging Face hub (timm/xception65.tf_in1k)"),
 }
 
 

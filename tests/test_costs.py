@@ -53,3 +53,13 @@ def test_voc_on_cuda_follows_bf16_and_unmeasured_settings_say_so():
 def test_every_measured_setting_names_its_machine():
     from stages.costs import COSTS, MEASURED_ON, SIDE_BY_SIDE_COSTS
     assert set(COSTS) | set(SIDE_BY_SIDE_COSTS) <= set(MEASURED_ON)
+
+
+def test_deeplab_costs_hold_for_the_encoder_they_were_measured_with():
+    cfg = load_config("voc", [("device", "cuda")])
+    assert stage_seconds(cfg, cfg, "train-seg", 10582) == pytest.approx(30000 * 0.088)  # ResNet-101, one H200
+    x = load_config("voc", [("device", "cuda"), "seg_train.encoder=xception65"])
+    assert stage_seconds(x, x, "train-seg", 10582) is None and stage_seconds(x, x, "make-seg", 1449) is None
+    plan = [(x, "train-cam", None), (x, "train-seg", None)]
+    rows = [("baseline", n, 10582, 0) for _, n, _ in plan]
+    assert "not measured: baseline train-seg" in wall_time_lines(x, plan, rows)[-1]

@@ -130,9 +130,13 @@ def test_train_seg_resume_after_stop_equals_unbroken_run(demo_root, tmp_path):
 def test_null_encoder_weights_refused_naming_the_key(demo_root, tmp_path):
     cfg = tiny_cfg(demo_root, tmp_path / "w", **{**SEG, "seg_train.encoder_weights": None})
     fake_pseudo(cfg, demo_root, _ids(demo_root, "train"))
-    with pytest.raises(InputError, match=r"'seg_train.encoder_weights' is null.*weights download resnet101"):
+    # the download names the configured encoder's file (the demo's resnet18; xception65's own)
+    with pytest.raises(InputError, match=r"'seg_train.encoder_weights' is null.*weights download resnet18 "):
         train_seg.run(cfg)
     assert not (tmp_path / "w/baseline/train_seg").exists()
+    from stages.builders import null_weights_message
+    x = tiny_cfg(demo_root, tmp_path / "w", **{**SEG, "seg_train.encoder": "xception65"})
+    assert "weights download xception65 " in null_weights_message("seg_train.encoder_weights", "train-seg", x)
     from stages.config import load_config
     assert load_config("voc")["seg_train"]["encoder_weights"] is None  # the paper's config asks for the file
 
@@ -348,3 +352,77 @@ def test_sync_bn_on_cpu_processes_is_refused_before_the_stage_starts(monkeypatch
         train_seg.check_config(cfg)
     train_seg.check_config(load_config("demo", [("work_dir", str(tmp_path)), "seg_train.sync_bn=false"]))
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+# ---- stage 3 as the paper ran it: Xception-65, DeepLabV3+'s own recipe -------------------------------------
+
+def test_voc_config_holds_deeplabv3plus_recipe_and_the_port_as_a_preset():
+    from stages.config import load_config
+    t = load_config("voc")["seg_train"]
+    assert (t["lr"], t["encoder_lr_mult"], t["weight_decay"], t["momentum"], t["poly_power"]) == (0.007, 1.0, 4e-5, 0.9, 0.9)
+    assert (t["iterations"], t["batch_size"], t["crop"], t["scale_range"], t["flip"]) == (30000, 16, 512, [0.5, 2.0], True)
+    assert (t["output_stride"], t["atrous_rates"], t["encoder"]) == (16, [6, 12, 18], "resnet101")
+    port = load_config("voc-seg-port")
+    assert {k: port["seg_train"][k] for k in ("lr", "encoder_lr_mult", "weight_decay")} == \
+        {"lr": 0.01, "encoder_lr_mult": 0.1, "weight_decay": 1e-4}
+    # the preset changes stage 3 only
+    voc = load_config("voc")
+    assert {k: v for k, v in port.items() if k not in ("seg_train", "name")} == \
+        {k: v for k, v in voc.items() if k not in ("seg_train", "name")}
+
+
+def test_xception65_builds_at_stride_16_and_trains_a_step(demo_root, tmp_path):
+    from stages.deeplab import SegTrainDataset, build_deeplab, input_stats, seg_loss, seg_optimizer
+    cfg = tiny_cfg(demo_root, tmp_path / "w", **{**SEG, "seg_train.encoder": "xception65"})
+    net = build_deeplab(cfg)
+    assert type(net.encoder).__name__ == "TimmUniversalEncoder" and net.encoder.output_stride == 16
+    # DeepLab's TF Xception takes pixels in [-1, 1]: white is 1, black -1 (ResNets: ImageNet mean/std)
+    assert input_stats("xception65") == ((0.5,) * 3, (0.5,) * 3)
+    img = np.zeros((2, 2, 3), np.uint8)
+    img[0, 0] = 255
+    x = voc.normalize(img, *input_stats("xception65"))
+    assert x[:, 0, 0].tolist() == [1.0, 1.0, 1.0] and x[:, 1, 1].tolist() == [-1.0, -1.0, -1.0]
+    fake_pseudo(cfg, demo_root, _ids(demo_root, "train"))
+    ds = SegTrainDataset(voc.VOCRoot(demo_root), _ids(demo_root, "train")[:2],
+                         tmp_path / "w/baseline/make_pseudo/pseudo", 64, (1.0, 1.0), stats=input_stats("xception65"))
+    xb = torch.stack([ds[i][1] for i in range(2)])
+    yb = torch.stack([ds[i][2] for i in range(2)])
+    opt = seg_optimizer(cfg, net, 10)
+    before = net.encoder.model.stem_0.conv.weight.detach().clone()
+    loss = seg_loss(net.train()(xb), yb)
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss) and not torch.equal(before, net.encoder.model.stem_0.conv.weight)
+
+
+def test_xception65_imagenet_file_loads_and_a_wrong_one_is_refused(demo_root, tmp_path):
+    """timm's xception65 file (its classifier names: stem.0..., blocks.N..., head.fc) fills every tensor of the
+    encoder; check's dry load says the same; a ResNet file is refused by both, naming the key."""
+    import timm
+    from stages.check import load_report, meta_nets
+    from stages.deeplab import build_deeplab, init_encoder
+    torch.manual_seed(0)
+    sd = timm.create_model("xception65").state_dict()
+    torch.save(sd, tmp_path / "tf_xception_65.pth")
+    cfg = tiny_cfg(demo_root, tmp_path / "w", **{**SEG, "seg_train.encoder": "xception65",
+                                                 "seg_train.encoder_weights": str(tmp_path / "tf_xception_65.pth")})
+    net = build_deeplab(cfg)
+    init_encoder(cfg, net)
+    assert torch.equal(net.encoder.model.stem_0.conv.weight, sd["stem.0.conv.weight"])
+    assert torch.equal(net.encoder.model.blocks_20.stack.conv3.bn_pw.running_var,
+                       sd["blocks.20.stack.conv3.bn_pw.running_var"])
+    assert load_report("seg_train.encoder_weights", meta_nets(cfg)["seg_train.encoder_weights"],
+                       tmp_path / "tf_xception_65.pth", cfg) == []
+    import torchvision
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "resnet18.pth")
+    bad = tiny_cfg(demo_root, tmp_path / "w", **{**SEG, "seg_train.encoder": "xception65",
+                                                 "seg_train.encoder_weights": str(tmp_path / "resnet18.pth")})
+    with pytest.raises(InputError, match="no tensor in .*resnet18.pth matches"):
+        init_encoder(bad, build_deeplab(bad))
+
+
+def test_weights_list_knows_the_xception65_file():
+    from stages.weights_cmd import KNOWN
+    e = KNOWN["xception65"]
+    assert e.key == "seg_train.encoder_weights" and e.sha256_prefix == "c9ae96e8" and e.sha256_prefix in e.filename
+    assert e.url.endswith(e.filename)
