@@ -26,7 +26,8 @@ def normalise_batch(imgs_uint8, device):
 
     Returned contiguous (NCHW) whatever the caller then chooses: the permuted view would be channels_last,
     which on a CPU must be chosen by hardware.channels_last_ok, not by accident."""
-    x = torch.as_tensor(np.ascontiguousarray(imgs_uint8), device=device).permute(0, 3, 1, 2).contiguous()
+    # a read-only array (a loader's or a memory map's) is copied: torch may not wrap memory it cannot write
+    x = torch.as_tensor(np.require(imgs_uint8, requirements=("C", "W")), device=device).permute(0, 3, 1, 2).contiguous()
     x = x.float() / 255
     mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)

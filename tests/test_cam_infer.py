@@ -93,3 +93,17 @@ def test_present_classes_and_channels_last_give_the_same_cams_as_before():
                     tol = 2e-2 if bf16 else 1e-5
                     assert np.abs(got[c] - want[c]).max() < tol, (bf16, c, np.abs(got[c] - want[c]).max())
     assert multiscale_cam(net, img, np.zeros(20, np.float32), scales=(1.0,)) == {}
+
+
+def test_a_read_only_batch_is_copied_not_wrapped():
+    """A loader may hand over read-only arrays: torch must not wrap memory it cannot write (it warns and
+    calls that undefined behaviour); the values are the same."""
+    import warnings
+    from psa_baseline.cam_infer import normalise_batch
+    a = np.random.default_rng(0).integers(0, 255, (2, 8, 8, 3), dtype=np.uint8)
+    r = a.copy()
+    r.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = normalise_batch(r, "cpu")
+    assert torch.equal(got, normalise_batch(a, "cpu")) and got.is_contiguous()
