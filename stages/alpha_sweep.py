@@ -78,9 +78,9 @@ def run_one(rcfg, model, force=False):
     if model == "standalone":
         from . import train_standalone
         return train_standalone.run(rcfg, force=force)
-    from .pipeline import CAM_STAGES
-    for _, mod in CAM_STAGES:
-        out = mod.run(rcfg, force=force)
+    from .registry import steps
+    for step in steps("cam"):
+        out = step.run(rcfg, force=force)
     return out
 
 

@@ -25,9 +25,10 @@ from .builders import (RANDOM, needed_weights, null_weights_message, res38_spec,
                        weights_value)
 from .config import BF16_KEYS, merge, variant_name
 from .costs import EMULATED_BF16_SLOWDOWN
+from .registry import SPECS
 
 VARIANTS = {"off": [False], "on": [True], "both": [False, True]}
-TRAINING = ("train-adv", "train-cam", "train-aff")
+TRAINING = tuple(name for name, s in SPECS.items() if s.training)
 TYPICAL_PIXELS = 500 * 375   # a VOC image, when no image can be measured
 TYPICAL_CLASSES = 1.5        # classes per VOC image, when no labels can be read
 SIZE_SAMPLE = 32             # images whose size is read to estimate the outputs
@@ -40,8 +41,8 @@ def add_arguments(p):
     p.add_argument("--eader", choices=tuple(VARIANTS), default=None,
                    help="variants to check: baseline (off), EADER (on) or both, as for pipeline (default as "
                         "there: both, or what an eader.enabled override says)")
-    from .pipeline import DEFAULT_UNTIL, UNTIL
-    p.add_argument("--until", choices=tuple(UNTIL), default=DEFAULT_UNTIL,
+    from .registry import DEFAULT_UNTIL, GROUPS
+    p.add_argument("--until", choices=GROUPS, default=DEFAULT_UNTIL,
                    help=f"last stage group of the planned run, as for pipeline (default {DEFAULT_UNTIL})")
     p.add_argument("--jobs", type=int, default=1,
                    help="variants side by side in the planned run, as for pipeline (default %(default)s)")
@@ -81,14 +82,14 @@ def human(nbytes):
 # ------------------------------------------------------------------------------------------ the plan
 
 def planned_stages(cfg, eader, until):
-    """[(variant cfg, stage name, module)] in the order the pipeline runs them."""
-    from .pipeline import UNTIL
+    """[(variant cfg, stage name, registry.Step)] in the order the pipeline runs them."""
+    from .registry import steps
     out = []
     for enabled in VARIANTS[eader]:
         vcfg = merge(cfg, {"eader": {"enabled": enabled}})
-        for name, mod in UNTIL[until]:
-            if not hasattr(mod, "enabled") or mod.enabled(vcfg):
-                out.append((vcfg, name, mod))
+        for step in steps(until):
+            if step.runs_for(vcfg):
+                out.append((vcfg, step.stage, step))
     return out
 
 
@@ -112,9 +113,9 @@ def needed_lists(cfg, stage_names):
 # ------------------------------------------------------------------------------------------ the config
 
 def check_config(cfg, plan, f):
-    for mod in {id(m): m for _, _, m in plan}.values():
-        if hasattr(mod, "check_config"):
-            f.attempt(mod.check_config, cfg)
+    for stage in dict.fromkeys(name for _, name, _ in plan):  # each stage's own refusals, once
+        if SPECS[stage].check_config:
+            f.attempt(SPECS[stage].load().check_config, cfg)
     dev = str(cfg["device"])
     if dev.startswith("cuda") and not torch.cuda.is_available():
         f.problem(f"device is {dev} but PyTorch sees no CUDA GPU here: run on the GPU machine, or pass "
@@ -447,7 +448,7 @@ def precision_lines(cfg, f):
 def run_check(cfg, eader="off", until=None, out=print, jobs=1):
     """Check everything; print the plan and notes; raise InputError listing every problem. until: as for
     pipeline (None: its default); jobs: as pipeline --jobs, for the wall-time estimate."""
-    from .pipeline import DEFAULT_UNTIL
+    from .registry import DEFAULT_UNTIL
     until = until or DEFAULT_UNTIL
     f = Findings()
     plan = planned_stages(cfg, eader, until)

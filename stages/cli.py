@@ -1,44 +1,15 @@
 """`psa-eader <stage>`: one subcommand per pipeline stage, with the common options."""
 import argparse
-import importlib
 import sys
 
 from psa_baseline.errors import InputError
 
-# subcommand -> module in stages/
-STAGES = {
-    "demo-data": "demo_data",
-    "train-adv": "train_adv",
-    "train-cam": "train_cam",
-    "make-cam": "make_cam",
-    "eval-cam": "eval_cam",
-    "make-crf": "make_crf",
-    "train-aff": "train_aff",
-    "make-pseudo": "make_pseudo",
-    "eval-seg": "eval_seg",
-    "train-seg": "train_seg",
-    "make-seg": "make_seg",
-    "export": "export",
-    "pipeline": "pipeline",
-    "standalone": "train_standalone",
-    "alpha-sweep": "alpha_sweep",
-    "compare": "compare",
-    "weights": "weights_cmd",
-    "check": "check",
-    "config": "config_cmd",
-    "curves": "curves",
-    "figure": "figure",
-}
-# subcommands that only read (or only write the dataset): no run record in a work dir
-NOT_RECORDED = ("check", "config", "weights", "demo-data", "curves", "figure")
-
-
-# subcommands whose config defaults to the CPU demo; every other one defaults to voc (the paper's setting)
-DEMO_DEFAULT = ("pipeline", "demo-data")
+from .registry import SPECS
 
 
 def default_config(stage):
-    return "demo" if stage in DEMO_DEFAULT else "voc"
+    """The CPU demo for the subcommands that make or run it, else voc (the paper's setting)."""
+    return "demo" if stage in SPECS and SPECS[stage].demo_default else "voc"
 
 
 def common_options(p, stage=None):
@@ -85,17 +56,16 @@ def build_parser(full=None):
     parser.add_argument("--version", action="version", version=f"psa-eader {ver}")
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     parser.stage_parsers = {}
-    for name, mod in STAGES.items():
-        doc = module_doc(mod)
+    for name, spec in SPECS.items():
+        doc = module_doc(spec.module)
         # help strings are %-formatted by argparse: a literal % (compare's "95%") must be doubled
         p = sub.add_parser(name, help=doc.splitlines()[0].replace("%", "%%"), description=doc,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         if full is not None and name not in full:
             continue
         common_options(p, name)
-        m = importlib.import_module(f".{mod}", __package__)
-        if hasattr(m, "add_arguments"):
-            m.add_arguments(p)
+        if spec.options:
+            spec.load().add_arguments(p)
         parser.stage_parsers[name] = p
     return parser
 
@@ -131,14 +101,15 @@ def main(argv=None):
         # under torchrun: join its process group first (the config names the device: NCCL or gloo)
         device = config_from_args(args)["device"] if launched_world_size() > 1 else "cpu"
         with process_group(device):
-            m = importlib.import_module(f".{STAGES[args.stage]}", __package__)
-            if args.stage not in NOT_RECORDED and not getattr(args, "check", False):
+            spec = SPECS[args.stage]
+            m = spec.load()
+            if spec.recorded and not getattr(args, "check", False):
                 from .common import rank
                 from .record import write_run_record
                 cfg = config_from_args(args)
                 if rank() == 0 and cfg["work_dir"]:
                     args.record_dir = write_run_record(cfg, args.stage, args, argv)
-            m.main(args) if hasattr(m, "main") else m.run(config_from_args(args), force=args.force)
+            m.main(args) if spec.entry == "main" else m.run(config_from_args(args), force=args.force)
     except InputError as e:
         print(f"psa-eader {args.stage}: error: {e}", file=sys.stderr)
         return 2

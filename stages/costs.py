@@ -20,6 +20,8 @@ NCCL with two GPUs has not run; docs/notes/gpu.md).
 """
 from psa_baseline import hardware
 
+from .registry import SPECS
+
 
 # (config name, device type) -> {stage: (seconds, per, bf16 or None)}; per is "step" or "image";
 # bf16 None: the cost does not depend on it; cycle: EADER's train-cam factor by bf16
@@ -57,7 +59,7 @@ MEASURED_ON = {("demo", "cpu"): "2-core x86 CPUs (bf16: Intel with AMX; float32:
 # bf16 autocast emulated on a CPU without bf16 instructions, against float32, the demo's train-cam step
 # (docs/performance.md): the factor applied to float32 costs when bf16 is forced on such a CPU
 EMULATED_BF16_SLOWDOWN = 14.0
-TRAINING = {"train-cam": "cam_train", "train-aff": "aff_train", "train-adv": "adv_pretrain"}
+TRAINING = {name: s.training for name, s in SPECS.items() if s.training}  # stage -> its config section
 BF16_KEY = {"train-cam": ("cam_train", "bf16"), "make-cam": ("cam_infer", "bf16"), "train-aff": ("aff_train", "bf16"),
             "train-seg": ("seg_train", "bf16"), "make-seg": ("seg_train", "bf16")}
 

@@ -13,7 +13,6 @@ Standalone use scores any folder of <id>.png label maps (VOC palette or greyscal
 """
 import functools
 import json
-import types
 from pathlib import Path
 
 from psa_baseline import voc
@@ -113,10 +112,6 @@ def run(cfg, force=False, target="aff"):
                 res["recall"], res["split"], ", ".join(f"{k}: {v['miou']:.2f}" for k, v in res["splits"].items()),
                 classes_note(res))
     return res
-
-
-# the pipeline's entry for the DeepLabV3+ scores (a stage-like object: run(cfg, force))
-SEG = types.SimpleNamespace(run=functools.partial(run, target="seg"))
 
 
 def main(args):

@@ -12,27 +12,16 @@ from pathlib import Path
 from psa_baseline.errors import InputError
 
 from . import demo_module
-from . import (eval_cam, eval_seg, make_cam, make_crf, make_pseudo, make_seg, train_adv, train_aff, train_cam,
-               train_seg)
 from .common import launched_world_size, rank, solo
+from .registry import DEFAULT_UNTIL, GROUPS, steps
 from .report import results_path
-
-CAM_STAGES = (("train-adv", train_adv), ("train-cam", train_cam), ("make-cam", make_cam), ("eval-cam", eval_cam))
-AFF_STAGES = (("make-crf", make_crf), ("train-aff", train_aff), ("make-pseudo", make_pseudo),
-              ("eval-seg", eval_seg))
-SEG_STAGES = (("train-seg", train_seg), ("make-seg", make_seg), ("eval-seg", eval_seg.SEG))
-UNTIL = {"cam": CAM_STAGES, "aff": CAM_STAGES + AFF_STAGES, "seg": CAM_STAGES + AFF_STAGES + SEG_STAGES}
-DEFAULT_UNTIL = "seg"  # the whole pipeline; `check` plans the same by default
-# under torchrun these run on rank 0 alone (scoring is quick and writes shared summaries); training
-# stages train with every rank, inference stages share their images out
-ALONE = ("eval-cam", "eval-seg")
 
 
 def add_arguments(p):
     p.add_argument("--eader", choices=("off", "on", "both"), default=None,
                    help="baseline PSA (off), PSA with EADER (on), or both with the same seed and data (default: "
                         "both, or what an eader.enabled=true/false override says; the two must not disagree)")
-    p.add_argument("--until", choices=tuple(UNTIL), default=DEFAULT_UNTIL,
+    p.add_argument("--until", choices=GROUPS, default=DEFAULT_UNTIL,
                    help="last stage group to run: cam (train-cam .. eval-cam), aff (also make-crf, "
                         "train-aff, make-pseudo, eval-seg) or seg (also DeepLabV3+: train-seg, "
                         "make-seg, eval-seg of its predictions; default: the whole pipeline)")
@@ -74,12 +63,11 @@ def prepare(cfg, vcfgs, until, log=print):
     """Before any stage runs: every planned stage's config check and weights keys (errors of late stages
     or of the EADER variant show now, not hours later), then the demo's pre-trained weights."""
     from .builders import require_weights
-    for _, mod in UNTIL[until]:
-        if hasattr(mod, "check_config"):
-            mod.check_config(cfg)
+    for step in steps(until):
+        step.check_config(cfg)
     for vcfg in vcfgs:  # e.g. a null seg_train.encoder_weights stops now, not after the baseline
-        for name, _ in UNTIL[until]:
-            require_weights(vcfg, name)
+        for step in steps(until):
+            require_weights(vcfg, step.stage)
     pretrain = demo_module("pretrain")
     if pretrain.named_in(cfg):  # the demo's stand-in for ImageNet: verified, made once if absent
         with solo() as lead:
@@ -89,16 +77,16 @@ def prepare(cfg, vcfgs, until, log=print):
 
 def run_variant(vcfg, until=DEFAULT_UNTIL, force=False, log=print):
     """Every stage up to `until` for one variant's config."""
-    for name, mod in UNTIL[until]:
-        if hasattr(mod, "enabled") and not mod.enabled(vcfg):  # e.g. train-adv: EADER only, optional
+    for step in steps(until):
+        if not step.runs_for(vcfg):  # e.g. train-adv: EADER only, optional
             continue
-        log(f"== {name} [{'eader' if vcfg['eader']['enabled'] else 'baseline'}] ==")
-        if name in ALONE:
+        log(f"== {step.stage} [{'eader' if vcfg['eader']['enabled'] else 'baseline'}] ==")
+        if step.spec.alone:  # under torchrun: rank 0 scores alone; training and inference share the work
             with solo() as lead:
                 if lead:
-                    mod.run(vcfg, force=force)
+                    step.run(vcfg, force=force)
         else:
-            mod.run(vcfg, force=force)
+            step.run(vcfg, force=force)
 
 
 def teller(summary=None):

@@ -63,7 +63,7 @@ def test_train_make_eval_seg_end_to_end(seg_work, demo_root):
     net_path = train_seg.run(cfg)
     assert net_path == work / "baseline/train_seg/seg_net.pth" and not (net_path.parent / "PARTIAL.json").exists()
     pred = make_seg.run(cfg)
-    res = eval_seg.SEG.run(cfg)
+    res = eval_seg.run(cfg, target="seg")
     val = _ids(demo_root, "val")
     for i in val:  # palette PNGs of the image's size holding class indices
         im = Image.open(pred / f"{i}.png")
@@ -88,7 +88,7 @@ def test_train_make_eval_seg_end_to_end(seg_work, demo_root):
     # a rerun skips every finished stage
     done = sorted(work.glob("baseline/*/DONE.json"))
     mtimes = [p.stat().st_mtime_ns for p in done]
-    train_seg.run(cfg), make_seg.run(cfg), eval_seg.SEG.run(cfg)
+    train_seg.run(cfg), make_seg.run(cfg), eval_seg.run(cfg, target="seg")
     assert [p.stat().st_mtime_ns for p in done] == mtimes
     # a make-seg run cut short (PARTIAL.json, no DONE.json) redoes only the missing predictions
     done_rec = json.loads((pred.parent / "DONE.json").read_text())
@@ -180,8 +180,9 @@ def test_seg_config_checks(demo_root, tmp_path):
 
 def test_pipeline_runs_to_deeplab_by_default_and_until_stops_earlier():
     from stages.cli import parse_args
-    names = [n for n, _ in pipeline.UNTIL["seg"]]
-    assert names[:len(pipeline.UNTIL["aff"])] == [n for n, _ in pipeline.UNTIL["aff"]]
+    from stages.registry import steps
+    names = [s.stage for s in steps("seg")]
+    assert names[:len(steps("aff"))] == [s.stage for s in steps("aff")]
     assert names[-3:] == ["train-seg", "make-seg", "eval-seg"]
     assert parse_args(["pipeline"]).until == "seg" and parse_args(["pipeline", "--until", "aff"]).until == "aff"
     assert parse_args(["check"]).until == "seg"  # the check plans what the pipeline would run
