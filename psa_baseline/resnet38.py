@@ -7,9 +7,10 @@ the first block of B2..B5, for CPU-sized configurations; the defaults are the fu
 """
 from dataclasses import dataclass, field
 
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .training import PolySGD
 
 FULL_BLOCKS = (2, 2, 5, 2)  # extra blocks after b2, b3, b4, b5
 
@@ -157,8 +158,8 @@ def param_groups(model: nn.Module, new_layers):
     return groups
 
 
-class PolyOptimizer(torch.optim.SGD):
-    """SGD with PSA's poly schedule lr = lr_group * (1 - step / max_step) ** power.
+class PolyOptimizer(PolySGD):
+    """PSA's optimiser: its four parameter groups on the poly schedule (training.PolySGD).
 
     `momentum_quirk=True` reproduces PSA's public code, which passed the weight decay into SGD's
     momentum slot: momentum is then equal to the weight decay (5e-4, i.e. plain SGD). The per-group
@@ -170,28 +171,5 @@ class PolyOptimizer(torch.optim.SGD):
         # PSA: new layers get 10x (weights) and 20x (biases) the base learning rate
         mults = (1, 2, new_mult, 2 * new_mult)
         wds = (weight_decay, 0.0, weight_decay, 0.0)
-        params = [{"params": g, "lr": lr * m, "weight_decay": wd, "initial_lr": lr * m}
-                  for g, m, wd in zip(groups, mults, wds) if g]
-        super().__init__(params, lr=lr, momentum=weight_decay if momentum_quirk else momentum)
-        self.max_step = max_step
-        self.power = power
-        self.global_step = 0
-
-    def step(self, closure=None):
-        if self.global_step < self.max_step:
-            f = (1 - self.global_step / self.max_step) ** self.power
-            for g in self.param_groups:
-                g["lr"] = g["initial_lr"] * f
-        out = super().step(closure)
-        self.global_step += 1
-        return out
-
-    def state_dict(self):
-        sd = super().state_dict()
-        sd["global_step"] = self.global_step
-        return sd
-
-    def load_state_dict(self, sd):
-        sd = dict(sd)
-        self.global_step = sd.pop("global_step", 0)
-        super().load_state_dict(sd)
+        params = [{"params": g, "lr": lr * m, "weight_decay": wd} for g, m, wd in zip(groups, mults, wds) if g]
+        super().__init__(params, max_step, momentum=weight_decay if momentum_quirk else momentum, power=power)

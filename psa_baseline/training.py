@@ -365,6 +365,35 @@ def run_steps(loader, sampler, dataset, step_fn, *, step, total, steps_per_epoch
     return step
 
 
+class PolySGD(torch.optim.SGD):
+    """SGD whose groups follow the poly schedule lr = initial_lr * (1 - step / max_step) ** power, where the
+    step counts this optimiser's own steps (a loop that skips steps, as EADER's localizer in the adversary's
+    turns, holds its lr meanwhile). The step is saved with the state, so a resumed run continues the schedule.
+    groups: param groups, each with its initial "lr" (and its own "weight_decay" where it differs)."""
+
+    def __init__(self, groups, max_step, momentum=0.9, weight_decay=0.0, power=0.9):
+        for g in groups:
+            g.setdefault("initial_lr", g["lr"])
+        super().__init__(groups, lr=groups[0]["lr"], momentum=momentum, weight_decay=weight_decay)
+        self.max_step, self.power, self.global_step = max_step, power, 0
+
+    def step(self, closure=None):
+        f = max(0.0, 1 - self.global_step / self.max_step) ** self.power
+        for g in self.param_groups:
+            g["lr"] = g["initial_lr"] * f
+        out = super().step(closure)
+        self.global_step += 1
+        return out
+
+    def state_dict(self):
+        return {**super().state_dict(), "global_step": self.global_step}
+
+    def load_state_dict(self, sd):
+        sd = dict(sd)
+        self.global_step = sd.pop("global_step", 0)
+        super().load_state_dict(sd)
+
+
 def poly_classifier_step(model, opt, amp, base_lr, total, power, start, device=None):
     """step_fn for run_steps: one step of a plain multi-label classifier (train-adv, the demo's pre-training),
     lr = base_lr * (1 - step / total) ** power recomputed from the step count, so a resume continues it."""

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from psa_baseline import voc
 from psa_baseline.constants import IGNORE, IMAGENET_MEAN, IMAGENET_STD, NUM_CLASSES
 from psa_baseline.errors import InputError
+from psa_baseline.training import PolySGD
 from .builders import weights_file
 
 N_OUT = NUM_CLASSES + 1  # background + 20 classes
@@ -90,33 +91,6 @@ def init_encoder(cfg, net, log=None):
                          f"ImageNet file of that architecture (`psa-eader weights list`)")
     if log:
         log.info("encoder weights: %d tensors from %s", rep["loaded"], path)
-
-
-class PolySGD(torch.optim.SGD):
-    """SGD with lr = initial_lr * (1 - step / max_step) ** power; the step is saved with the state, so a
-    resumed run continues the schedule where it stopped."""
-
-    def __init__(self, groups, max_step, momentum, weight_decay, power=0.9):
-        for g in groups:
-            g["initial_lr"] = g["lr"]
-        super().__init__(groups, lr=groups[0]["lr"], momentum=momentum, weight_decay=weight_decay)
-        self.max_step, self.power, self.global_step = max_step, power, 0
-
-    def step(self, closure=None):
-        f = max(0.0, 1 - self.global_step / self.max_step) ** self.power
-        for g in self.param_groups:
-            g["lr"] = g["initial_lr"] * f
-        out = super().step(closure)
-        self.global_step += 1
-        return out
-
-    def state_dict(self):
-        return {**super().state_dict(), "global_step": self.global_step}
-
-    def load_state_dict(self, sd):
-        sd = dict(sd)
-        self.global_step = sd.pop("global_step", 0)
-        super().load_state_dict(sd)
 
 
 def seg_optimizer(cfg, net, total):
