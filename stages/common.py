@@ -455,6 +455,24 @@ class Stage:
                       "clearing it", self.dir, made_under or "unknown", self.fp)
         shutil.rmtree(self.dir, ignore_errors=True)
 
+    def train(self, loader, sampler, dataset, step_fn, step, total, steps_per_epoch, section, checkpoint, lr,
+              output, weights, stop_after=None, show=("loss",), batch_size=None):
+        """The training loop (psa_baseline.training.run_steps) with this stage's settings: batch size, log and
+        checkpoint periods from the config `section` dict (batch_size may differ: train-adv's own), progress
+        and metrics.csv on rank 0. Then, once every step has run, `weights()` (the trained state dict) saved
+        as `output` and DONE.json; returns its path, or None when stopped early (stop_after, for tests)."""
+        from psa_baseline.training import run_steps
+        t0 = time.time()
+        lead = rank() == 0
+        step = run_steps(loader, sampler, dataset, step_fn, step=step, total=total, steps_per_epoch=steps_per_epoch,
+                         batch_size=batch_size or section["batch_size"], checkpoint=checkpoint, log=self.log,
+                         log_every=section["log_every"], checkpoint_every=section["checkpoint_every"], lr=lr,
+                         desc=f"{self.name.replace('_', '-')}[{self.variant}]", stop_after=stop_after, show=show,
+                         progress=lead, metrics=self.dir / "metrics.csv" if lead else None)
+        if step < total:
+            return None
+        return self.finish_training(output, weights(), total, t0)
+
     def finish_training(self, filename, state_dict, steps, t0):
         """Save the trained weights (rank 0), log the time and write DONE.json; returns the weights' path."""
         if rank() == 0:

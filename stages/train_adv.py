@@ -11,12 +11,11 @@ Reads: the train list, images and image-level labels under the VOC root.
 Writes: <work>/eader/train_adv/{checkpoint.pth, adversary.pth, DONE.json}, logs/eader.train_adv.log.
 A rerun resumes from checkpoint.pth.
 """
-import time
 
 
-from psa_baseline.training import autocast, epoch_loader, poly_classifier_step, run_steps, unwrap
+from psa_baseline.training import autocast, epoch_loader, poly_classifier_step, unwrap
 from .builders import cls_train_dataset, cls_train_inputs
-from .common import Stage, rank, resolve_device, resumable_training, seed_everything
+from .common import Stage, resolve_device, resumable_training, seed_everything
 
 NAME = "train_adv"
 
@@ -59,17 +58,11 @@ def run(cfg, force=False, sampler_factory=None, stop_after=None):
                 "(%d epochs x %d), batch %d", cfg["eader"]["adv_width"], len(ids), root.root, total,
                 p["epochs"], steps_per_epoch, p["batch_size"])
     model.train()
-    t0 = time.time()
     step_fn = poly_classifier_step(model, opt, amp, p["lr"], total, p["poly_power"], step, device)
 
-    step = run_steps(loader, sampler, dataset, step_fn, step=step, total=total, steps_per_epoch=steps_per_epoch,
-                     batch_size=p["batch_size"], checkpoint=checkpoint, log=st.log,
-                     log_every=cfg["cam_train"]["log_every"], checkpoint_every=cfg["cam_train"]["checkpoint_every"],
-                     lr=lambda: opt.param_groups[0]["lr"], desc="train-adv", stop_after=stop_after,
-                     progress=rank() == 0, metrics=st.dir / "metrics.csv" if rank() == 0 else None)
-    if step < total:
-        return None
-    return st.finish_training("adversary.pth", unwrap(model).state_dict(), total, t0)
+    return st.train(loader, sampler, dataset, step_fn, step, total, steps_per_epoch, cfg["cam_train"], checkpoint,
+                    lambda: opt.param_groups[0]["lr"], "adversary.pth", lambda: unwrap(model).state_dict(),
+                    stop_after=stop_after, batch_size=p["batch_size"])
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ image and la/ha scores, no rescale;
 label = make_seg_label(la, ha) on the crop at feature resolution (stride 8); affinity loss on the pairs
 within aff_train.radius (PSA: 5); four lr groups with the poly schedule. A rerun resumes from checkpoint.pth.
 """
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +19,9 @@ from psa_baseline.constants import NUM_CLASSES
 from psa_baseline.errors import InputError
 from psa_baseline.resnet38 import PolyOptimizer
 from psa_baseline.safe_npy import load_dict
-from psa_baseline.training import autocast, epoch_loader, run_steps, unwrap
+from psa_baseline.training import autocast, epoch_loader, unwrap
 from .builders import load_net_weights, require_weights, res38_spec, split_ids, voc_root
-from .common import Stage, rank, resolve_device, resumable_training, seed_everything, upstream_fp
+from .common import Stage, resolve_device, resumable_training, seed_everything, upstream_fp
 from .config import variant_name
 from .make_crf import HA, LA
 
@@ -191,7 +190,6 @@ def run(cfg, force=False, sampler_factory=None, stop_after=None):
     st.log.info("training %d steps (%d epochs x %d), batch %d, crop %d, init %s", total, t["epochs"],
                 steps_per_epoch, t["batch_size"], t["crop"], t["init"])
     model.train()
-    t0 = time.time()
 
     def step_fn(batch):
         _, x, label = batch
@@ -200,15 +198,9 @@ def run(cfg, force=False, sampler_factory=None, stop_after=None):
             x = x.contiguous(memory_format=torch.channels_last)
         return train_step(model, opt, x, label, labeler, amp)
 
-    step = run_steps(loader, sampler, dataset, step_fn, step=step, total=total, steps_per_epoch=steps_per_epoch,
-                     batch_size=t["batch_size"], checkpoint=checkpoint, log=st.log, log_every=t["log_every"],
-                     checkpoint_every=t["checkpoint_every"], lr=lambda: opt.param_groups[0]["lr"],
-                     desc=f"train-aff[{st.variant}]", stop_after=stop_after, show=("loss", "fg", "neg"),
-                     progress=rank() == 0,
-                     metrics=st.dir / "metrics.csv" if rank() == 0 else None)
-    if step < total:
-        return None
-    return st.finish_training("aff_net.pth", unwrap(model).state_dict(), total, t0)
+    return st.train(loader, sampler, dataset, step_fn, step, total, steps_per_epoch, t, checkpoint,
+                    lambda: opt.param_groups[0]["lr"], "aff_net.pth", lambda: unwrap(model).state_dict(),
+                    stop_after=stop_after, show=("loss", "fg", "neg"))
 
 
 def train_step(model, opt, x, label, labeler, amp):

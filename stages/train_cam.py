@@ -8,7 +8,6 @@ A rerun resumes from checkpoint.pth (model, optimisers, schedule step, EADER tur
 import contextlib
 import dataclasses
 import logging
-import time
 
 import torch
 import torch.nn.functional as F
@@ -16,11 +15,11 @@ import torch.nn.functional as F
 from psa_baseline.errors import InputError
 from psa_baseline.hardware import channels_last_ok, memory_format
 from psa_baseline.resnet38 import PolyOptimizer
-from psa_baseline.training import autocast, epoch_loader, run_steps, unwrap
+from psa_baseline.training import autocast, epoch_loader, unwrap
 from . import train_adv
 from .builders import (build_cam_net, cls_train_dataset, cls_train_inputs, require_weights, weights_file,
                        weights_identity)
-from .common import Stage, rank, resolve_device, resumable_training, seed_everything, upstream_fp
+from .common import Stage, resolve_device, resumable_training, seed_everything, upstream_fp
 
 NAME = "train_cam"
 
@@ -126,7 +125,6 @@ def run(cfg, force=False, sampler_factory=None, stop_after=None):
                 total, t["epochs"], steps_per_epoch, t["batch_size"], t["crop"],
                 "on" if eader else "off")
     model.train()
-    t0 = time.time()
 
     def step_fn(batch):
         _, x, y = batch
@@ -134,15 +132,9 @@ def run(cfg, force=False, sampler_factory=None, stop_after=None):
         x = x.contiguous(memory_format=fmt)
         return train_step(model, opt, eader, x, y, amp)
 
-    step = run_steps(loader, sampler, dataset, step_fn, step=step, total=total, steps_per_epoch=steps_per_epoch,
-                     batch_size=t["batch_size"], checkpoint=checkpoint, log=st.log, log_every=t["log_every"],
-                     checkpoint_every=t["checkpoint_every"], lr=lambda: opt.param_groups[0]["lr"],
-                     desc=f"train-cam[{st.variant}]", stop_after=stop_after,
-                     show=("loss", "l_cls", "adv_acc"), progress=rank() == 0,
-                     metrics=st.dir / "metrics.csv" if rank() == 0 else None)
-    if step < total:
-        return None
-    return st.finish_training("cam_net.pth", unwrap(model).state_dict(), total, t0)
+    return st.train(loader, sampler, dataset, step_fn, step, total, steps_per_epoch, t, checkpoint,
+                    lambda: opt.param_groups[0]["lr"], "cam_net.pth", lambda: unwrap(model).state_dict(),
+                    stop_after=stop_after, show=("loss", "l_cls", "adv_acc"))
 
 
 def train_step(model, opt, eader, x, y, amp):

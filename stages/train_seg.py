@@ -8,13 +8,12 @@ poly schedule (power 0.9; the encoder at seg_train.encoder_lr_mult of it, 1.0), 
 crop 512, random scale 0.5-2.0, flip, cross-entropy with 255 ignored, 30k iterations, output stride 16 (ASPP
 6/12/18). `--config voc-seg-port` takes a PyTorch port's recipe instead. A rerun resumes from checkpoint.pth.
 """
-import time
 
 from psa_baseline import voc
 from psa_baseline.errors import InputError
-from psa_baseline.training import autocast, epoch_loader, run_steps, unwrap
+from psa_baseline.training import autocast, epoch_loader, unwrap
 from .builders import require_weights, split_ids, voc_root, weights_identity
-from .common import (Stage, launched_world_size, rank, resolve_device, resumable_training, seed_everything,
+from .common import (Stage, launched_world_size, resolve_device, resumable_training, seed_everything,
                      upstream_fp)
 from .deeplab import SegTrainDataset, build_deeplab, init_encoder, input_stats, seg_loss, seg_optimizer
 
@@ -113,21 +112,15 @@ def run(cfg, force=False, sampler_factory=None, stop_after=None):
                 "lr %g poly", t["encoder"], t["output_stride"], total, steps_per_epoch, t["batch_size"],
                 t["crop"], t["lr"])
     model.train()
-    t0 = time.time()
 
     def step_fn(batch):
         _, x, target = batch
         x, target = x.to(device, non_blocking=True), target.to(device, non_blocking=True)
         return {"loss": seg_step(model, opt, amp, x, target).item()}
 
-    step = run_steps(loader, sampler, dataset, step_fn, step=step, total=total, steps_per_epoch=steps_per_epoch,
-                     batch_size=t["batch_size"], checkpoint=checkpoint, log=st.log, log_every=t["log_every"],
-                     checkpoint_every=t["checkpoint_every"], lr=lambda: opt.param_groups[-1]["lr"],
-                     desc=f"train-seg[{st.variant}]", stop_after=stop_after, progress=rank() == 0,
-                     metrics=st.dir / "metrics.csv" if rank() == 0 else None)
-    if step < total:
-        return None
-    return st.finish_training("seg_net.pth", unwrap(model).state_dict(), total, t0)
+    return st.train(loader, sampler, dataset, step_fn, step, total, steps_per_epoch, t, checkpoint,
+                    lambda: opt.param_groups[-1]["lr"], "seg_net.pth", lambda: unwrap(model).state_dict(),
+                    stop_after=stop_after)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from psa_baseline.cam_infer import normalise_batch, resize_image, to_cam_dict
 from psa_baseline.evaluation import CamSweep
 from psa_baseline.fileio import save_npy, write_json
 from psa_baseline.progress import with_progress
-from psa_baseline.training import autocast, ddp_wrap, epoch_loader, resume, run_steps, save_checkpoint
+from psa_baseline.training import autocast, ddp_wrap, epoch_loader, resume, save_checkpoint
 from psa_baseline.errors import InputError
 from psa_eader.masks import NORMS, normalise_attention
 from psa_eader.standalone import AuthorsAugment, StandaloneLocalizer
@@ -185,7 +185,6 @@ def run_train(cfg, force=False, stop_after=None):
                 s["gradcam_norm"],
                 f"on (alpha {cfg['eader']['alpha']:g}, turns of {cfg['eader']['phase_steps']})" if eader else "off")
     model.train()
-    t0 = time.time()
 
     def step_fn(batch):
         _, x, y = batch
@@ -193,15 +192,9 @@ def run_train(cfg, force=False, stop_after=None):
         with model.labelled(y):
             return train_step(trained, opt, eader, x, y, amp)
 
-    step = run_steps(loader, sampler, dataset, step_fn, step=step, total=total, steps_per_epoch=steps_per_epoch,
-                     batch_size=s["batch_size"], checkpoint=checkpoint, log=st.log, log_every=s["log_every"],
-                     checkpoint_every=s["checkpoint_every"], lr=lambda: opt.param_groups[0]["lr"],
-                     desc=f"standalone[{st.variant}]", stop_after=stop_after, show=("loss", "l_cls", "adv_acc"),
-                     progress=rank() == 0,
-                     metrics=st.dir / "metrics.csv" if rank() == 0 else None)
-    if step < total:
-        return None
-    return st.finish_training("localizer.pth", model.loc.state_dict(), total, t0)
+    return st.train(loader, sampler, dataset, step_fn, step, total, steps_per_epoch, s, checkpoint,
+                    lambda: opt.param_groups[0]["lr"], "localizer.pth", lambda: model.loc.state_dict(),
+                    stop_after=stop_after, show=("loss", "l_cls", "adv_acc"))
 
 
 # ------------------------------------------------------------------------------------------ inference
