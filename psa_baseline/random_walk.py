@@ -102,8 +102,8 @@ def random_walk_sparse(aff, cams, beta=8, t=256, radius=5, psa_crop=True):
     to aff's device; the result is there too.
     Each step is the K-neighbour weighted sum of `sparse_transition`, done by a CSR SpMM (a plain
     gather-and-sum over (C, K, N) gives the same numbers but is ~20x slower on CPU).
-    Each SpMM is small, so one intra-op thread is fastest on a busy 2-core CPU (measured 0.12 s vs
-    0.35-5 s with 2 threads at 63 x 47); the caller decides (torch.set_num_threads).
+    Each SpMM is small, so one intra-op thread can be the fastest on a busy CPU (docs/performance.md); the
+    caller decides (torch.set_num_threads).
     """
     c, h, w = cams.shape
     m = transition_csr(*sparse_transition(aff, h, w, radius, beta, psa_crop))

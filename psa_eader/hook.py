@@ -254,8 +254,7 @@ class EADER:
     def adversary_forward(self, erased):
         """The adversary's float logits of the erased images (under self.amp). cfg.channels_last feeds it
         NHWC (the layout then carries through the network): on the CPU oneDNN's convolutions and pooling
-        are faster there (demo localizer turn 1.83x -> 1.65x the baseline step with eader.autocast; not
-        measured on a GPU). Not the default: NHWC BatchNorm sums in float, not double, and in float32
+        are faster there (docs/performance.md; not measured on a GPU). Not the default: NHWC BatchNorm sums in float, not double, and in float32
         the early layers' updates then differ by ~2% from NCHW (which is within ~1e-5 of float64). Off, the
         adversary gets NCHW whatever layout the localizer's images come in (train-cam feeds NHWC)."""
         erased = erased.contiguous(memory_format=torch.channels_last if self.cfg.channels_last

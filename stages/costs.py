@@ -2,19 +2,17 @@
 
 Only settings that were measured have costs; a stage without one is named as such, not guessed.
   demo on the CPU: docs/performance.md, `time ./run_pipeline.sh --eader both` on the idle 2-core CPU (bf16 as
-    configs/demo.yaml, work/timing11): train-cam 100.7 s / 930 steps (EADER 273.1 s: 2.71x, its localizer
+    configs/demo.yaml): train-cam 100.7 s / 930 steps (EADER 273.1 s: 2.71x, its localizer
     trains in both turns), make-cam 29.3 s / 650 images, make-crf 16.1 s / 500 images (2 workers),
     train-aff 86.6 s / 496 steps, make-pseudo 26.6 s / 650 images, train-seg 129.9 s / 500 steps, make-seg
-    4.9 s / 150 images; side by side (`--jobs 2`, work/timing10) in SIDE_BY_SIDE_COSTS below
+    4.9 s / 150 images; side by side (`--jobs 2`) in SIDE_BY_SIDE_COSTS below
   voc on one H200 (docs/notes/gpu.md, scripts/gpu_check.sh: the paper's networks at random init on VOCmini's 200
     real VOC images, 16 CPU cores): a train-cam step (batch 16, crop 448) 0.175 s float32 / 0.088 s bf16, an
     EADER 200/200 cycle 0.83x / 1.00x of that; make-cam 0.088 s per image float32 / 0.071 s bf16 with 4 loader
     workers (first pass over 56 image sizes; 0.072 / 0.039 s once every size was seen); make-crf 12.1
     images/s with 8 workers (CPU); train-aff 0.121 s per step (batch 8, crop 448); make-pseudo 0.033 s per
     image (walk on the GPU); train-seg 0.088 s per step (batch 16, crop 512); make-seg 0.040 s per image.
-    (An H100, issue 12 before this work: train-cam 0.187 / 0.096 s, make-cam 0.128 s, make-pseudo 0.19 s.)
-    (An H100, after it, docs/notes/gpu.md: train-cam 0.197 / 0.099 s, make-cam 0.109 / 0.111 s with 4 workers,
-    make-pseudo 0.044 s, make-crf 9.7 images/s: 10-50% slower; the H200's costs are kept.)
+    An H100 took 10-50% longer (docs/notes/gpu.md); the H200's costs are kept.
 Under torchrun with N processes the training and inference stages take about 1/N of this (not measured:
 NCCL with two GPUs has not run; docs/notes/gpu.md).
 """
@@ -38,7 +36,7 @@ COSTS = {
                       "train-seg": {False: 0.088}, "make-seg": {False: 0.040}},
 }
 # The demo on the CPU with the two variants side by side, one thread each (pipeline --jobs 2; docs/performance.md,
-# `time ./run_pipeline.sh --eader both --jobs 2 --work-dir work/timing10 ...`, the config's 8 aff epochs):
+# `time ./run_pipeline.sh --eader both --jobs 2`, the config's 8 aff epochs):
 # the baseline's stages; EADER's train-cam took 427.9 s (2.84x), its other stages within 9% of these
 SIDE_BY_SIDE_COSTS = {
     ("demo", "cpu"): {"train-cam": {True: 150.7 / 930}, "make-cam": {True: 39.1 / 650},

@@ -4,14 +4,10 @@ The machine's threads are shared out among the processes rather than each taking
 oversubscribe the cores). The processes share the terminal, so they print log lines instead of progress
 bars; each line names its variant (the stage loggers are psa.<variant>.<stage>).
 
-What it gains, on this 2-core CPU: two seeds' demo train-cam (93 steps) took 18.7 s side by side at one
-thread each against 27.9 s one after the other at two threads, but the whole demo (`./run_pipeline.sh --eader
-both`) only 15 min 35 s against 16 min 47 s (1.08x): at one thread, next to the other process, each stage
-takes 1.3-1.8x its two-thread time, and EADER's train-cam alone (2.7x the baseline's) sets the pace.
-A variant's numbers come from the thread count it ran with: float sums in another order. On the demo,
-seed 0: CAM mIoU the same for the baseline, 0.1 apart for EADER; stage 2 moved far more (baseline pseudo
-labels 21.3 at one thread, 15.3 at two; EADER 29.4 and 26.3).
-So `pipeline --jobs` defaults to 1.
+It gains little for the whole demo on a 2-core CPU: at one thread beside the other process each stage is
+slower than at two threads alone, and EADER's train-cam, the longest, sets the pace. And a variant's numbers
+come from the thread count it ran with (float sums in another order), which moves the demo's stage 2 far
+more than its CAMs. So `pipeline --jobs` defaults to 1; docs/performance.md has the measurements.
 """
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor

@@ -9,7 +9,7 @@ sys.path.insert(0, str(ROOT))
 SHARED = ROOT.parent / "shared" / "data"
 VOCMINI = SHARED / "VOCmini"
 
-# Two cores: one intra-op thread per test process avoids oversubscription (much faster on this CPU).
+# Two cores: one intra-op thread per test process avoids oversubscription (much faster on a 2-core CPU).
 torch.set_num_threads(1)
 
 

@@ -49,7 +49,7 @@ def test_fusion_matches_hand_computation_with_flip():
 
 
 def all_classes_cam(net, img, label, scales, bf16):
-    """multiscale_cam as it was before issue 12: every class upsampled and fused, NCHW input."""
+    """multiscale_cam as it was first written: every class upsampled and fused, NCHW input (the reference)."""
     from psa_baseline.cam_infer import fuse_cams, to_cam_dict
     h, w = img.shape[:2]
     cams, flips = [], []

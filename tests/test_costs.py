@@ -25,7 +25,7 @@ def test_side_by_side_the_longest_variant_sets_the_wall_time(native_bf16):
             ("eader", "train-cam", 500, 0), ("eader", "train-seg", 500, 0)]
     one = wall_time_lines(cfg, plan, rows)
     assert "one process" in one[0] and one[-1].strip() == "total 11 min"  # 100.7 + 129.9 + 273.1 + 129.9 s
-    # work/timing10, --jobs 2: EADER's train-cam 427.9 s, train-seg 229.8 s (the baseline's per-step cost)
+    # docs/performance.md, --jobs 2: EADER's train-cam 427.9 s, train-seg 229.8 s (the baseline's per-step cost)
     two = wall_time_lines(cfg, plan, rows, jobs=2)
     assert "side by side" in two[0] and "total 11 min (the longest variant, eader; baseline 6 min, eader 11 min)" in two[-1]
     assert "  eader      train-cam       7 min" in two

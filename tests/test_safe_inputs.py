@@ -1,4 +1,4 @@
-"""Issue 10, safe inputs and no stale results: pickles from outside, partial work under another config,
+"""Safe inputs and no stale results: pickles from outside, partial work under another config,
 two runs on one work dir, file modes, progress output, paths."""
 import os
 import stat

@@ -212,7 +212,7 @@ def test_figure_script_layout(demo_root, tmp_path):
 
 
 def test_figure_script_pseudo_label_columns(demo_root, tmp_path):
-    """--pseudo adds two label columns (image, CAM, CAM, pseudo, pseudo, gt): issue 4's figure."""
+    """--pseudo adds two label columns (image, CAM, CAM, pseudo, pseudo, gt): the qualitative figure."""
     from psa_baseline import voc
     fig = _load_script("figure_attention")
     ids = (demo_root / "ImageSets/Segmentation/val.txt").read_text().split()[:2]
