@@ -56,11 +56,10 @@ from typing import Optional
 import torch
 
 from .adversary import adversary_optimizer, build_adversary
-from .losses import adversary_loss, attention_mining_loss, regularisation_loss
+from .losses import REG_RESOLUTIONS, adversary_loss, attention_mining_loss, regularisation_loss
 from .masks import NORMS, erase_maps, erase_pairs, normalise_attention, pair_maps
 
 PHASES = ("localizer", "adversary")
-REG_RESOLUTIONS = ("full", "attention")
 
 
 @dataclass
@@ -254,9 +253,10 @@ class EADER:
     def adversary_forward(self, erased):
         """The adversary's float logits of the erased images (under self.amp). cfg.channels_last feeds it
         NHWC (the layout then carries through the network): on the CPU oneDNN's convolutions and pooling
-        are faster there (docs/performance.md; not measured on a GPU). Not the default: NHWC BatchNorm sums in float, not double, and in float32
-        the early layers' updates then differ by ~2% from NCHW (which is within ~1e-5 of float64). Off, the
-        adversary gets NCHW whatever layout the localizer's images come in (train-cam feeds NHWC)."""
+        are faster there (docs/performance.md; not measured on a GPU). Not the default: NHWC BatchNorm sums
+        in float, not double, and in float32 the early layers' updates then differ by ~2% from NCHW (which is
+        within ~1e-5 of float64). Off, the adversary gets NCHW whatever layout the localizer's images come in
+        (train-cam feeds NHWC)."""
         erased = erased.contiguous(memory_format=torch.channels_last if self.cfg.channels_last
                                    else torch.contiguous_format)
         with self.amp():

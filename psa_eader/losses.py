@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 
 AM_FORMS = ("authors", "paper")
+REG_RESOLUTIONS = ("full", "attention")  # L_reg at the image's size (the authors') or at the map's own
 
 
 def attention_mining_loss(adv_logits, cls_idx, form="authors", num_classes=20, batch_size=None):

@@ -15,11 +15,15 @@ import yaml
 
 from psa_baseline.errors import InputError
 from psa_baseline.hardware import AUTO, resolve_bf16
+from psa_eader.losses import AM_FORMS, REG_RESOLUTIONS
+from psa_eader.masks import NORMS
 
 # the folder holding configs/, voc12/ and demo/: the checkout, or site-packages/psa_eader in a wheel (pyproject.toml)
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 CONFIG_DIR = PROJECT_DIR / "configs"
 SCHEMA = "voc"
+# eader.localizer_poly: the two readings of the localizer's poly schedule with the hook (train_cam.poly_max_step)
+POLY_READINGS = ("own_steps", "all_steps")
 # Keys whose schema value is null: the types they accept.
 # The weights keys (net.weights, eader.adv_weights, standalone.weights, seg_train.encoder_weights) take a
 # file path, or the string `random` for random initialisation on purpose; null is refused by the training
@@ -230,12 +234,11 @@ def validate(cfg):
     need(0 <= cfg["cam_eval"]["threshold"] <= 1, "cam_eval.threshold", "must be in [0, 1]")
     need(len(cfg["cam_eval"]["sweep"]) == 3 and cfg["cam_eval"]["sweep"][2] > 0, "cam_eval.sweep",
          "[start, stop, step] with step > 0")
-    need(cfg["eader"]["am_form"] in ("authors", "paper"), "eader.am_form", "authors or paper")
+    need(cfg["eader"]["am_form"] in AM_FORMS, "eader.am_form", " or ".join(AM_FORMS))
     need(cfg["eader"]["phase_steps"] > 0, "eader.phase_steps", "must be positive")
-    need(cfg["eader"]["att_norm"] in ("max", "minmax"), "eader.att_norm", "max or minmax")
-    need(cfg["eader"]["reg_resolution"] in ("full", "attention"), "eader.reg_resolution", "full or attention")
-    need(cfg["eader"]["localizer_poly"] in ("own_steps", "all_steps"), "eader.localizer_poly",
-         "own_steps or all_steps")
+    need(cfg["eader"]["att_norm"] in NORMS, "eader.att_norm", " or ".join(NORMS))
+    need(cfg["eader"]["reg_resolution"] in REG_RESOLUTIONS, "eader.reg_resolution", " or ".join(REG_RESOLUTIONS))
+    need(cfg["eader"]["localizer_poly"] in POLY_READINGS, "eader.localizer_poly", " or ".join(POLY_READINGS))
     s = cfg["standalone"]
     need(s["arch"] in ("resnet18", "resnet50", "resnet101"), "standalone.arch", "resnet18, resnet50 or resnet101")
     need(0 < s["width"] <= 1.0, "standalone.width", "must be in (0, 1]")

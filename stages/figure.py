@@ -46,10 +46,11 @@ def _fit(img, fill=255):
     return out
 
 
-def _labels(lab):
+def label_palette():
+    """The VOC colours of background and the 20 classes, 255 (ignored) white, anything else black."""
     pal = np.vstack([voc_palette()[:21], np.zeros((235, 3), np.uint8)])
     pal[255] = 255
-    return pal[lab]
+    return pal
 
 
 def _cam(path, img):
@@ -81,6 +82,7 @@ def draw(cfg, ids=None, n=N_DEFAULT):
     root = voc.VOCRoot(voc_root(cfg).root, seg_dir=cfg["data"]["eval_seg_dir"])
     ids = list(ids or split_ids(cfg, cfg["data"]["eval_list"])[:n])
     titles = ["image"] + [c[0] for c in cols] + ["ground truth"]
+    pal = label_palette()
     rows = []
     for i in ids:
         img = root.read_image(i)
@@ -92,9 +94,9 @@ def draw(cfg, ids=None, n=N_DEFAULT):
             elif suffix == ".npy":
                 tiles.append(_fit(_cam(path, img)))
             else:
-                tiles.append(_fit(_labels(voc.read_label_png(path, i))))
+                tiles.append(_fit(pal[voc.read_label_png(path, i)]))
         gt = root.seg_path(i)
-        tiles.append(_fit(_labels(voc.read_label_png(gt, i))) if gt.is_file()
+        tiles.append(_fit(pal[voc.read_label_png(gt, i)]) if gt.is_file()
                      else np.full((TILE, TILE, 3), 160, np.uint8))
         rows.append(np.concatenate(tiles, 1))
     header = np.full((HEADER, TILE * len(titles), 3), 255, np.uint8)

@@ -1,6 +1,7 @@
 """results.json (all variants, machine-readable) and report.md (the paper's tables) in the work dir."""
 import fcntl
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 from psa_baseline.constants import SEG_CLASS_NAMES
@@ -18,7 +19,7 @@ PAPER_TABLE2 = {
 REPRODUCED = {("PSA (paper)", "cam", "precision"), ("PSA (paper)", "cam", "recall"), ("PSA (paper)", "seg", "miou")}
 # PSA w/ EADER's DeepLabV3+ per backbone (the paper's Table 4, val); Tables 2 and 3's 62.8 is Xception-65's.
 # The baseline's 60.7 names no backbone.
-PAPER_EADER_SEG = {"xception65": 62.8, "resnet101": 62.5}
+PAPER_EADER_SEG = {"xception65": PAPER_TABLE2["PSA w/ EADER (paper)"]["seg"]["miou"], "resnet101": 62.5}
 BACKBONES = {"xception65": "Xception-65", "resnet101": "ResNet-101"}
 
 # EADER Table 3 (DeepLabV3+ per-class IoU on VOC val): docs/reference.md gives these classes only.
@@ -26,7 +27,10 @@ PAPER_TABLE3 = {  # class: (PSA reproduced, PSA w/ EADER)
     "bird": (76.7, 84.1), "cat": (71.7, 82.1), "dog": (72.2, 80.7), "horse": (68.2, 76.4),
     "diningtable": (40.9, 35.8), "pottedplant": (37.8, 15.4),
 }
-PAPER_TABLE3_MIOU = (60.7, 62.8)  # Table 2's DeepLabV3+ column (EADER: Xception-65)
+PAPER_TABLE3_MIOU = tuple(r["seg"]["miou"] for r in PAPER_TABLE2.values())  # Table 2's DeepLabV3+ column
+# the paper's row labels in report.md (Table 2's EADER DeepLabV3+ number is its Xception-65 run)
+PAPER_LABELS = {"PSA (paper)": "PSA (paper; † reproduced by EADER's authors)",
+                "PSA w/ EADER (paper)": "PSA w/ EADER (paper; DeepLabV3+ Xception-65)"}
 
 
 def paper_cell(row, stage, metric):
@@ -38,13 +42,8 @@ def paper_cell(row, stage, metric):
 def paper_table2_rows():
     """Table 2's published rows for report.md, labelled as the paper labels them, with the EADER DeepLabV3+
     number of each backbone on its own row."""
-    rows = {}
-    for row in PAPER_TABLE2:
-        rows[row] = {stage: {m: paper_cell(row, stage, m) for m in ms} for stage, ms in PAPER_TABLE2[row].items()}
-    rows["PSA (paper; † reproduced by EADER's authors)"] = rows.pop("PSA (paper)")
-    eader = rows.pop("PSA w/ EADER (paper)")
-    eader["seg"] = {"miou": f"{PAPER_EADER_SEG['xception65']:.1f}"}
-    rows["PSA w/ EADER (paper; DeepLabV3+ Xception-65)"] = eader
+    rows = {PAPER_LABELS[row]: {stage: {m: paper_cell(row, stage, m) for m in ms} for stage, ms in r.items()}
+            for row, r in PAPER_TABLE2.items()}
     rows["PSA w/ EADER (paper Table 4; DeepLabV3+ ResNet-101)"] = {"seg": {"miou": f"{PAPER_EADER_SEG['resnet101']:.1f}"}}
     return rows
 
@@ -60,8 +59,8 @@ def backbone_note(variants):
         if e in PAPER_EADER_SEG:
             parts.append(f"{e}: compare with PSA w/ EADER's {PAPER_EADER_SEG[e]:.1f} ({BACKBONES[e]})")
         else:
-            parts.append(f"{e}: the paper has no DeepLabV3+ number for this backbone (ResNet-101 62.5, "
-                         f"Xception-65 62.8)")
+            known = ", ".join(f"{BACKBONES[b]} {v:.1f}" for b, v in sorted(PAPER_EADER_SEG.items()))
+            parts.append(f"{e}: the paper has no DeepLabV3+ number for this backbone ({known})")
     return ("\nDeepLabV3+ backbone of our rows: " + "; ".join(parts) +
             ". The baseline's published 60.7 names no backbone.\n")
 
@@ -84,8 +83,7 @@ def update_results(work_dir, variant, key, metrics, meta=None, fingerprint=None)
     """Set results[variant][key] = metrics and rewrite report.md. Under a lock (<work>/.results.lock):
     variants that run side by side both update these files, and neither may drop the other's entry.
     fingerprint: the scoring stage's; a new one drops the variant's DOWNSTREAM entries (stale now)."""
-    with open(Path(work_dir) / ".results.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    with results_lock(work_dir):
         res = load_results(work_dir)
         entry = res.setdefault(variant, {})
         fps = entry.setdefault("meta", {}).setdefault("fingerprints", {}) if fingerprint is not None else {}
@@ -102,12 +100,19 @@ def update_results(work_dir, variant, key, metrics, meta=None, fingerprint=None)
     return res
 
 
+@contextmanager
+def results_lock(work_dir):
+    """<work>/.results.lock held for the block: variants running side by side share results.json and report.md."""
+    with open(Path(work_dir) / ".results.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
 def refresh_report(work_dir):
     """Rewrite report.md from results.json (and the sweeps' tables), under the results lock."""
     if not Path(work_dir).is_dir():
         return
-    with open(Path(work_dir) / ".results.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with results_lock(work_dir):
         write_report(work_dir, load_results(work_dir))
 
 

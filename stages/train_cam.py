@@ -12,7 +12,6 @@ import logging
 import torch
 import torch.nn.functional as F
 
-from psa_baseline.errors import InputError
 from psa_baseline.hardware import channels_last_ok, memory_format
 from psa_baseline.resnet38 import PolyOptimizer
 from psa_baseline.training import autocast, epoch_loader, unwrap
@@ -64,9 +63,6 @@ def build_eader(cfg, device, pretrained=None):
     return EADER(e, adv, opt)
 
 
-POLY_READINGS = ("own_steps", "all_steps")
-
-
 def poly_max_step(total, cfg):
     """max_step of the localizer's poly schedule, which advances only when its optimiser steps.
 
@@ -76,10 +72,7 @@ def poly_max_step(total, cfg):
     - all_steps: every training step, as PSA's train_cls.py sets max_step with the hook dropped into its loop;
       the lr then ends near (1 - 1/2) ** 0.9 = 0.54 of its start (turns of equal length).
     """
-    e = cfg["eader"]
-    if e["localizer_poly"] not in POLY_READINGS:
-        raise InputError(f"config key 'eader.localizer_poly': one of {', '.join(POLY_READINGS)}, "
-                         f"got {e['localizer_poly']!r}")
+    e = cfg["eader"]  # localizer_poly: one of config.POLY_READINGS (config.validate)
     if not e["enabled"] or e["loc_in_adv_turn"] or e["localizer_poly"] == "all_steps":
         return total
     return sum(1 for s in range(total) if (s // e["phase_steps"]) % 2 == 0)
