@@ -65,6 +65,8 @@ def _cam(path, img):
 def columns(work_dir):
     """[(title, variant, folder, suffix)] of the stages that have run, variants in a fixed order."""
     work = Path(work_dir)
+    if not work.is_dir():  # no run there yet: nothing to draw (main says so)
+        return []
     variants = sorted((p.name for p in work.iterdir() if p.is_dir() and (p / "make_cam").is_dir()),
                       key=lambda v: (v != "baseline", v != "eader", v))
     return [(f"{v}: {title}", v, folder, suffix) for title, folder, suffix in STAGE_COLUMNS
@@ -114,10 +116,12 @@ def draw(cfg, ids=None, n=N_DEFAULT):
 def main(args):
     from .cli import config_from_args
     from .report import refresh_report
+    from psa_baseline.errors import InputError
+    if args.n < 1:
+        raise InputError(f"--n {args.n}: at least one image")
     cfg = config_from_args(args)
     out = draw(cfg, args.ids, args.n)
     if out is None:
-        from psa_baseline.errors import InputError
         raise InputError(f"nothing to draw under {cfg['work_dir']}: no <variant>/make_cam yet; pass the --work-dir "
                          f"of a run that has made its CAMs")
     refresh_report(cfg["work_dir"])

@@ -82,3 +82,12 @@ def test_qualitative_figure_rows_columns_and_report_link(demo_root, tmp_path):
 def voc_colour(c):
     from psa_baseline.constants import voc_palette
     return voc_palette()[c].tolist()
+
+
+def test_figure_refuses_what_it_cannot_draw(demo_root, tmp_path):
+    """A work dir without CAMs (or none at all) and --n 0 stop with exit 2 and the reason; nothing is written."""
+    from stages.cli import main
+    base = ["figure", "--config", "demo", "--voc-root", str(demo_root)]
+    for work, extra in ((tmp_path / "none", []), (tmp_path, []), (tmp_path, ["--n", "0"])):
+        assert main(base + ["--work-dir", str(work)] + extra) == 2
+    assert not (tmp_path / "figures").exists() and not (tmp_path / "none").exists()
