@@ -573,7 +573,7 @@ def _same_dataset(meta, seed, params, any_version=False):
 
 def dataset_identity(root):
     """What identifies a demo dataset's content (seed and params, incl. the generator version), or None
-    for other datasets: every stage's fingerprint carries it (stages.common.Stage), so regenerated data
+    for other datasets: every stage's fingerprint carries it (stages.stage.Stage), so regenerated data
     is not mistaken for the data an earlier run used."""
     meta = read_meta(root) if root else None
     return None if meta is None else {"seed": meta["seed"], "params": meta["params"]}

@@ -6,7 +6,7 @@ from psa_baseline.cam_net import CAMNet
 from psa_baseline.errors import InputError
 from psa_baseline.resnet38 import Res38Spec
 from . import demo_module
-from .common import resolve_data_path
+from .config import resolve_data_path
 
 
 def load_stage_weights(net, path, what, keys, maker):

@@ -191,7 +191,7 @@ def check_labels(cfg, root, ids_by_list, lists, f):
                           f"{root.seg_dir}, but {len(missing)} ids of {lst} have none: {few(missing)}; set "
                           f"data.cls_labels=voc12/cls_labels.npy (PSA's labels) or add the PNGs (SBD)")
         return None
-    from .common import resolve_data_path
+    from .config import resolve_data_path
     path = f.attempt(resolve_data_path, cfg, rel, "data.cls_labels file")
     table = f.attempt(voc.load_cls_labels, path) if path is not None else None
     if table is None:

@@ -92,7 +92,7 @@ def _on_sigterm(signum, frame):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    from .common import launched_world_size, process_group
+    from .distributed import launched_world_size, process_group
     import signal
     import threading
     if threading.current_thread() is threading.main_thread():
@@ -104,7 +104,7 @@ def main(argv=None):
             spec = SPECS[args.stage]
             m = spec.load()
             if spec.recorded and not getattr(args, "check", False):
-                from .common import rank
+                from .distributed import rank
                 from .record import write_run_record
                 cfg = config_from_args(args)
                 if rank() == 0 and cfg["work_dir"]:

@@ -287,3 +287,17 @@ def fingerprint(*parts):
     NOT_IN_FINGERPRINT keys are left out wherever they appear."""
     blob = json.dumps(_without_logging_keys(parts), sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def resolve_data_path(cfg, rel, what, fix="set --voc-root or the config key to an existing path"):
+    """Absolute as given; relative: under voc_root, then the project folder. `fix`: what the error tells the
+    user to do when no candidate exists."""
+    p = Path(rel)
+    if p.is_absolute():
+        cands = [p]
+    else:
+        cands = ([Path(cfg["voc_root"]) / p] if cfg["voc_root"] else []) + [PROJECT_DIR / p]
+    for c in cands:
+        if c.exists():
+            return c
+    raise InputError(f"{what} not found: tried {', '.join(str(c) for c in cands)}; {fix}")

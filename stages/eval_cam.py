@@ -20,7 +20,8 @@ from psa_baseline.evaluation import (METRICS_VERSION, PER_IMAGE_FILE, cam_dict_t
 from psa_baseline.fileio import write_json
 from . import demo_module
 from .builders import inputs_identity, labels_for, split_ids, voc_root
-from .common import Stage, resolve_data_path, upstream_fp
+from .config import resolve_data_path
+from .stage import Stage, upstream_fp
 from .report import update_results
 
 NAME = "eval_cam"

@@ -21,7 +21,7 @@ from psa_baseline.errors import InputError
 from psa_baseline.fileio import write_json
 from . import demo_module
 from .builders import inputs_identity, labels_for, split_ids, voc_root
-from .common import Stage, upstream_fp
+from .stage import Stage, upstream_fp
 from .eval_cam import add_part_counts, folder_main, trivial_scores
 from .report import update_results
 

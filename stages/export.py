@@ -25,7 +25,7 @@ from psa_baseline.errors import InputError
 from psa_baseline.fileio import atomic_path, write_json, write_text
 from psa_baseline.progress import with_progress
 from .builders import split_ids, voc_root
-from .common import upstream_fp
+from .stage import upstream_fp
 from .config import variant_name
 
 MARKER = "EXPORT.json"

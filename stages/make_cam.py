@@ -16,8 +16,8 @@ from psa_baseline.hardware import channels_last_ok, memory_format
 from psa_baseline.progress import with_progress
 from .builders import (build_cam_net, files_identity, inputs_identity, labels_for, load_stage_weights, split_ids,
                        voc_root)
-from .common import (Stage, add_shard_argument, finish_when_complete, my_share, parse_shard, rank, resolve_device,
-                     upstream_fp)
+from .distributed import add_shard_argument, finish_when_complete, my_share, parse_shard, rank, resolve_device
+from .stage import Stage, upstream_fp
 from .config import variant_name
 
 NAME = "make_cam"

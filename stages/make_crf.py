@@ -23,8 +23,9 @@ from psa_baseline.evaluation import load_cam_dict
 from psa_baseline.progress import with_progress
 from psa_baseline.fileio import looks_complete, save_npy
 from .builders import labels_for, split_ids, voc_root
-from .common import (Stage, add_shard_argument, finish_when_complete, my_share, parse_shard, rank,
-                     resolve_data_path, upstream_fp)
+from .config import resolve_data_path
+from .distributed import add_shard_argument, finish_when_complete, my_share, parse_shard, rank
+from .stage import Stage, upstream_fp
 from .config import variant_name
 
 NAME = "make_crf"

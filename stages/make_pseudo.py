@@ -23,8 +23,8 @@ from psa_baseline.progress import with_progress
 from psa_baseline.fileio import looks_complete, save_npy
 from psa_baseline.random_walk import propagate_cams, random_walk_sparse
 from .builders import labels_for, load_stage_weights, res38_spec, voc_root
-from .common import (Stage, add_shard_argument, finish_when_complete, my_share, parse_shard, rank, resolve_device,
-                     upstream_fp)
+from .distributed import add_shard_argument, finish_when_complete, my_share, parse_shard, rank, resolve_device
+from .stage import Stage, upstream_fp
 from .make_cam import infer_ids
 from .make_crf import cam_source, require_cams
 

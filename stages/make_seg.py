@@ -14,7 +14,8 @@ from psa_baseline.fileio import looks_complete
 from psa_baseline.progress import with_progress
 from psa_baseline.training import autocast
 from .builders import load_stage_weights, split_ids, voc_root
-from .common import Stage, barrier, rank, resolve_device, upstream_fp, world_size
+from .distributed import barrier, rank, resolve_device, world_size
+from .stage import Stage, upstream_fp
 from .deeplab import build_deeplab, input_stats, predict_probs, probs_to_label
 from .train_seg import check_config
 

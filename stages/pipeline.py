@@ -12,7 +12,7 @@ from pathlib import Path
 from psa_baseline.errors import InputError
 
 from . import demo_module
-from .common import launched_world_size, rank, solo
+from .distributed import launched_world_size, rank, solo
 from .registry import DEFAULT_UNTIL, GROUPS, steps
 from .report import results_path
 

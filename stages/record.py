@@ -67,7 +67,7 @@ def versions():
 
 def write_run_record(cfg, stage, args, argv):
     """Write this invocation's record under cfg's work dir; returns its folder."""
-    from .common import prepare_work_dir
+    from .workdir import prepare_work_dir
     prepare_work_dir(cfg["work_dir"])  # a work dir that cannot be is named with its fix, as the stages do
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     d = Path(cfg["work_dir"]) / "logs" / "runs" / f"{stamp}-{stage}-{os.getpid()}"

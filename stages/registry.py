@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from importlib import import_module
 from typing import Optional
 
+from . import demo_module
+
 
 @dataclass(frozen=True)
 class Spec:
@@ -87,3 +89,10 @@ def steps(until=DEFAULT_UNTIL):
     """The pipeline's steps up to and including the group `until`."""
     last = GROUPS.index(until)
     return [s for s in PIPELINE if GROUPS.index(s.group) <= last]
+
+
+def dataset_identity(root):
+    """What identifies the content of the dataset at `root`, for every stage's fingerprint (stages.stage.Stage):
+    the demo generator's seed and parameters (its version included), None for a dataset on disk such as VOC.
+    Another generated dataset adds its own reader here."""
+    return demo_module("data").dataset_identity(root)

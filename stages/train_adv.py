@@ -15,7 +15,8 @@ A rerun resumes from checkpoint.pth.
 
 from psa_baseline.training import autocast, epoch_loader, poly_classifier_step, unwrap
 from .builders import cls_train_dataset, cls_train_inputs
-from .common import Stage, resolve_device, resumable_training, seed_everything
+from .distributed import resolve_device
+from .stage import Stage, resumable_training, seed_everything
 
 NAME = "train_adv"
 

@@ -21,7 +21,8 @@ from psa_baseline.resnet38 import PolyOptimizer
 from psa_baseline.safe_npy import load_dict
 from psa_baseline.training import autocast, epoch_loader, unwrap
 from .builders import load_net_weights, require_weights, res38_spec, split_ids, voc_root
-from .common import Stage, resolve_device, resumable_training, seed_everything, upstream_fp
+from .distributed import resolve_device
+from .stage import Stage, resumable_training, seed_everything, upstream_fp
 from .config import variant_name
 from .make_crf import HA, LA
 

@@ -18,7 +18,8 @@ from psa_baseline.training import autocast, epoch_loader, unwrap
 from . import train_adv
 from .builders import (build_cam_net, cls_train_dataset, cls_train_inputs, require_weights, weights_file,
                        weights_identity)
-from .common import Stage, resolve_device, resumable_training, seed_everything, upstream_fp
+from .distributed import resolve_device
+from .stage import Stage, resumable_training, seed_everything, upstream_fp
 
 NAME = "train_cam"
 

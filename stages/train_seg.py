@@ -13,8 +13,8 @@ from psa_baseline import voc
 from psa_baseline.errors import InputError
 from psa_baseline.training import autocast, epoch_loader, unwrap
 from .builders import require_weights, split_ids, voc_root, weights_identity
-from .common import (Stage, launched_world_size, resolve_device, resumable_training, seed_everything,
-                     upstream_fp)
+from .distributed import launched_world_size, resolve_device
+from .stage import Stage, resumable_training, seed_everything, upstream_fp
 from .deeplab import SegTrainDataset, build_deeplab, init_encoder, input_stats, seg_loss, seg_optimizer
 
 NAME = "train_seg"

@@ -47,7 +47,8 @@ from psa_eader.masks import NORMS, normalise_attention
 from psa_eader.standalone import AuthorsAugment, StandaloneLocalizer
 from .builders import (cls_train_dataset, cls_train_inputs, labels_for, load_stage_weights, require_weights,
                        split_ids, voc_root, weights_file, weights_identity)
-from .common import Stage, rank, resolve_device, seed_everything, solo, upstream_fp
+from .distributed import rank, resolve_device, solo
+from .stage import Stage, seed_everything, upstream_fp
 from .config import merge
 from .train_cam import build_eader, eader_section, train_step
 

@@ -181,7 +181,7 @@ def test_older_generator_version_is_replaced_and_changes_the_fingerprint(tmp_pat
     and stages see the change in their fingerprint; a different dataset is still refused."""
     import demo.data as dd
     from stages import train_cam
-    from stages.common import Stage
+    from stages.stage import Stage
     from stages.config import load_config
     root = tmp_path / "data"
     monkeypatch.setattr(dd, "VERSION", dd.VERSION - 1)
@@ -368,7 +368,7 @@ def test_style_is_recorded_changes_the_fingerprint_and_is_checked(tmp_path):
     data), the default style is "v6", and an unknown style is refused by name."""
     import demo.data as dd
     from stages import train_cam
-    from stages.common import Stage
+    from stages.stage import Stage
     from stages.config import load_config
     fps = {}
     for style in ("v6", "hue"):

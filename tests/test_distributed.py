@@ -1,7 +1,7 @@
 """Several processes (torch.distributed, gloo on the CPU), as `torchrun --nproc_per_node 2` runs them.
 
 Each test spawns its processes with torch.multiprocessing and joins torchrun's environment variables
-(MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK) through stages.common.init_distributed, the same call
+(MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK) through stages.distributed.init_distributed, the same call
 `psa-eader` makes under torchrun. Runs on the tiny config of the stage tests.
 
 Equality with one process needs the same arithmetic in both: BatchNorm frozen (net.frozen_bn=true; a
@@ -53,7 +53,7 @@ def join_group(rank, world, port):
     if CUDA:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-    from stages.common import process_group
+    from stages.distributed import process_group
     return process_group(DEVICE)
 
 
@@ -238,7 +238,7 @@ def test_eader_trains_under_two_processes_and_resumes(demo_root, tmp_path):
 
 def _locked_stage(rank, world, port, root, work, out):
     from psa_baseline.errors import InputError
-    from stages.common import Stage
+    from stages.stage import Stage
     try:
         with join_group(rank, world, port):
             Stage(tiny_cfg(root, work), "make_cam")
@@ -247,7 +247,7 @@ def _locked_stage(rank, world, port, root, work, out):
 
 
 def test_a_locked_work_dir_stops_every_rank(demo_root, tmp_path):
-    from stages.common import lock_name, lock_work_dir
+    from stages.workdir import lock_name, lock_work_dir
     work = tmp_path / "w"
     work.mkdir()
     lock_work_dir(work, lock_name(variant="baseline"))  # this test process is "another run" of the baseline
@@ -323,7 +323,7 @@ def test_torchrun_runs_a_stage_with_two_processes(demo_root, tmp_path):
 
 def test_shards_split_make_cam_and_the_last_one_finishes(demo_root, tmp_path, monkeypatch):
     from stages import make_cam, train_cam
-    from stages.common import my_share, parse_shard
+    from stages.distributed import my_share, parse_shard
     cfg = tiny_cfg(demo_root, tmp_path / "w", **{"cam_train.epochs": 1})
     train_cam.run(cfg)
     ids = make_cam.infer_ids(cfg)
@@ -403,7 +403,7 @@ def test_the_group_is_left_with_a_wait_only_when_every_rank_gets_there(monkeypat
     gloo rank torn down early aborted its peer in CI); any other error must not wait for ranks that may
     never come."""
     from psa_baseline.errors import InputError
-    from stages import common
+    from stages import distributed as common
     calls = []
     monkeypatch.setattr(common, "_dist", lambda: True)
     monkeypatch.setattr(common, "init_distributed", lambda device: calls.append("init"))
@@ -434,7 +434,7 @@ def test_the_group_is_left_with_a_wait_only_when_every_rank_gets_there(monkeypat
 
 def test_the_backend_is_nccl_on_cuda_unless_gloo_is_asked_for_and_ranks_share_gpus_only_over_gloo(monkeypatch):
     from psa_baseline.errors import InputError
-    from stages import common
+    from stages import distributed as common
     monkeypatch.delenv(common.BACKEND_ENV, raising=False)
     assert common.dist_backend(True) == "nccl" and common.dist_backend(False) == "gloo"
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)

@@ -28,7 +28,7 @@ def test_a_hostile_checkpoint_is_refused_not_run(demo_root, tmp_path, capsys):
     """The audit's case: a pickled payload as the checkpoint's fingerprint, and a PARTIAL.json with the
     config's (public) fingerprint, so that resume reads the file. The payload must not run; exit 2 names it."""
     from stages.cli import config_from_args, parse_args
-    from stages.common import Stage
+    from stages.stage import Stage
     work, marker = tmp_path / "w", tmp_path / "payload-ran"
     argv = ["train-cam", "--config", "demo", "--voc-root", str(demo_root), "--work-dir", str(work)]
     over = TINY_CLI + ["cam_train.checkpoint_every=2"]

@@ -281,7 +281,7 @@ def _hold_lock(work, variant):
     import subprocess
     import sys
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[2]); from stages.common import "
+        [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[2]); from stages.workdir import "
          "lock_name, lock_work_dir; lock_work_dir(sys.argv[1], lock_name(variant=sys.argv[3])); "
          "print('held', flush=True); sys.stdin.read()",
          str(work), str(ROOT), variant], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -290,7 +290,7 @@ def _hold_lock(work, variant):
 
 
 def test_a_second_run_on_a_locked_work_dir_stops_at_once(demo_root, tmp_path, capsys):
-    from stages.common import lock_name
+    from stages.workdir import lock_name
     work = tmp_path / "work"
     work.mkdir()
     holder = _hold_lock(work, "baseline")
@@ -310,7 +310,7 @@ def test_the_variants_of_a_work_dir_lock_apart(tmp_path):
     """Baseline and EADER write folders of their own and may run side by side (pipeline --jobs 2); a
     second run of the same variant may not. A variant name cannot reach outside the work dir."""
     from psa_baseline.errors import InputError
-    from stages.common import lock_name, lock_work_dir
+    from stages.workdir import lock_name, lock_work_dir
     holder = _hold_lock(tmp_path, "baseline")
     try:
         lock_work_dir(tmp_path, lock_name(variant="eader"))  # the other variant: free
@@ -324,7 +324,7 @@ def test_the_variants_of_a_work_dir_lock_apart(tmp_path):
 
 
 def test_stages_of_one_process_share_its_lock(demo_root, tmp_path):
-    from stages.common import lock_work_dir
+    from stages.workdir import lock_work_dir
     lock_work_dir(tmp_path)
     lock_work_dir(tmp_path)  # again from the same process: fine (the pipeline runs many stages)
 

@@ -303,7 +303,7 @@ def test_pipeline_until_seg_runs_to_deeplab_scores(demo_root, tmp_path):
 def _seg_two_ranks(rank, world, port, root, work, over):
     """One torchrun worker: its environment, the process group as psa-eader sets it up, the two stages."""
     import os
-    from stages.common import process_group
+    from stages.distributed import process_group
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
