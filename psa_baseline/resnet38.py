@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .training import PolySGD
 
 FULL_BLOCKS = (2, 2, 5, 2)  # extra blocks after b2, b3, b4, b5
 
@@ -156,20 +155,3 @@ def param_groups(model: nn.Module, new_layers):
         is_bias = name.endswith("bias")
         groups[(2 if id(p) in new_ids else 0) + (1 if is_bias else 0)].append(p)
     return groups
-
-
-class PolyOptimizer(PolySGD):
-    """PSA's optimiser: its four parameter groups on the poly schedule (training.PolySGD).
-
-    `momentum_quirk=True` reproduces PSA's public code, which passed the weight decay into SGD's
-    momentum slot: momentum is then equal to the weight decay (5e-4, i.e. plain SGD). The per-group
-    weight decay is applied either way.
-    """
-
-    def __init__(self, groups, lr, weight_decay, max_step, momentum=0.9, momentum_quirk=True,
-                 power=0.9, new_mult=10.0):
-        # PSA: new layers get 10x (weights) and 20x (biases) the base learning rate
-        mults = (1, 2, new_mult, 2 * new_mult)
-        wds = (weight_decay, 0.0, weight_decay, 0.0)
-        params = [{"params": g, "lr": lr * m, "weight_decay": wd} for g, m, wd in zip(groups, mults, wds) if g]
-        super().__init__(params, max_step, momentum=weight_decay if momentum_quirk else momentum, power=power)

@@ -394,6 +394,23 @@ class PolySGD(torch.optim.SGD):
         super().load_state_dict(sd)
 
 
+class PolyOptimizer(PolySGD):
+    """PSA's optimiser: its four parameter groups on the poly schedule (training.PolySGD).
+
+    `momentum_quirk=True` reproduces PSA's public code, which passed the weight decay into SGD's
+    momentum slot: momentum is then equal to the weight decay (5e-4, i.e. plain SGD). The per-group
+    weight decay is applied either way.
+    """
+
+    def __init__(self, groups, lr, weight_decay, max_step, momentum=0.9, momentum_quirk=True,
+                 power=0.9, new_mult=10.0):
+        # PSA: new layers get 10x (weights) and 20x (biases) the base learning rate
+        mults = (1, 2, new_mult, 2 * new_mult)
+        wds = (weight_decay, 0.0, weight_decay, 0.0)
+        params = [{"params": g, "lr": lr * m, "weight_decay": wd} for g, m, wd in zip(groups, mults, wds) if g]
+        super().__init__(params, max_step, momentum=weight_decay if momentum_quirk else momentum, power=power)
+
+
 def poly_classifier_step(model, opt, amp, base_lr, total, power, start, device=None):
     """step_fn for run_steps: one step of a plain multi-label classifier (train-adv, the demo's pre-training),
     lr = base_lr * (1 - step / total) ** power recomputed from the step count, so a resume continues it."""

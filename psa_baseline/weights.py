@@ -93,6 +93,32 @@ def _is_mxnet(path):
         return f.read(8) == struct.pack("<Q", FILE_MAGIC)
 
 
+def read_state_dict(path, missing=None, fix=None):
+    """The state dict (name -> tensor) a PyTorch weights file holds: our weights, a checkpoint's {"model": ...}
+    or {"state_dict": ...}, a torchvision / timm ImageNet file. The one reader of PyTorch weight files, so that
+    every loader refuses a missing, torn, foreign or code-carrying file with the same InputError. `missing`:
+    the message for a file that is not there (default: that it does not exist); `fix`: what to do about an
+    unreadable one."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(missing or f"weights file {path} does not exist or is not a file")
+    try:
+        # weights_only: a state dict needs no code execution, and a stranger's file must not get any
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a bad file: zip, pickle, EOF errors by version
+        first = str(e).splitlines()[0][:300] if str(e) else ""
+        raise InputError(f"{path} cannot be read as weights, a PyTorch state dict or checkpoint "
+                         f"({type(e).__name__}: {first}){'; ' + fix if fix else ''}") from None
+    for wrapper in ("model", "state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
+            break
+    if not isinstance(obj, dict):
+        raise InputError(f"{path} holds a {type(obj).__name__}, expected a state dict (name -> tensor) "
+                         f"or a checkpoint dict with a 'model' entry{'; ' + fix if fix else ''}")
+    return obj
+
+
 def read_weight_file(path, kind="auto"):
     """(kind, {name: tensor}) from an MXNet .params or a PyTorch file; names as stored in the file."""
     path = Path(path)
@@ -108,19 +134,7 @@ def read_weight_file(path, kind="auto"):
         raise InputError(f"cannot read weights file {path}: {e.strerror}") from None
     if kind == "mxnet":
         return kind, {k: torch.from_numpy(v) for k, v in load_params_dict(path, strip=False).items()}
-    try:
-        # weights_only: a state dict needs no code execution, and a stranger's file must not get any
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a bad file
-        raise InputError(f"cannot read {path} as a PyTorch state dict or checkpoint "
-                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-    for wrapper in ("model", "state_dict"):
-        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
-            obj = obj[wrapper]
-            break
-    if not isinstance(obj, dict):
-        raise InputError(f"{path} holds a {type(obj).__name__}, expected a state dict (name -> tensor) "
-                         f"or a checkpoint dict with a 'model' entry")
+    obj = read_state_dict(path)
     tensors = {k: v for k, v in obj.items() if isinstance(k, str) and torch.is_tensor(v)}
     if not tensors:
         raise InputError(f"{path} holds no tensors (expected a state dict or a checkpoint with 'model')")

@@ -12,6 +12,7 @@ import torch.nn as nn
 from torchvision.models import resnet as tv
 
 from psa_baseline.errors import InputError
+from psa_baseline.weights import read_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -79,16 +80,8 @@ def load_backbone_weights(model, path, skip_prefixes=("fc.",), rename=None):
     A file from which nothing loads is refused: it is surely the wrong file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"adversary/localizer weights not found: {path}")
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise InputError(f"cannot read weights file {path}: {e}") from e
-    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict):
-        raise InputError(f"{path} does not hold a state dict")
+    sd = read_state_dict(path, missing=f"adversary/localizer weights not found: {path}",
+                         fix="give the ImageNet file of this network (`psa-eader weights list`)")
     sd = {k[7:] if k.startswith("module.") else k: v for k, v in sd.items()}
     if rename is not None:
         sd = {k if k.startswith(skip_prefixes) else rename(k): v for k, v in sd.items()}

@@ -38,7 +38,7 @@ from psa_baseline.affinity import AffinityLabels, feature_affinities  # noqa: E4
 from psa_baseline.evaluation import load_cam_dict  # noqa: E402
 from psa_baseline.fileio import write_json  # noqa: E402
 from psa_baseline.random_walk import propagate_cams  # noqa: E402
-from psa_baseline.resnet38 import PolyOptimizer  # noqa: E402
+from psa_baseline.training import PolyOptimizer  # noqa: E402
 from psa_baseline.training import EpochSampler, autocast  # noqa: E402
 from rw_diagnose import Scorer, separation, split_pairs  # noqa: E402
 from stages import train_aff  # noqa: E402

@@ -101,14 +101,14 @@ def main(argv=None):
     from psa_baseline.fileio import save_npy
     from psa_baseline.voc import VOCRoot
     from stages.builders import build_cam_net, labels_for
-    from stages.config import load_config, merge
+    from stages.config import load_config
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config, [("voc_root", args.voc_root), *args.set])
     ref = module_at(args.reference, "psa_baseline/cam_infer.py",
                     Path(args.reference_file).read_text() if args.reference_file else None)
     dev = torch.device(args.device)
     torch.manual_seed(0)
-    net = build_cam_net(merge(cfg, {"net": {"weights": None}}))
+    net = build_cam_net(cfg, pretrained=False)
     if args.model != "random":
         net.load_state_dict(torch.load(args.model, map_location="cpu", weights_only=True))
     net.to(dev).eval()

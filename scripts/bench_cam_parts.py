@@ -38,11 +38,11 @@ def main(argv=None):
     from psa_baseline.constants import IMAGENET_MEAN, IMAGENET_STD
     from psa_baseline.voc import VOCRoot
     from stages.builders import build_cam_net, labels_for
-    from stages.config import load_config, merge
+    from stages.config import load_config
     cfg = load_config(args.config, [("voc_root", args.voc_root), *args.set])
     dev = torch.device(args.device)
     torch.manual_seed(0)
-    net = build_cam_net(merge(cfg, {"net": {"weights": None}})).to(dev).eval()
+    net = build_cam_net(cfg, pretrained=False).to(dev).eval()
     net.to(memory_format=torch.channels_last)
     root = VOCRoot(args.voc_root)
     ids = (Path(args.voc_root) / args.list).read_text().split()[:args.images + 1]

@@ -30,12 +30,12 @@ def main(argv=None):
     from psa_baseline.fileio import save_npy
     from psa_baseline.voc import VOCRoot
     from stages.builders import build_cam_net, labels_for
-    from stages.config import load_config, merge
+    from stages.config import load_config
     from stages.make_cam import scaled_images
     cfg = load_config(args.config, [("voc_root", args.voc_root), *args.set])
     c, dev = cfg["cam_infer"], torch.device(args.device)
     torch.manual_seed(0)
-    net = build_cam_net(merge(cfg, {"net": {"weights": None}})).to(dev, memory_format=torch.channels_last).eval()
+    net = build_cam_net(cfg, pretrained=False).to(dev, memory_format=torch.channels_last).eval()
     root = VOCRoot(args.voc_root)
     ids = (Path(args.voc_root) / args.list).read_text().split()
     labels = labels_for(cfg, root, ids)

@@ -60,7 +60,7 @@ def build(setting, mode, batch, device, overrides=()):
         from stages.train_standalone import GradCamModel, build_localizer, eader_cfg
         cfg = eader_cfg(cfg)
         s = cfg["standalone"]
-        model = GradCamModel(build_localizer({**cfg, "standalone": {**s, "weights": None}}),
+        model = GradCamModel(build_localizer(cfg, pretrained=False),
                              s["gradcam_create_graph"]).to(device)
         opt = torch.optim.SGD(model.parameters(), lr=s["lr"], momentum=s["momentum"],
                               weight_decay=s["weight_decay"])
@@ -68,12 +68,12 @@ def build(setting, mode, batch, device, overrides=()):
         labelled = model.labelled
     else:
         from psa_baseline.hardware import memory_format
-        from psa_baseline.resnet38 import PolyOptimizer
+        from psa_baseline.training import PolyOptimizer
         from stages.builders import build_cam_net
         t = cfg["cam_train"]
         # net and input in the layout train-cam picks (psa_baseline.hardware.memory_format)
         fmt = memory_format(device, t["bf16"])
-        model = build_cam_net(merge(cfg, {"net": {"weights": None}})).to(device, memory_format=fmt)
+        model = build_cam_net(cfg, pretrained=False).to(device, memory_format=fmt)
         opt = PolyOptimizer(model.param_groups(), t["lr"], t["weight_decay"], 10 ** 6,
                             momentum=t["momentum"], momentum_quirk=t["momentum_quirk"], power=t["poly_power"])
         crop, bs, body = t["crop"], t["batch_size"], model.backbone

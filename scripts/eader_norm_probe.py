@@ -50,7 +50,7 @@ def main():
     if a.start:
         net = build_cam_net(cfg)
     else:
-        net = load_stage_weights(build_cam_net({**cfg, "net": {**cfg["net"], "weights": None}}), a.weights,
+        net = load_stage_weights(build_cam_net(cfg, pretrained=False), a.weights,
                                  "the CAM network", "net.*", "train-cam")
     net.eval()
     root = voc_root(cfg)

@@ -13,15 +13,9 @@ def load_stage_weights(net, path, what, keys, maker):
     """Load a weights file that stage `maker` wrote (cam_net.pth, aff_net.pth, seg_net.pth) into `net`, with
     an InputError naming the file and the fix when it is missing, unreadable or of another network
     (`what` of this config, built from the `keys` config keys)."""
-    from pathlib import Path
-    import torch
-    if not Path(path).is_file():
-        raise InputError(f"{path} does not exist: run {maker} for this work dir and variant first")
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated or foreign file: zip, pickle or EOF errors, by torch version
-        raise InputError(f"{path} cannot be read as weights ({type(e).__name__}: {e}); rerun {maker} with "
-                         f"--force to remake it") from e
+    from psa_baseline.weights import read_state_dict
+    sd = read_state_dict(path, missing=f"{path} does not exist: run {maker} for this work dir and variant first",
+                         fix=f"rerun {maker} with --force to remake it")
     try:
         net.load_state_dict(sd)
     except (RuntimeError, TypeError, AttributeError) as e:
@@ -188,8 +182,11 @@ def load_net_weights(cfg, net, log=None):
     return True
 
 
-def build_cam_net(cfg, log=None):
+def build_cam_net(cfg, log=None, pretrained=True):
+    """PSA's classifier of this config; pretrained=False leaves out net.weights (for loading a trained file)."""
     net = CAMNet(res38_spec(cfg))
+    if not pretrained:
+        return net
     if not load_net_weights(cfg, net, log) and log:
         log.info("net.weights is %s: random initialisation", cfg["net"]["weights"])
     return net

@@ -63,7 +63,7 @@ def scaled_images(root, ids, scales, flip, workers):
 def load_cam_net(cfg, path, device):
     """The trained CAM net at `path` (a cam_net.pth of this config's network), in eval mode and in the
     layout make-cam runs it in (NHWC where hardware.channels_last_ok: faster, the same CAMs to rounding)."""
-    net = load_stage_weights(build_cam_net({**cfg, "net": {**cfg["net"], "weights": None}}), path,
+    net = load_stage_weights(build_cam_net(cfg, pretrained=False), path,
                              "the CAM net", "net.*", "train-cam")
     return net.to(device, memory_format=memory_format(device, cfg["cam_infer"]["bf16"])).eval()
 

@@ -17,9 +17,9 @@ from psa_baseline import voc
 from psa_baseline.affinity import AffinityLabels, AffinityNet, affinity_loss, make_seg_label
 from psa_baseline.constants import NUM_CLASSES
 from psa_baseline.errors import InputError
-from psa_baseline.resnet38 import PolyOptimizer
 from psa_baseline.safe_npy import load_dict
-from psa_baseline.training import autocast, epoch_loader, unwrap
+from psa_baseline.training import PolyOptimizer, autocast, epoch_loader, unwrap
+from psa_baseline.weights import read_state_dict
 from .builders import load_net_weights, require_weights, res38_spec, split_ids, voc_root
 from .distributed import resolve_device
 from .stage import Stage, resumable_training, seed_everything, upstream_fp
@@ -135,7 +135,8 @@ def build_aff_net(cfg, log=None):
     net = AffinityNet(res38_spec(cfg), radius=cfg["aff_train"]["radius"])
     if cfg["aff_train"]["init"] == "cam":
         path = Path(cfg["work_dir"]) / variant_name(cfg) / "train_cam" / "cam_net.pth"
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+        sd = read_state_dict(path, missing=f"{path} does not exist: run train-cam for this work dir and variant "
+                             f"first (aff_train.init is cam)", fix="rerun train-cam with --force to remake it")
         bb = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
         try:
             net.backbone.load_state_dict(bb)

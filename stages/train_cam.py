@@ -13,8 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from psa_baseline.hardware import channels_last_ok, memory_format
-from psa_baseline.resnet38 import PolyOptimizer
-from psa_baseline.training import autocast, epoch_loader, unwrap
+from psa_baseline.training import PolyOptimizer, autocast, epoch_loader, unwrap
 from . import train_adv
 from .builders import (build_cam_net, cls_train_dataset, cls_train_inputs, require_weights, weights_file,
                        weights_identity)

@@ -41,14 +41,14 @@ from psa_baseline.cam_infer import normalise_batch, resize_image, to_cam_dict
 from psa_baseline.evaluation import CamSweep
 from psa_baseline.fileio import save_npy, write_json
 from psa_baseline.progress import with_progress
-from psa_baseline.training import autocast, ddp_wrap, epoch_loader, resume, save_checkpoint
+from psa_baseline.training import autocast, epoch_loader
 from psa_baseline.errors import InputError
 from psa_eader.masks import NORMS, normalise_attention
 from psa_eader.standalone import AuthorsAugment, StandaloneLocalizer
 from .builders import (cls_train_dataset, cls_train_inputs, labels_for, load_stage_weights, require_weights,
                        split_ids, voc_root, weights_file, weights_identity)
-from .distributed import rank, resolve_device, solo
-from .stage import Stage, seed_everything, upstream_fp
+from .distributed import resolve_device, solo
+from .stage import Stage, resumable_training, seed_everything, upstream_fp
 from .config import merge
 from .train_cam import build_eader, eader_section, train_step
 
@@ -95,9 +95,12 @@ def depends(cfg):
             weights_identity(cfg, ["standalone.weights"] + (["eader.adv_weights"] if e["enabled"] else []))]
 
 
-def build_localizer(cfg, log=None):
+def build_localizer(cfg, log=None, pretrained=True):
+    """The standalone localizer of this config; pretrained=False leaves out standalone.weights (for loading a
+    trained file)."""
     s = cfg["standalone"]
-    weights = weights_file(cfg, "standalone.weights")  # None: random (or null: run_train refuses it)
+    # None: random (or null: run_train refuses it)
+    weights = weights_file(cfg, "standalone.weights") if pretrained else None
     loc = StandaloneLocalizer(s["arch"], s["width"], weights)
     if log:
         log.info("localizer %s width %g: %s", s["arch"], s["width"],
@@ -168,16 +171,11 @@ def run_train(cfg, force=False, stop_after=None):
         eader.cfg = replace(eader.cfg, att_norm=s["gradcam_norm"])
     # constant lr (the authors' standalone code); it steps only in the localizer's turns under EADER
     opt = torch.optim.SGD(model.parameters(), lr=s["lr"], momentum=s["momentum"], weight_decay=s["weight_decay"])
-    ckpt_path = st.dir / "checkpoint.pth"
-    step, ck = resume(ckpt_path, model, opt, st.log, total)
+    # checkpointed with this stage's fingerprint: a checkpoint of another config is discarded, not resumed
+    step, ck, trained, checkpoint = resumable_training(
+        st, model, opt, total, extra=lambda: {"eader": eader.state_dict() if eader else None})
     if ck is not None and eader is not None:
         eader.load_state_dict(ck["eader"])
-    trained = ddp_wrap(model)  # DDP under torchrun (model itself with one process)
-
-    def checkpoint(step):
-        if rank() == 0:
-            save_checkpoint(ckpt_path, model=model.state_dict(), optimizer=opt.state_dict(),
-                            eader=eader.state_dict() if eader else None, step=step)
 
     amp = autocast(device, s["bf16"])
     st.log.info("variant %s: %d training images; %d steps (%d epochs x %d), batch %d, crop %d, augment %s, "
@@ -281,7 +279,7 @@ def run_eval(cfg, force=False):
         ids = split_ids(cfg, cfg["data"]["eval_list"])
         labels = labels_for(cfg, root, ids, st.log)
         voc.check_dataset(root, ids, need_seg=True, labels=labels)
-        loc = load_stage_weights(build_localizer({**cfg, "standalone": {**cfg["standalone"], "weights": None}}),
+        loc = load_stage_weights(build_localizer(cfg, pretrained=False),
                                  st.work_dir / st.variant / TRAIN / "localizer.pth", "the standalone localizer",
                                  "standalone.*", "standalone")
         loc.to(device)

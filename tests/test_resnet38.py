@@ -3,7 +3,8 @@ import torch
 
 from conftest import tiny_spec
 from psa_baseline.cam_net import CAMNet
-from psa_baseline.resnet38 import PolyOptimizer, Res38Spec, WideResNet38
+from psa_baseline.resnet38 import Res38Spec, WideResNet38
+from psa_baseline.training import PolyOptimizer
 
 
 def test_full_network_shapes_and_parameter_count():

@@ -288,7 +288,7 @@ def test_adversary_pretraining_resumes_and_starts_train_cams_adversary(demo_root
 def test_eader_with_zero_weights_is_the_baseline_step():
     from conftest import tiny_spec
     from psa_baseline.cam_net import CAMNet
-    from psa_baseline.resnet38 import PolyOptimizer
+    from psa_baseline.training import PolyOptimizer
     from psa_eader.hook import EADER, EaderConfig
     torch.manual_seed(0)
     x, y = torch.randn(2, 3, 48, 48), torch.tensor([[1.0] + [0] * 19, [0, 1.0] + [0] * 18])
@@ -329,8 +329,7 @@ def test_train_cam_nhwc_weights_match_nchw():
     gives NCHW's weights to bf16 rounding, so a layout slip that scrambled channels would show here."""
     from conftest import tiny_spec
     from psa_baseline.cam_net import CAMNet
-    from psa_baseline.resnet38 import PolyOptimizer
-    from psa_baseline.training import autocast
+    from psa_baseline.training import PolyOptimizer, autocast
     step = train_cam.train_step
     torch.manual_seed(0)
     x, y = torch.randn(4, 3, 56, 48), torch.zeros(4, 20)

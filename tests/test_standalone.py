@@ -379,3 +379,20 @@ def test_hook_uses_min_max_normalised_attention_for_l_reg_when_asked():
     assert stats["minmax"] == pytest.approx(1.75 / 4, abs=1e-4) and stats["max"] == pytest.approx(2.2 / 4, abs=1e-4)
     with pytest.raises(ValueError):
         EADER(EaderConfig(att_norm="other"))
+
+
+def test_standalone_checkpoint_carries_the_stage_fingerprint(demo_root, tmp_path):
+    """The standalone stage checkpoints through the stages' resumable_training: its checkpoint holds the
+    stage's fingerprint, and a checkpoint saved under another one is discarded, not resumed."""
+    from psa_baseline.training import save_checkpoint
+    cfg = tiny_standalone_cfg(demo_root, tmp_path, "eader.enabled=true")
+    assert train_standalone.run_train(cfg, stop_after=2) is None
+    d = tmp_path / "eader" / "standalone_train"
+    ck = torch.load(d / "checkpoint.pth", weights_only=True)
+    fp = json.loads((d / "PARTIAL.json").read_text())["fingerprint"]
+    assert ck["fingerprint"] == fp and ck["step"] == 2 and ck["eader"]["step"] == 2
+    save_checkpoint(d / "checkpoint.pth", **{**{k: v for k, v in ck.items() if k != "rng"}, "fingerprint": "other"})
+    assert train_standalone.run_train(cfg, stop_after=1) is None
+    log = (tmp_path / "logs" / "eader.standalone_train.log").read_text()
+    assert "saved under another config or inputs (fingerprint other" in log
+    assert torch.load(d / "checkpoint.pth", weights_only=True)["step"] == 1  # started over at step 0

@@ -239,7 +239,7 @@ def test_bad_files_refused(tmp_path):
         load_weights(net, tmp_path / "missing.pth")
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"this is not a checkpoint" * 10)
-    with pytest.raises(InputError, match=r"cannot read .*junk.pth"):
+    with pytest.raises(InputError, match=r"junk.pth cannot be read as weights"):
         load_weights(net, junk)
     p = tmp_path / "cut.params"
     ademxapp_file(tiny_backbone(1), p)
@@ -250,3 +250,34 @@ def test_bad_files_refused(tmp_path):
     torch.save(torch.zeros(3), t)
     with pytest.raises(InputError, match="expected a state dict"):
         read_weight_file(t)
+
+
+class _RunsCode:
+    """Unpickling this calls print: a file that carries code."""
+    def __reduce__(self):
+        return (print, ("code ran",))
+
+
+@pytest.mark.parametrize("content", ["torn", "code", "list"])
+def test_every_weights_loader_refuses_a_bad_file_alike(content, tmp_path, capsys):
+    """One reader (psa_baseline.weights.read_state_dict) behind the ImageNet loaders of both libraries and the
+    stages' trained-weights loader: a torn file, one that carries code (never run) and one that is no state
+    dict all stop with an InputError naming the file."""
+    from psa_eader.adversary import build_resnet, load_backbone_weights
+    from psa_baseline.weights import read_weight_file
+    from stages.builders import load_stage_weights
+    path = tmp_path / "w.pth"
+    if content == "torn":
+        path.write_bytes(b"PK\x03\x04 torn")
+    else:
+        torch.save({"fc.weight": _RunsCode()} if content == "code" else [torch.zeros(1)], path)
+    expect = "holds a list" if content == "list" else "cannot be read as weights"
+    for load in (lambda: read_weight_file(path),
+                 lambda: load_backbone_weights(build_resnet("resnet18", 0.125, 20), path),
+                 lambda: load_stage_weights(torch.nn.Linear(1, 1), path, "the net", "net.*", "train-cam")):
+        with pytest.raises(InputError, match=expect) as e:
+            load()
+        assert str(path) in str(e.value)
+    assert "code ran" not in capsys.readouterr().out
+    with pytest.raises(InputError, match="not found"):
+        load_backbone_weights(build_resnet("resnet18", 0.125, 20), tmp_path / "none.pth")
