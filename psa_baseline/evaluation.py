@@ -304,7 +304,7 @@ def markdown_table(results_by_variant, kind, reference=None, digits=1) -> str:
     kind:
       'cam'       model | CAM mIoU | CAM precision | CAM recall        (values: evaluate_cam_dir results)
       'label'     model | mIoU | precision | recall                    (values: evaluate_label_dir results)
-      'table2'    EADER Table 2: values are {'cam': ..., 'aff': ..., 'seg': ...}, any part optional
+      'table2'    EADER Table 2: values are {'cam': ..., 'pseudo': ..., 'seg': ...}, any part optional
       'per_class' EADER Table 3: model | background | aeroplane | ... | mIoU (values: any results dict)
     reference: optional {row name: dict of the same shape}, e.g. the paper's numbers
       ({'PSA (paper)': {'miou': 46.8, 'precision': 60.3, 'recall': 66.7}}); rendered after our rows.
@@ -325,7 +325,7 @@ def markdown_table(results_by_variant, kind, reference=None, digits=1) -> str:
     elif kind == "table2":
         header = ["model", "CAM mIoU", "CAM precision", "CAM recall", "AffinityNet mIoU", "DeepLabV3+ mIoU"]
         cells = lambda r: [get(r, "cam", "miou"), get(r, "cam", "precision"), get(r, "cam", "recall"),
-                           get(r, "aff", "miou"), get(r, "seg", "miou")]
+                           get(r, "pseudo", "miou"), get(r, "seg", "miou")]
     elif kind == "per_class":
         header = ["model"] + list(SEG_CLASS_NAMES) + ["mIoU"]
         cells = lambda r: [get(r, "per_class", n) for n in SEG_CLASS_NAMES] + [get(r, "miou")]

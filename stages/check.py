@@ -41,8 +41,8 @@ def add_arguments(p):
     p.add_argument("--eader", choices=tuple(VARIANTS), default=None,
                    help="variants to check: baseline (off), EADER (on) or both, as for pipeline (default as "
                         "there: both, or what an eader.enabled override says)")
-    from .registry import DEFAULT_UNTIL, GROUPS
-    p.add_argument("--until", choices=GROUPS, default=DEFAULT_UNTIL,
+    from .registry import DEFAULT_UNTIL, GROUPS, group_name
+    p.add_argument("--until", type=group_name, choices=GROUPS, default=DEFAULT_UNTIL,
                    help=f"last stage group of the planned run, as for pipeline (default {DEFAULT_UNTIL})")
     p.add_argument("--jobs", type=int, default=1,
                    help="variants side by side in the planned run, as for pipeline (default %(default)s)")

@@ -7,7 +7,7 @@
 Sides: A is the baseline (eader.enabled=false) and B EADER (eader.enabled=true) unless --a-set/--b-set say
 otherwise; --a-set/--b-set take key=value overrides for one side (every value up to the next option),
 plain key=value overrides apply to both. Each (side, seed) is an ordinary pipeline run
-(stages.pipeline.run_variants, --until cam|aff) in
+(stages.pipeline.run_variants, --until cam|pseudo) in
     <work>/runs/<label>/seed<S>/
 where <label> comes from the side's own overrides (not its name), so comparisons that share a side share
 its runs, and stages already finished with the same config are skipped. --collect-only only reads finished
@@ -36,24 +36,26 @@ from psa_baseline.fileio import write_json, write_text
 from psa_baseline.stats import (BOOT_SEED, N_BOOT, bootstrap_paired, fmt_pm, mean_std, per_image_features,
                                 t_interval, verdict)
 from .alpha_sweep import metric
+from .registry import GROUPS, group_name
+from .report import renamed_entries
 
 METRICS = [("cam", "miou", "CAM mIoU"), ("cam", "precision", "CAM precision"), ("cam", "recall", "CAM recall"),
            ("cam", "strong_recall", "CAM recall strong part"), ("cam", "weak_recall", "CAM recall weak part"),
-           ("aff", "miou", "pseudo-label mIoU"), ("aff", "precision", "pseudo-label precision"),
-           ("aff", "recall", "pseudo-label recall"), ("aff", "strong_recall", "pseudo-label recall strong part"),
-           ("aff", "weak_recall", "pseudo-label recall weak part"),
+           ("pseudo", "miou", "pseudo-label mIoU"), ("pseudo", "precision", "pseudo-label precision"),
+           ("pseudo", "recall", "pseudo-label recall"), ("pseudo", "strong_recall", "pseudo-label recall strong part"),
+           ("pseudo", "weak_recall", "pseudo-label recall weak part"),
            ("seg", "miou", "DeepLabV3+ mIoU"), ("seg", "precision", "DeepLabV3+ precision"),
            ("seg", "recall", "DeepLabV3+ recall")]
 # results key -> the stage folder whose per_image.npz holds that stage's per-image counts
-PER_IMAGE_AT = {"cam": "eval_cam", "aff": "eval_seg", "seg": "eval_deeplab"}
-STAGE_NAMES = {"cam": "CAMs", "aff": "pseudo labels", "seg": "DeepLabV3+"}
+PER_IMAGE_AT = {"cam": "eval_cam", "pseudo": "eval_seg", "seg": "eval_deeplab"}
+STAGE_NAMES = {"cam": "CAMs", "pseudo": "pseudo labels", "seg": "DeepLabV3+"}
 LEVEL = 0.95
 
 
 def add_arguments(p):
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="seeds (default %(default)s)")
-    p.add_argument("--until", choices=("cam", "aff", "seg"), default="aff", help="last stage group each run goes "
-                   "to, as in `pipeline` (default %(default)s)")
+    p.add_argument("--until", type=group_name, choices=GROUPS, default="pseudo", help="last stage group each run "
+                   "goes to, as in `pipeline` (default %(default)s)")
     p.add_argument("--a-set", nargs="+", default=[], metavar="key=value", help="overrides for side A only")
     p.add_argument("--b-set", nargs="+", default=[], metavar="key=value", help="overrides for side B only")
     p.add_argument("--a-name", help="label of side A (default: from its overrides, e.g. baseline)")
@@ -97,7 +99,7 @@ def load_run(work_dir, variant=None, default_variant=None, seed=None):
     if not f.is_file():
         raise InputError(f"{work_dir} has no results.json: no evaluation stage has finished there")
     try:
-        res = json.loads(f.read_text())
+        res = renamed_entries(json.loads(f.read_text()))
     except ValueError as e:
         raise InputError(f"{f} is not valid JSON ({e}); rerun its evaluation stages") from e
     variants = [k for k, v in res.items() if isinstance(v, dict)]

@@ -2,7 +2,7 @@
 
 Pipeline use scores <work>/<variant>/make_pseudo/pseudo on data.eval_list (the Table 2 "AffinityNet" number)
 and on every other list of data.infer_lists whose images all have ground truth (e.g. train); writes
-<work>/<variant>/eval_seg/{aff_eval.json, per_image.npz, DONE.json} and results[variant]["aff"] in
+<work>/<variant>/eval_seg/{aff_eval.json, per_image.npz, DONE.json} and results[variant]["pseudo"] in
 <work>/results.json and report.md. per_image.npz holds each data.eval_list image's 21x21 confusion (and on
 demo data its strong/weak part hits and totals), for `psa-eader compare`'s bootstrap over images.
 With --target seg (pipeline `--until seg`) it scores make-seg's DeepLabV3+ predictions on data.eval_list
@@ -20,6 +20,7 @@ from psa_baseline.evaluation import METRICS_VERSION, PER_IMAGE_FILE, classes_not
 from psa_baseline.errors import InputError
 from psa_baseline.fileio import write_json
 from . import demo_module
+from .registry import group_name
 from .builders import inputs_identity, labels_for, split_ids, voc_root
 from .stage import Stage, upstream_fp
 from .eval_cam import add_part_counts, folder_main, trivial_scores
@@ -29,7 +30,7 @@ NAME = "eval_seg"
 SUMMARY = ("miou", "precision", "recall", "n_images")
 # target -> (stage folder, upstream stage, its label folder, metrics file, results key, what is scored)
 TARGETS = {
-    "aff": (NAME, "make_pseudo", "pseudo", "aff_eval.json", "aff", "pseudo-label"),
+    "pseudo": (NAME, "make_pseudo", "pseudo", "aff_eval.json", "pseudo", "pseudo-label"),
     "seg": ("eval_deeplab", "make_seg", "pred", "seg_eval.json", "seg", "DeepLabV3+"),
 }
 
@@ -40,8 +41,8 @@ def add_arguments(p):
     p.add_argument("--split", help="split name (val, train, ... looked up under the VOC root's "
                    "ImageSets/Segmentation, then voc12/) or a list file; default data.eval_list")
     p.add_argument("--out", help="write the metrics JSON here (standalone use)")
-    p.add_argument("--target", choices=tuple(TARGETS), default="aff", help="pipeline use: score the pseudo "
-                   "labels (aff, default) or make-seg's DeepLabV3+ predictions (seg)")
+    p.add_argument("--target", type=group_name, choices=tuple(TARGETS), default="pseudo", help="pipeline use: "
+                   "score the pseudo labels (pseudo, default) or make-seg's DeepLabV3+ predictions (seg)")
 
 
 def part_recall_from_labels(cfg, pred_dir, root, ids, part_counts=None):
@@ -81,20 +82,20 @@ def lists_with_gt(cfg):
     return out
 
 
-def run(cfg, force=False, target="aff"):
-    """Score the pseudo labels (target aff: data.eval_list and the other infer lists with ground truth) or
+def run(cfg, force=False, target="pseudo"):
+    """Score the pseudo labels (target pseudo: data.eval_list and the other infer lists with ground truth) or
     the DeepLabV3+ predictions (target seg: data.eval_list, which make-seg predicts)."""
     folder, upstream, sub, metrics_file, key, what = TARGETS[target]
     d = cfg["data"]
-    lists_dep = d["infer_lists"] if target == "aff" else None  # seg scores data.eval_list only
-    scored = [i for rel in (lists_with_gt(cfg) if target == "aff" else [d["eval_list"]]) for i in split_ids(cfg, rel)]
+    lists_dep = d["infer_lists"] if target == "pseudo" else None  # seg scores data.eval_list only
+    scored = [i for rel in (lists_with_gt(cfg) if target == "pseudo" else [d["eval_list"]]) for i in split_ids(cfg, rel)]
     deps = [upstream_fp(cfg, upstream), d["eval_list"], lists_dep, d["eval_seg_dir"], cfg["voc_root"],
             METRICS_VERSION, inputs_identity(cfg, scored, seg_dir=d["eval_seg_dir"], part_masks=True)]
     st = Stage(cfg, folder, deps, force)
     out = st.dir / metrics_file
     pred_dir = st.work_dir / st.variant / upstream / sub
     if not st.is_done():
-        lists = lists_with_gt(cfg) if target == "aff" else [d["eval_list"]]
+        lists = lists_with_gt(cfg) if target == "pseudo" else [d["eval_list"]]
         confusions, part_counts = {}, {}
         res = evaluate(cfg, pred_dir, lists[0], st.log, confusions, part_counts)
         save_per_image(st.dir / PER_IMAGE_FILE, confusions, part_counts or None)
@@ -115,7 +116,7 @@ def run(cfg, force=False, target="aff"):
 
 
 def main(args):
-    if args.pred_dir and args.target != "aff":
+    if args.pred_dir and args.target != "pseudo":
         raise InputError("--target is for the pipeline's folders; --pred-dir scores the folder given")
     return folder_main(args, args.pred_dir, "--pred-dir", "<id>.png label maps",
                        functools.partial(run, target=args.target), evaluate, "label",

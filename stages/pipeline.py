@@ -2,7 +2,7 @@
 
 No arguments: the CPU demo (demo config: builds the demo dataset, then the CAM stage, the affinity stage
 (make-crf, train-aff, make-pseudo, eval-seg) and DeepLabV3+ on the pseudo labels (train-seg, make-seg,
-eval-seg of its predictions)). `--until cam` stops after the CAM stage, `--until aff` after the pseudo labels.
+eval-seg of its predictions)). `--until cam` stops after the CAM stage, `--until pseudo` after the pseudo labels.
 With --config voc --voc-root DIR --device cuda: the paper's setting. Every stage is skipped when it has
 already finished with the same config, so a rerun resumes where the last one stopped.
 """
@@ -13,7 +13,7 @@ from psa_baseline.errors import InputError
 
 from . import demo_module
 from .distributed import launched_world_size, rank, solo
-from .registry import DEFAULT_UNTIL, GROUPS, steps
+from .registry import DEFAULT_UNTIL, GROUPS, group_name, steps
 from .report import results_path
 
 
@@ -21,8 +21,8 @@ def add_arguments(p):
     p.add_argument("--eader", choices=("off", "on", "both"), default=None,
                    help="baseline PSA (off), PSA with EADER (on), or both with the same seed and data (default: "
                         "both, or what an eader.enabled=true/false override says; the two must not disagree)")
-    p.add_argument("--until", choices=GROUPS, default=DEFAULT_UNTIL,
-                   help="last stage group to run: cam (train-cam .. eval-cam), aff (also make-crf, "
+    p.add_argument("--until", type=group_name, choices=GROUPS, default=DEFAULT_UNTIL,
+                   help="last stage group to run: cam (train-cam .. eval-cam), pseudo (also make-crf, "
                         "train-aff, make-pseudo, eval-seg) or seg (also DeepLabV3+: train-seg, "
                         "make-seg, eval-seg of its predictions; default: the whole pipeline)")
     p.add_argument("--jobs", type=int, default=1,

@@ -5,6 +5,7 @@ stage: write stages/<module>.py with a docstring (its --help) and run(cfg, force
 command line does more than run it), add its Spec to SPECS, and, for a pipeline stage, a Step to PIPELINE in its
 place. docs/architecture.md has the stage contract.
 """
+import sys
 from dataclasses import dataclass
 from importlib import import_module
 from typing import Optional
@@ -58,7 +59,7 @@ SPECS = {s.name: s for s in (
 class Step:
     """One stage of the pipeline: which --until group it belongs to, and run's extra keyword arguments."""
     stage: str
-    group: str                    # cam, aff (the pseudo labels) or seg: `--until` runs its group and those before
+    group: str                    # cam, pseudo (the pseudo labels) or seg: `--until` runs its group and those before
     kwargs: tuple = ()            # e.g. (("target", "seg"),): eval-seg scoring DeepLabV3+'s predictions
 
     @property
@@ -78,16 +79,26 @@ class Step:
 
 PIPELINE = (
     Step("train-adv", "cam"), Step("train-cam", "cam"), Step("make-cam", "cam"), Step("eval-cam", "cam"),
-    Step("make-crf", "aff"), Step("train-aff", "aff"), Step("make-pseudo", "aff"), Step("eval-seg", "aff"),
+    Step("make-crf", "pseudo"), Step("train-aff", "pseudo"), Step("make-pseudo", "pseudo"), Step("eval-seg", "pseudo"),
     Step("train-seg", "seg"), Step("make-seg", "seg"), Step("eval-seg", "seg", (("target", "seg"),)),
 )
-GROUPS = ("cam", "aff", "seg")
+GROUPS = ("cam", "pseudo", "seg")
+# old names still accepted on the command line, with a notice, so that existing commands keep working
+RENAMED = {"aff": "pseudo"}
+
+
+def group_name(text):
+    """argparse type of --until and --target: a group's name, an old one (RENAMED) read as its new name."""
+    if text in RENAMED:
+        print(f"psa-eader: '{text}' is deprecated, use '{RENAMED[text]}' (the same stages)", file=sys.stderr)
+        return RENAMED[text]
+    return text
 DEFAULT_UNTIL = "seg"  # the whole pipeline; `check` plans the same by default
 
 
 def steps(until=DEFAULT_UNTIL):
     """The pipeline's steps up to and including the group `until`."""
-    last = GROUPS.index(until)
+    last = GROUPS.index(group_name(until))
     return [s for s in PIPELINE if GROUPS.index(s.group) <= last]
 
 

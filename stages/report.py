@@ -7,12 +7,13 @@ from pathlib import Path
 from psa_baseline.constants import SEG_CLASS_NAMES
 from psa_baseline.evaluation import classes_note, markdown_table
 from psa_baseline.fileio import write_json, write_text
+from .registry import RENAMED
 
 # Published numbers (Pascal VOC 2012 val), from docs/reference.md.
 PAPER_TABLE2 = {
-    "PSA (paper)": {"cam": {"miou": 46.8, "precision": 60.3, "recall": 66.7}, "aff": {"miou": 58.7},
+    "PSA (paper)": {"cam": {"miou": 46.8, "precision": 60.3, "recall": 66.7}, "pseudo": {"miou": 58.7},
                     "seg": {"miou": 60.7}},
-    "PSA w/ EADER (paper)": {"cam": {"miou": 48.6, "precision": 61.3, "recall": 68.7}, "aff": {"miou": 60.1},
+    "PSA w/ EADER (paper)": {"cam": {"miou": 48.6, "precision": 61.3, "recall": 68.7}, "pseudo": {"miou": 60.1},
                              "seg": {"miou": 62.8}},
 }
 # Table 2's dagger: the PSA numbers the EADER authors reproduced themselves (46.8 and 58.7 are PSA's own)
@@ -71,12 +72,25 @@ def results_path(work_dir):
 
 def load_results(work_dir):
     p = results_path(work_dir)
-    return json.loads(p.read_text()) if p.exists() else {}
+    return renamed_entries(json.loads(p.read_text())) if p.exists() else {}
+
+
+def renamed_entries(res):
+    """results.json as this version names its entries: older versions called the pseudo labels' entry (and
+    its fingerprint) 'aff'; the next update writes the new name."""
+    for entry in res.values():
+        if not isinstance(entry, dict):
+            continue
+        for d in (entry, (entry.get("meta") or {}).get("fingerprints") or {}):
+            for old, new in RENAMED.items():
+                if old in d and new not in d:
+                    d[new] = d.pop(old)
+    return res
 
 
 # an entry stands on the ones before it: when an entry is remade under another fingerprint, the later ones
 # (made from its predecessor's outputs) are dropped until their own stages run again
-DOWNSTREAM = {"cam": ("aff", "seg"), "aff": ("seg",)}
+DOWNSTREAM = {"cam": ("pseudo", "seg"), "pseudo": ("seg",)}
 
 
 def update_results(work_dir, variant, key, metrics, meta=None, fingerprint=None):
@@ -146,9 +160,9 @@ def write_report(work_dir, res):
         parts.append(part_recall_table(cam, "CAM recall"))
         parts.append("\n## CAM per-class IoU\n\n")
         parts.append(markdown_table(cam, "per_class"))
-    aff = {v: r["aff"] for v, r in variants.items() if "aff" in r}
-    if aff:
-        parts.append(pseudo_details(aff))
+    pseudo = {v: r["pseudo"] for v, r in variants.items() if "pseudo" in r}
+    if pseudo:
+        parts.append(pseudo_details(pseudo))
     parts.append(table3(variants))
     if (Path(work_dir) / "figures" / "qualitative.png").is_file():  # psa-eader figure (pipeline draws it)
         parts.append("\n## Qualitative: image, CAMs, pseudo labels, DeepLabV3+, ground truth\n\n"
@@ -160,7 +174,7 @@ def write_report(work_dir, res):
 def classes_scored(variants):
     """One line per variant and stage: which classes its means cover (a subset when classes are absent)."""
     lines = [f"- {v} {stage}: {classes_note(r[stage])}\n" for v, r in variants.items()
-             for stage in ("cam", "aff", "seg") if isinstance(r.get(stage), dict) and "miou" in r[stage]]
+             for stage in ("cam", "pseudo", "seg") if isinstance(r.get(stage), dict) and "miou" in r[stage]]
     return "\nClasses in the means:\n\n" + "".join(lines) if lines else ""
 
 
@@ -168,14 +182,14 @@ def _f(v, digits=1):
     return "-" if v is None else f"{v:.{digits}f}"
 
 
-def pseudo_details(aff):
+def pseudo_details(pseudo):
     out = ["\n## Pseudo labels (AffinityNet + random walk) per split\n\n",
            "| model | split | mIoU | precision | recall | images |\n|---|---|---|---|---|---|\n"]
-    for v, a in aff.items():
+    for v, a in pseudo.items():
         for split, m in (a.get("splits") or {a.get("split"): a}).items():
             out.append(f"| {v} | {split} | {_f(m.get('miou'))} | {_f(m.get('precision'))} | "
                        f"{_f(m.get('recall'))} | {m.get('n_images')} |\n")
-    out.append(part_recall_table(aff, "Pseudo-label recall"))
+    out.append(part_recall_table(pseudo, "Pseudo-label recall"))
     return "".join(out)
 
 
@@ -190,14 +204,14 @@ def part_recall_table(metrics, title):
 
 def table3(variants):
     """EADER Table 3 layout: per class, our variants side by side (and EADER - baseline), the paper beside."""
-    stage = next((k for k in ("seg", "aff") if any(k in r for r in variants.values())), None)
+    stage = next((k for k in ("seg", "pseudo") if any(k in r for r in variants.values())), None)
     if stage is None:
         return ""
     ours = {v: r[stage] for v, r in variants.items() if stage in r}
     names = sorted(ours, key=lambda v: (v != "baseline", v != "eader", v))
     delta = "baseline" in ours and "eader" in ours
     what = {"seg": "the segmentation network's predictions",
-            "aff": "the pseudo labels (AffinityNet + random walk)"}[stage]
+            "pseudo": "the pseudo labels (AffinityNet + random walk)"}[stage]
     out = ["\n## Table 3 layout: per-class IoU, baseline vs EADER\n\n",
            f"Ours: {what} on {', '.join(sorted({str(ours[v].get('split')) for v in names}))}. "
            "Paper: EADER's Table 3 is the per-class IoU of **DeepLabV3+** (stage 3, trained on the pseudo "

@@ -91,8 +91,8 @@ def test_aff_stages_end_to_end_after_the_cam_stage(demo_root, tmp_path):
     for m in (train_cam, make_cam, eval_cam, make_crf, train_aff, make_pseudo, eval_seg):
         m.run(cfg)
     res = json.loads((work / "results.json").read_text())["baseline"]
-    assert set(CAM_METRICS) <= set(res["cam"]) and set(CAM_METRICS) <= set(res["aff"])
-    aff = res["aff"]
+    assert set(CAM_METRICS) <= set(res["cam"]) and set(CAM_METRICS) <= set(res["pseudo"])
+    aff = res["pseudo"]
     assert aff["n_images"] == 8 and 0 <= aff["miou"] <= 100
     assert set(aff["splits"]) == {"ImageSets/Segmentation/val.txt", "ImageSets/Segmentation/train.txt"}
     assert aff["splits"]["ImageSets/Segmentation/train.txt"]["n_images"] == 16
@@ -118,7 +118,7 @@ def test_aff_stages_end_to_end_after_the_cam_stage(demo_root, tmp_path):
     # the pipeline skips every finished stage; --until cam stops before make-crf
     done = sorted(work.rglob("DONE.json"))
     mtimes = [p.stat().st_mtime_ns for p in done]
-    pipeline.run_variants(cfg, log=lambda m: None, until="aff")
+    pipeline.run_variants(cfg, log=lambda m: None, until="pseudo")
     pipeline.run_variants(cfg, log=lambda m: None, until="cam")
     assert [p.stat().st_mtime_ns for p in done] == mtimes
     # scripts/rw_diagnose.py on this run: its walk is make-pseudo's; --cam-dir walks other CAMs with the same

@@ -124,7 +124,7 @@ def test_not_enough_disk_space(weight_files, tmp_path, capsys, monkeypatch):
 
 def test_output_estimates_follow_image_counts():
     cfg = load_config("voc", TINY_NETS + ["data.infer_lists=[a]", "data.eval_list=b", "data.train_list=a", "crf.list=a"])
-    plan = check.planned_stages(cfg, "off", "aff")
+    plan = check.planned_stages(cfg, "off", "pseudo")
     rows = {r[1]: r for r in check.stage_estimates(cfg, plan, {"a": [f"x{k}" for k in range(10)], "b": ["y1", "y2", "y3", "y4"]}, 1000, 2.0)}
     assert rows["make-cam"][2:] == (10, 10 * 2 * 1000 * 4 + check.LOG_BYTES)
     assert rows["make-crf"][2:] == (10, 10 * 2 * 3 * 1000 * 4 + check.LOG_BYTES)

@@ -278,11 +278,11 @@ def test_a_metric_only_one_variant_has_says_so(tmp_path, capsys):
         _fake_run(work / "b" / f"seed{s}", "eader", s, 0.8)
         res = work / "a" / f"seed{s}" / "results.json"
         r = json.loads(res.read_text())
-        r["baseline"]["aff"] = {"miou": 20.0 + s, "precision": 30.0, "recall": 40.0}
+        r["baseline"]["pseudo"] = {"miou": 20.0 + s, "precision": 30.0, "recall": 40.0}
         res.write_text(json.dumps(r))
     assert cli_main(["compare", "--work-dir", str(work), "--a-dirs", *[str(work / "a" / f"seed{s}") for s in (0, 1)],
                      "--b-dirs", *[str(work / "b" / f"seed{s}") for s in (0, 1)], "--resamples", "200",
                      "--a-name", "A", "--b-name", "B"]) == 0
     rows = {(r["stage"], r["metric"]): r for r in json.loads((work / "compare" / "A_vs_B.json").read_text())["metrics"]}
-    assert rows[("aff", "miou")]["verdict"] == "not in both variants' runs (no pseudo-label mIoU for B)"
+    assert rows[("pseudo", "miou")]["verdict"] == "not in both variants' runs (no pseudo-label mIoU for B)"
     assert rows[("cam", "miou")]["verdict"] in ("B higher", "no difference shown")

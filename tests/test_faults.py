@@ -245,14 +245,14 @@ def test_every_reader_of_the_demo_weights_checks_their_manifest(demo_root, tmp_p
 def test_results_drop_entries_whose_upstream_changed(tmp_path):
     from stages.report import load_results, update_results
     update_results(tmp_path, "baseline", "cam", {"miou": 40.0}, fingerprint="c1")
-    update_results(tmp_path, "baseline", "aff", {"miou": 45.0}, fingerprint="a1")
+    update_results(tmp_path, "baseline", "pseudo", {"miou": 45.0}, fingerprint="a1")
     update_results(tmp_path, "baseline", "seg", {"miou": 50.0}, fingerprint="s1")
     update_results(tmp_path, "eader", "seg", {"miou": 52.0}, fingerprint="s2")
     update_results(tmp_path, "baseline", "cam", {"miou": 40.0}, fingerprint="c1")  # the same scores again
-    assert set(load_results(tmp_path)["baseline"]) >= {"cam", "aff", "seg"}
+    assert set(load_results(tmp_path)["baseline"]) >= {"cam", "pseudo", "seg"}
     update_results(tmp_path, "baseline", "cam", {"miou": 38.0}, fingerprint="c2")  # CAMs remade
     res = load_results(tmp_path)
-    assert "aff" not in res["baseline"] and "seg" not in res["baseline"] and res["eader"]["seg"]["miou"] == 52.0
+    assert "pseudo" not in res["baseline"] and "seg" not in res["baseline"] and res["eader"]["seg"]["miou"] == 52.0
     assert "50.0" not in (tmp_path / "report.md").read_text()
 
 

@@ -27,7 +27,7 @@ def test_the_parser_and_the_pipeline_follow_the_registry():
     assert names == ["train-adv", "train-cam", "make-cam", "eval-cam", "make-crf", "train-aff", "make-pseudo",
                      "eval-seg", "train-seg", "make-seg", "eval-seg"]
     assert [s.stage for s in registry.steps("cam")] == names[:4]
-    assert [s.stage for s in registry.steps("aff")] == names[:8]
+    assert [s.stage for s in registry.steps("pseudo")] == names[:8]
     assert registry.PIPELINE[-1].kwargs == (("target", "seg"),)  # DeepLabV3+'s predictions scored
     for step in registry.PIPELINE:
         assert step.stage in registry.SPECS

@@ -9,7 +9,7 @@ from stages.report import refresh_report
 def entry(cam, aff, seg, classes, encoder):
     per_class = {c: v for c, v in classes.items()}
     return {"cam": {"miou": cam, "precision": 60.0, "recall": 70.0},
-            "aff": {"miou": aff, "precision": 61.0, "recall": 71.0},
+            "pseudo": {"miou": aff, "precision": 61.0, "recall": 71.0},
             "seg": {"miou": seg, "precision": 62.0, "recall": 72.0, "per_class": per_class, "split": "val.txt"},
             "meta": {"seg_encoder": encoder}}
 
@@ -91,3 +91,26 @@ def test_figure_refuses_what_it_cannot_draw(demo_root, tmp_path):
     for work, extra in ((tmp_path / "none", []), (tmp_path, []), (tmp_path, ["--n", "0"])):
         assert main(base + ["--work-dir", str(work)] + extra) == 2
     assert not (tmp_path / "figures").exists() and not (tmp_path / "none").exists()
+
+
+def test_old_names_of_the_pseudo_labels_are_read_with_a_notice(tmp_path, capsys):
+    """The pseudo labels were 'aff' in --until, --target and results.json: old commands still run (a one-line
+    notice says the new name), and an older results.json is read, reported and updated under 'pseudo'."""
+    from stages.cli import parse_args
+    from stages.registry import steps
+    from stages.report import load_results, update_results
+    for argv in (["pipeline", "--until", "aff"], ["check", "--until", "aff"], ["compare", "--until", "aff"]):
+        assert parse_args(argv).until == "pseudo"
+    assert parse_args(["eval-seg", "--target", "aff"]).target == "pseudo"
+    assert capsys.readouterr().err.count("'aff' is deprecated, use 'pseudo'") == 4
+    assert steps("aff") == steps("pseudo")
+    old = entry(45.0, 55.0, 58.0, {}, "resnet101")
+    old["aff"] = old.pop("pseudo")
+    old["meta"]["fingerprints"] = {"cam": "c1", "aff": "a1"}
+    (tmp_path / "results.json").write_text(json.dumps({"baseline": old}))
+    assert load_results(tmp_path)["baseline"]["pseudo"]["miou"] == 55.0
+    refresh_report(tmp_path)
+    assert "| baseline | 45.0 | 60.0 | 70.0 | 55.0 | 58.0 |" in (tmp_path / "report.md").read_text()
+    update_results(tmp_path, "baseline", "cam", {"miou": 45.0}, fingerprint="c1")  # same CAMs: nothing dropped
+    res = json.loads((tmp_path / "results.json").read_text())["baseline"]
+    assert "aff" not in res and res["pseudo"]["miou"] == 55.0 and res["meta"]["fingerprints"]["pseudo"] == "a1"

@@ -182,9 +182,9 @@ def test_pipeline_runs_to_deeplab_by_default_and_until_stops_earlier():
     from stages.cli import parse_args
     from stages.registry import steps
     names = [s.stage for s in steps("seg")]
-    assert names[:len(steps("aff"))] == [s.stage for s in steps("aff")]
+    assert names[:len(steps("pseudo"))] == [s.stage for s in steps("pseudo")]
     assert names[-3:] == ["train-seg", "make-seg", "eval-seg"]
-    assert parse_args(["pipeline"]).until == "seg" and parse_args(["pipeline", "--until", "aff"]).until == "aff"
+    assert parse_args(["pipeline"]).until == "seg" and parse_args(["pipeline", "--until", "pseudo"]).until == "pseudo"
     assert parse_args(["check"]).until == "seg"  # the check plans what the pipeline would run
 
 
@@ -292,7 +292,7 @@ def test_pipeline_until_seg_runs_to_deeplab_scores(demo_root, tmp_path):
     work = tmp_path / "work"
     pipeline.run_variants(tiny_cfg(demo_root, work, **AFF, **SEG), "off", until="seg", log=lambda m: None)
     res = json.loads((work / "results.json").read_text())["baseline"]
-    assert {"cam", "aff", "seg"} <= set(res) and res["seg"]["n_images"] == len(_ids(demo_root, "val"))
+    assert {"cam", "pseudo", "seg"} <= set(res) and res["seg"]["n_images"] == len(_ids(demo_root, "val"))
     for stage in ("train_seg", "make_seg", "eval_deeplab", "eval_seg"):
         assert (work / "baseline" / stage / "DONE.json").is_file(), stage
     # Table 2's row has every column, DeepLabV3+ last
