@@ -15,7 +15,7 @@ then scores it on the val images as scripts/rw_diagnose.py does: pair separation
 pairs (AUC, mean affinity of same / different pairs) and walk mIoU / recall for each t. Nothing is written
 to the run; the result goes to --out.
 
-    .venv/bin/python scripts/aff_probe.py --work-dir work/timing7 --voc-root work/timing7/data \\
+    .venv/bin/python -m scripts.aff_probe --work-dir work/timing7 --voc-root work/timing7/data \\
         --out work/ap/gt_adam.json --labels gt --optimizer adam --set aff_train.lr=0.001 --set aff_train.epochs=15
 
 The walk's no-walk reference (CAMs alone) is in rw_diagnose.py's report. The sample order is the stage's
@@ -32,20 +32,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from psa_baseline.affinity import AffinityLabels, feature_affinities  # noqa: E402
-from psa_baseline.evaluation import load_cam_dict  # noqa: E402
-from psa_baseline.fileio import write_json  # noqa: E402
-from psa_baseline.random_walk import propagate_cams  # noqa: E402
-from psa_baseline.training import PolyOptimizer  # noqa: E402
-from psa_baseline.training import EpochSampler, autocast  # noqa: E402
-from rw_diagnose import Scorer, separation, split_pairs  # noqa: E402
-from stages import train_aff  # noqa: E402
-from stages.builders import labels_for, split_ids, voc_root  # noqa: E402
-from stages.config import load_config  # noqa: E402
-from stages.make_crf import HA, LA  # noqa: E402
-from stages.make_pseudo import padded_input  # noqa: E402
+from psa_baseline.affinity import AffinityLabels, feature_affinities
+from psa_baseline.evaluation import load_cam_dict
+from psa_baseline.fileio import write_json
+from psa_baseline.random_walk import propagate_cams
+from psa_baseline.training import PolyOptimizer
+from psa_baseline.training import EpochSampler, autocast
+from psa_baseline.affinity_quality import separation, split_pairs
+from scripts.rw_diagnose import Scorer
+from stages import train_aff
+from stages.builders import labels_for, split_ids, voc_root
+from stages.config import load_config
+from stages.make_crf import HA, LA
+from stages.make_pseudo import padded_input
 
 
 def gt_crf_dict(root):

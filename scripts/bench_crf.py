@@ -4,12 +4,11 @@ CAM-like inputs are made from the ground truth (stride-8 block mean, bilinear, G
 the timing is that of the stage's own code path (make_crf.crf_many: read JPEG, check and load the CAM
 dict, two CRFs, two atomic np.save) with 1 and 2 worker processes. Outputs go to a temporary folder.
 
-    .venv/bin/python scripts/bench_crf.py [--images 24] [--workers 1 2] [--voc ../shared/data/VOCmini]
+    .venv/bin/python -m scripts.bench_crf [--images 24] [--workers 1 2] [--voc ../shared/data/VOCmini]
 """
 import argparse
 import os
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,10 +18,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from psa_baseline import voc  # noqa: E402
-from psa_baseline.voc import labels_from_seg  # noqa: E402
-from stages.make_crf import crf_many, make_tasks  # noqa: E402
+from psa_baseline import voc
+from psa_baseline.voc import labels_from_seg
+from stages.make_crf import crf_many, make_tasks
 
 # the repository's sibling shared/ folder, wherever the checkout lives
 DEFAULT_VOC = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "VOCmini"

@@ -24,7 +24,7 @@ the adversary's own work alone (localizer turn: adversary forward + backward to 
 frozen; adversary turn: forward + backward + SGD step), to check that EADER's extra cost is that work
 and nothing else (in particular no second localizer forward in the localizer turn).
 
-    .venv/bin/python scripts/bench_eader.py --settings demo full --dtypes fp32 bf16 --batch 1 \\
+    .venv/bin/python -m scripts.bench_eader --settings demo full --dtypes fp32 bf16 --batch 1 \\
         --rounds 3 --threads 1 --out work/bench_eader
 """
 import argparse
@@ -38,7 +38,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 SETTINGS = ("demo", "full", "standalone-demo", "standalone-full")
 MODES = ("baseline", "eader_loc", "eader_adv")
@@ -176,7 +175,7 @@ def child(spec):
 
 
 def run_child(spec, timeout):
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
+    cmd = [sys.executable, "-m", "scripts.bench_eader", "--child", json.dumps(spec)]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=timeout)
     if r.returncode != 0:
         raise RuntimeError(f"measurement {spec} failed:\n{r.stderr[-3000:]}")

@@ -5,20 +5,17 @@ The dataset is train-cam's (PSA's augmentation at the config's crop) on --voc-ro
 settings see the same batches (EpochIndex carries the epoch to the workers). Without persistence the
 loader starts its workers anew at every epoch, as before this change.
 
-    .venv/bin/python scripts/bench_loader.py --config voc --voc-root ../shared/data/VOCmini --workers 2 \
+    .venv/bin/python -m scripts.bench_loader --config voc --voc-root ../shared/data/VOCmini --workers 2 \
         --batch 8 --epochs 4 --step-s 0.1
 """
 import argparse
-import os
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from psa_baseline.training import EpochSampler  # noqa: E402
-from stages.builders import cls_train_dataset  # noqa: E402
-from stages.config import load_config  # noqa: E402
+from psa_baseline.training import EpochSampler
+from stages.builders import cls_train_dataset
+from stages.config import load_config
 
 
 def epochs(dataset, batch, workers, persistent, n_epochs, step_s, steps):

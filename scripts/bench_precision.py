@@ -1,7 +1,7 @@
 """Train-cam step time of the demo network by precision and layout, on this CPU.
 
-    .venv/bin/python scripts/bench_precision.py [--threads 2] [--steps 4]
-    ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 .venv/bin/python scripts/bench_precision.py   # as an AVX2-only CPU
+    .venv/bin/python -m scripts.bench_precision [--threads 2] [--steps 4]
+    ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 .venv/bin/python -m scripts.bench_precision   # as an AVX2-only CPU
 
 Random-init WideResNet-38 at the demo's width (0.125), batch 16, crop 128: the best of --steps steps after
 one warm-up, for float32 / bf16 autocast x NCHW / NHWC. Float32 NHWC is the CPU's broken backward kernel
@@ -19,8 +19,6 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
-if __package__ in (None, ""):
-    sys.path.insert(0, str(ROOT))
 
 
 def step_time(cl, bf16, steps, threads):
@@ -67,8 +65,9 @@ def main():
             print(f"{name}: skipped (known-bad kernel; --unsafe times it)")
             continue
         try:
-            r = subprocess.run([sys.executable, __file__, "--one", json.dumps([cl, bf16]), "--steps", str(a.steps),
-                                "--threads", str(a.threads)], capture_output=True, text=True, timeout=300)
+            r = subprocess.run([sys.executable, "-m", "scripts.bench_precision", "--one", json.dumps([cl, bf16]),
+                                "--steps", str(a.steps), "--threads", str(a.threads)], cwd=ROOT, capture_output=True,
+                               text=True, timeout=300)
             res = f"{json.loads(r.stdout.splitlines()[-1]):.3f} s/step" if r.returncode == 0 else f"died (exit {r.returncode})"
         except subprocess.TimeoutExpired:
             res = "hung (over 300 s)"

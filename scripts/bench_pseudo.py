@@ -6,7 +6,7 @@ trained aff_net.pth, or 'random' for timing: random init gives near-uniform affi
 test the walk's arithmetic but not a trained walk). Config keys rw.* as in make-pseudo. Times are medians
 over images after one warm-up image; the device is synchronised before each clock read.
 
-    python scripts/bench_pseudo.py --config voc --voc-root VOCmini --cam-dir W/eader/make_cam/cams \\
+    python -m scripts.bench_pseudo --config voc --voc-root VOCmini --cam-dir W/eader/make_cam/cams \\
         --model W/eader/train_aff/aff_net.pth --device cuda --images 30 --cpu-images 10
 """
 import argparse
@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def main(argv=None):

@@ -6,19 +6,16 @@ its estimated time, extrapolated as N^3 from the smallest grid, exceeds --dense-
 one of its logt squarings is timed instead and multiplied by logt, if that fits the budget), or its
 memory (three N x N float32 matrices) exceeds --dense-mem-gb.
 
-    .venv/bin/python scripts/bench_random_walk.py
+    .venv/bin/python -m scripts.bench_random_walk
 """
 import argparse
-import os
-import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from psa_baseline.affinity import feature_affinities  # noqa: E402
-from psa_baseline.random_walk import (dense_affinity_matrix, random_walk_dense,  # noqa: E402
+from psa_baseline.affinity import feature_affinities
+from psa_baseline.random_walk import (dense_affinity_matrix, random_walk_dense,
                                       random_walk_sparse)
 
 GRIDS = ((56, 56), (63, 47), (126, 94))

@@ -5,22 +5,19 @@ The network is the stage's own (stages.deeplab.build_deeplab, random init), trai
 (stages.train_seg.seg_step, seg_optimizer) on random inputs and labels; inference is predict_probs at
 seg_infer's scales and flip on a random image of --image-size. Nothing is written.
 
-    .venv/bin/python scripts/bench_seg.py --config demo [--steps 10] [--image-size 160 128]
-    .venv/bin/python scripts/bench_seg.py --config voc --device cuda --image-size 500 375   # the paper's setting
+    .venv/bin/python -m scripts.bench_seg --config demo [--steps 10] [--image-size 160 128]
+    .venv/bin/python -m scripts.bench_seg --config voc --device cuda --image-size 500 375   # the paper's setting
 """
 import argparse
-import os
-import sys
 import time
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from psa_baseline.training import autocast  # noqa: E402
-from stages.config import load_config  # noqa: E402
-from stages.deeplab import N_OUT, build_deeplab, predict_probs, seg_optimizer  # noqa: E402
-from stages.train_seg import seg_step  # noqa: E402
+from psa_baseline.training import autocast
+from stages.config import load_config
+from stages.deeplab import N_OUT, build_deeplab, predict_probs, seg_optimizer
+from stages.train_seg import seg_step
 
 
 def sync(device):

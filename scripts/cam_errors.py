@@ -3,7 +3,7 @@ wrong foreground on ground-truth background (by distance to the nearest object: 
 far away), on another class's object (class confusion), on void; and object pixels missed as background or
 given another class. Tells a too-wide CAM (halo) from a confused one.
 
-    python scripts/cam_errors.py --voc-root work/data --cam-dir RUN/baseline/make_cam/cams
+    python -m scripts.cam_errors --voc-root work/data --cam-dir RUN/baseline/make_cam/cams
 """
 import argparse
 import sys
@@ -12,9 +12,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from demo.data import cams_to_labels, load_png  # noqa: E402
-from psa_baseline.evaluation import load_cam_dict  # noqa: E402
+from demo.data import cams_to_labels, load_png
+from psa_baseline.evaluation import load_cam_dict
 
 
 def main(argv=None):

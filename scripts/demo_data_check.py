@@ -13,12 +13,11 @@ CAMs are computed at --scales (default 2.0 + flip: this narrow, dilated net spre
 of stride 8, i.e. most of a ~100 px image at scale 1) and also at 1.0 and at PSA's 1.0 0.5 1.5 2.0.
 Use --threads 1 when other jobs load the machine (2 threads then run several times slower).
 
-    .venv/bin/python scripts/demo_data_check.py --adv-epochs 20 --threads 1
+    .venv/bin/python -m scripts.demo_data_check --adv-epochs 20 --threads 1
     (writes work/demo-check/{data/, check.json, localizer.pth, cams_*/})
 """
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -27,13 +26,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from psa_baseline.cam_net import CAMNet  # noqa: E402
-from psa_baseline.constants import CLASS_NAMES, IGNORE, IMAGENET_MEAN, IMAGENET_STD, NUM_CLASSES  # noqa: E402
-from demo.data import (DEFAULT_SIZE, STRONG, cams_to_labels, generate, load_cls_labels,  # noqa: E402
+from psa_baseline.cam_net import CAMNet
+from psa_baseline.constants import CLASS_NAMES, IGNORE, IMAGENET_MEAN, IMAGENET_STD, NUM_CLASSES
+from demo.data import (DEFAULT_SIZE, STRONG, cams_to_labels, generate, load_cls_labels,
                                     load_png, part_recall_from_cams, read_ids, read_meta)
-from psa_baseline.fileio import save_npy, write_json  # noqa: E402
-from psa_baseline.resnet38 import Res38Spec  # noqa: E402
+from psa_baseline.fileio import save_npy, write_json
+from psa_baseline.resnet38 import Res38Spec
 
 MEAN = np.array(IMAGENET_MEAN, np.float32) * 255
 STD = np.array(IMAGENET_STD, np.float32) * 255

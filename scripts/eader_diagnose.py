@@ -14,7 +14,7 @@ resized to the training crop (both networks in eval mode), reports:
     localizer, i.e. how much class evidence its CAMs leave outside the erased region.
 Demo data only (it needs PartMasks/). Writes JSON.
 
-    .venv/bin/python scripts/eader_diagnose.py --config demo --work-dir work/d4 --voc-root work/d4/data \\
+    .venv/bin/python -m scripts.eader_diagnose --config demo --work-dir work/d4 --voc-root work/d4/data \\
         --localizer work/d4/baseline/train_cam/cam_net.pth --out work/d4/eader_diagnose.json
 """
 import argparse
@@ -27,17 +27,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from psa_baseline.cam_infer import normalise_batch  # noqa: E402
-from demo.data import STRONG, WEAK, load_png  # noqa: E402
-from psa_baseline.errors import InputError  # noqa: E402
-from psa_baseline.fileio import write_json  # noqa: E402
-from psa_baseline.training import load_checkpoint  # noqa: E402
-from psa_eader.losses import attention_mining_loss, regularisation_loss  # noqa: E402
-from psa_eader.masks import normalise_attention, pair_masks  # noqa: E402
-from stages.builders import build_cam_net, labels_for, split_ids, voc_root  # noqa: E402
-from stages.config import load_config  # noqa: E402
-from stages.train_cam import build_eader  # noqa: E402
+from psa_baseline.cam_infer import normalise_batch
+from demo.data import STRONG, WEAK, load_png
+from psa_baseline.errors import InputError
+from psa_baseline.fileio import write_json
+from psa_baseline.training import load_checkpoint
+from psa_eader.losses import attention_mining_loss, regularisation_loss
+from psa_eader.masks import normalise_attention, pair_masks
+from stages.builders import build_cam_net, labels_for, split_ids, voc_root
+from stages.config import load_config
+from stages.train_cam import build_eader
 
 
 def auc(pos, neg):

@@ -7,7 +7,7 @@ cell is the image overlaid with a JET heatmap of the max over the present classe
 size than the image are resized bilinearly); the ground truth is drawn in the VOC palette (255 white).
 Cells are letterboxed into a fixed size; a header row names the columns. cv2/numpy only.
 
-    .venv/bin/python scripts/figure_attention.py --voc-root work/demo-data \\
+    .venv/bin/python -m scripts.figure_attention --voc-root work/demo-data \\
         --baseline work/demo/baseline/make_cam/cams --eader work/demo/eader/make_cam/cams \\
         --split val --n 8 --out work/demo/figure_attention.png
 With --pseudo BASE_DIR EADER_DIR (folders of label PNGs, e.g. <work>/<variant>/make_pseudo/pseudo) the two
@@ -20,12 +20,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from psa_baseline import voc  # noqa: E402
-from psa_baseline.constants import IGNORE, voc_palette  # noqa: E402
-from psa_baseline.errors import InputError  # noqa: E402
-from psa_baseline.evaluation import load_cam_dict  # noqa: E402
-from psa_baseline.fileio import write_bytes  # noqa: E402
+from psa_baseline import voc
+from psa_baseline.constants import IGNORE, voc_palette
+from psa_baseline.errors import InputError
+from psa_baseline.evaluation import load_cam_dict
+from psa_baseline.fileio import write_bytes
 
 BG = (255, 255, 255)  # canvas colour (RGB)
 PAD = 4               # pixels between cells and around the figure

@@ -1,7 +1,7 @@
 """Which CPU convolution backward cases abort or hang: 1x1 convs by input channels, stride, precision, layout.
 
-    .venv/bin/python scripts/probe_conv_kernel.py [--tries 3]
-    ONEDNN_MAX_CPU_ISA=AVX2 .venv/bin/python scripts/probe_conv_kernel.py   # oneDNN as on an AVX2-only CPU
+    .venv/bin/python -m scripts.probe_conv_kernel [--tries 3]
+    ONEDNN_MAX_CPU_ISA=AVX2 .venv/bin/python -m scripts.probe_conv_kernel   # oneDNN as on an AVX2-only CPU
 
 Each case (conv cin -> 2*cin, 1x1, batch 4, 56x48 input, three forward/backward passes) runs in its own
 process with a 20 s limit, --tries times; prints the cases that failed (docs/performance.md).

@@ -123,11 +123,8 @@ def test_aff_stages_end_to_end_after_the_cam_stage(demo_root, tmp_path):
     assert [p.stat().st_mtime_ns for p in done] == mtimes
     # scripts/rw_diagnose.py on this run: its walk is make-pseudo's; --cam-dir walks other CAMs with the same
     # AffinityNet (how docs/notes/demo_v6.md 6.1 swaps the variants' CAMs)
-    import importlib.util
     import yaml
-    spec = importlib.util.spec_from_file_location("rw_diagnose", Path(__file__).parents[1] / "scripts" / "rw_diagnose.py")
-    rwd = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(rwd)
+    from scripts import rw_diagnose as rwd
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump({k: v for k, v in cfg.items() if k not in ("voc_root", "work_dir")}))
     runs = {}
     for name, extra in (("own", []), ("own-dir", ["--cam-dir", str(base / "make_cam/cams")]),

@@ -1,24 +1,15 @@
-"""scripts/rw_diagnose.py's measures: pair-separation AUC and the training labels' pair precision."""
-import importlib.util
-from pathlib import Path
-
+"""The affinity measures behind scripts/rw_diagnose.py (psa_baseline.affinity_quality): pair-separation AUC
+and the training labels' pair precision; and scripts/aff_probe.py's label edits."""
 import numpy as np
 import pytest
 
+from psa_baseline import affinity_quality
 from psa_baseline.affinity import pair_offsets
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("rw_diagnose", ROOT / "scripts" / "rw_diagnose.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from scripts import aff_probe as probe
 
 
 def test_pair_auc_counts_ordered_pairs_and_half_ties():
-    auc = _script().pair_auc
+    auc = affinity_quality.pair_auc
     assert auc([0.9, 0.8], [0.1, 0.2]) == 1.0
     assert auc([0.1], [0.9]) == 0.0
     assert auc([0.5], [0.5]) == 0.5
@@ -30,7 +21,7 @@ def test_pair_auc_counts_ordered_pairs_and_half_ties():
 def test_separation_sees_the_scale_that_the_auc_does_not():
     """Two affinity sets with the same ranking (AUC 1) but another scale: the walk's weights (affinity **
     beta) separate the kinds by 2^8 in one and (1.5/1.25)^8 in the other."""
-    sep = _script().separation
+    sep = affinity_quality.separation
     a = sep([np.array([0.8, 0.8])], [np.array([0.4])], beta=8)
     b = sep([np.array([0.6, 0.6])], [np.array([0.5])], beta=8)
     assert a["auc"] == b["auc"] == 1.0
@@ -60,7 +51,7 @@ def _count_pairs(label_grid, gt_grid, radius=5):
 
 
 def test_label_pair_precision_matches_a_brute_force_count():
-    mod = _script()
+    mod = affinity_quality
     gt = np.zeros((96, 88), np.uint8)  # 12 x 11 cells
     gt[:, :40] = 3                     # class 3 on cells 0-4 of every row
     gt[0:8, 80:88] = 255               # a void cell takes its neighbour's label
@@ -80,9 +71,6 @@ def test_label_pair_precision_matches_a_brute_force_count():
 def test_aff_probe_removes_one_kind_of_crf_label_error():
     """aff_probe --labels crf-bg-fixed / crf-fg-fixed: ha's background on object pixels, or la's foreground
     off its class, is taken out using the ground truth; everything else is the CRF dict as loaded."""
-    spec = importlib.util.spec_from_file_location("aff_probe", ROOT / "scripts" / "aff_probe.py")
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
     from stages import train_aff
     gt = np.array([[0, 0, 5, 5], [0, 0, 5, 255]], np.uint8)
     bg = np.array([[0.9, 0.9, 0.8, 0.1], [0.9, 0.1, 0.1, 0.9]], np.float32)  # background wins on 3 of 4 columns
@@ -113,9 +101,6 @@ def test_aff_probe_removes_one_kind_of_crf_label_error():
 
 
 def test_aff_probe_takes_la_or_ha_from_another_run():
-    spec = importlib.util.spec_from_file_location("aff_probe", ROOT / "scripts" / "aff_probe.py")
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
     from stages import train_aff
     seen = []
     old = train_aff.load_crf_dict

@@ -28,10 +28,7 @@ def test_outputs_get_the_umask_mode_not_0600(tmp_path):
 
 
 def test_bench_crf_default_data_path_is_repository_relative():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("bench_crf", ROOT / "scripts" / "bench_crf.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    from scripts import bench_crf as mod
     assert mod.DEFAULT_VOC == ROOT.parent / "shared" / "data" / "VOCmini"
     assert "/work/shared" not in (ROOT / "scripts" / "bench_crf.py").read_text()
 
@@ -281,10 +278,10 @@ def _hold_lock(work, variant):
     import subprocess
     import sys
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[2]); from stages.workdir import "
+        [sys.executable, "-c", "import sys; from stages.workdir import "
          "lock_name, lock_work_dir; lock_work_dir(sys.argv[1], lock_name(variant=sys.argv[3])); "
          "print('held', flush=True); sys.stdin.read()",
-         str(work), str(ROOT), variant], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+         str(work), "", variant], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     return holder
 

@@ -76,15 +76,12 @@ def test_train_make_eval_seg_end_to_end(seg_work, demo_root):
     per_image = load_run(work).per_image("seg")
     assert per_image is not None and len(per_image["ids"]) == len(val)
     assert (work / "baseline/eval_deeplab/seg_eval.json").is_file()
-    # the report's figure: image | pseudo label | prediction | ground truth for the first val images
-    import sys
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    import figure_seg
-    fig = work / "figure_seg.png"
-    assert figure_seg.main(["--voc-root", str(demo_root), "--work-dir", str(work), "--variants", "baseline",
-                            "--n", "3", "--cell", "80", "64", "--out", str(fig)]) == 0
-    assert np.array(Image.open(fig)).shape == (4 + 24 + 3 * (64 + 4), 4 + 4 * (80 + 4), 3)
-    assert figure_seg.main(["--voc-root", str(demo_root), "--work-dir", str(work), "--out", str(fig)]) == 2  # no eader
+    # the qualitative figure: image | CAM (none here: grey) | pseudo labels | DeepLabV3+ | ground truth
+    from stages import figure
+    (work / "baseline/make_cam/cams").mkdir(parents=True)
+    fig = np.array(Image.open(figure.draw(cfg, n=3)))
+    assert fig.shape == (figure.HEADER + 3 * figure.TILE, 5 * figure.TILE, 3)
+    assert (fig[figure.HEADER:, figure.TILE:2 * figure.TILE] == 160).all()  # no CAM file: a grey tile
     # a rerun skips every finished stage
     done = sorted(work.glob("baseline/*/DONE.json"))
     mtimes = [p.stat().st_mtime_ns for p in done]

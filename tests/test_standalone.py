@@ -1,5 +1,4 @@
 """Standalone EADER (Table 1) stage, the alpha sweep and the attention figure: tiny CPU runs."""
-import importlib.util
 import json
 
 import cv2
@@ -8,7 +7,6 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT
 from psa_baseline.evaluation import CamSweep, cam_dict_to_label
 from psa_eader.standalone import segment_from_attention
 from stages import alpha_sweep, train_standalone
@@ -168,15 +166,8 @@ def test_real_tiny_standalone_sweep_via_cli(demo_root, tmp_path):
 
 # ---------------------------------------------------------------------------------------- the figure
 
-def _load_script(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_figure_script_layout(demo_root, tmp_path):
-    fig = _load_script("figure_attention")
+    from scripts import figure_attention as fig
     ids = (demo_root / "ImageSets/Segmentation/val.txt").read_text().split()[:3]
     labels = np.load(demo_root / "cls_labels.npy", allow_pickle=True).item()
     base, ead = tmp_path / "base", tmp_path / "eader"
@@ -214,7 +205,7 @@ def test_figure_script_layout(demo_root, tmp_path):
 def test_figure_script_pseudo_label_columns(demo_root, tmp_path):
     """--pseudo adds two label columns (image, CAM, CAM, pseudo, pseudo, gt): the qualitative figure."""
     from psa_baseline import voc
-    fig = _load_script("figure_attention")
+    from scripts import figure_attention as fig
     ids = (demo_root / "ImageSets/Segmentation/val.txt").read_text().split()[:2]
     labels = np.load(demo_root / "cls_labels.npy", allow_pickle=True).item()
     cams, pb, pe = tmp_path / "cams", tmp_path / "pb", tmp_path / "pe"
