@@ -1,4 +1,4 @@
-"""What EADER's two networks do to each other, measured on demo images (issue 3's "find out why").
+"""What EADER's two networks do to each other, measured on demo images.
 
 Loads a finished (or interrupted) EADER train-cam checkpoint (localizer + adversary) and, on val images
 resized to the training crop (both networks in eval mode), reports:

@@ -1,4 +1,4 @@
-"""Why do the pseudo labels beat (or not) the CAMs? Issue 4's "labels, affinity quality, beta/t" check.
+"""Why do the pseudo labels beat (or not) the CAMs? Labels, affinity quality, and the walk's beta and t.
 
 For one finished pipeline run (make-cam and train-aff done) it walks the val CAMs in several ways and
 scores each against the ground truth (mIoU, precision, recall, the demo's part recall when present):

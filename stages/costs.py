@@ -74,8 +74,9 @@ def stage_seconds(cfg, vcfg, stage, images, side_by_side=False):
     by_bf16 = (SIDE_BY_SIDE_COSTS if side_by_side else COSTS).get(key, {}).get(stage)
     if not by_bf16:
         return None
-    if stage in ("train-seg", "make-seg") and vcfg["seg_train"]["encoder"] != MEASURED_ENCODER.get(key):
-        return None
+    t = vcfg["seg_train"]
+    if stage in ("train-seg", "make-seg") and (t["encoder"] != MEASURED_ENCODER.get(key) or t["encoder_width"] != 1.0):
+        return None  # costs were measured with one encoder at full width
     bf16 = bool(vcfg[BF16_KEY[stage][0]][BF16_KEY[stage][1]]) if stage in BF16_KEY else None
     slowdown = 1.0
     if bf16 and key[1] == "cpu" and not hardware.native_bf16_cpu():  # measured bf16 costs are native ones

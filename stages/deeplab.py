@@ -34,6 +34,10 @@ ENCODERS = {"xception65": "tu-xception65"}
 INPUT_STATS = {"xception65": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))}
 
 
+# encoders that seg_train.encoder_width may narrow: torchvision's ResNets (psa_eader.adversary.ARCHS)
+NARROW_ENCODERS = ("resnet18", "resnet50", "resnet101")
+
+
 def smp_encoder_name(encoder):
     return ENCODERS.get(encoder, encoder)
 
@@ -43,12 +47,52 @@ def input_stats(encoder):
     return INPUT_STATS.get(encoder, (IMAGENET_MEAN, IMAGENET_STD))
 
 
+def narrow_resnet_encoder(arch, width):
+    """The name of segmentation-models-pytorch's encoder for torchvision's ResNet `arch` with every stage width
+    times `width` (psa_eader.adversary.ScaledResNet: the demo's pre-trained ResNet-18 is one), registered in
+    its encoder table on first use; that library builds ResNets at full width only."""
+    from psa_eader.adversary import ARCHS, ScaledResNet
+    from segmentation_models_pytorch.encoders import encoders
+    from segmentation_models_pytorch.encoders._base import EncoderMixin
+
+    class ScaledResNetEncoder(ScaledResNet, EncoderMixin):
+        """ScaledResNet as an encoder: the six feature maps of a ResNet encoder (input, stem, layer1-4)."""
+
+        def __init__(self, out_channels, depth=5, output_stride=32, **params):
+            ScaledResNet.__init__(self, **params)
+            self._depth, self._in_channels, self._out_channels = depth, 3, out_channels
+            self._output_stride = output_stride
+            del self.fc, self.avgpool
+
+        def get_stages(self):
+            return {16: [self.layer3], 32: [self.layer4]}
+
+        def forward(self, x):
+            feats = [x, self.relu(self.bn1(self.conv1(x)))]
+            x = self.maxpool(feats[-1])
+            for layer in (self.layer1, self.layer2, self.layer3, self.layer4)[:self._depth - 1]:
+                x = layer(x)
+                feats.append(x)
+            return feats
+
+    block, layers = ARCHS[arch]
+    planes = [max(4, int(round(c * width))) for c in (64, 128, 256, 512)]
+    name = f"psa-{arch}-w{width:g}"
+    encoders.setdefault(name, {"encoder": ScaledResNetEncoder, "pretrained_settings": {}, "params": {
+        "block": block, "layers": layers, "width": width,
+        "out_channels": [3, planes[0]] + [p * block.expansion for p in planes]}})
+    return name
+
+
 def build_deeplab(cfg):
     """DeepLabV3+ as seg_train says, randomly initialised (init_encoder loads the ImageNet file)."""
     import segmentation_models_pytorch as smp
     t = cfg["seg_train"]
+    name = smp_encoder_name(t["encoder"])
+    if t["encoder_width"] != 1.0:
+        name = narrow_resnet_encoder(t["encoder"], t["encoder_width"])
     try:
-        return smp.DeepLabV3Plus(encoder_name=smp_encoder_name(t["encoder"]), encoder_weights=None,
+        return smp.DeepLabV3Plus(encoder_name=name, encoder_weights=None,
                                  encoder_output_stride=t["output_stride"],
                                  decoder_atrous_rates=tuple(t["atrous_rates"]), classes=N_OUT)
     except (KeyError, ValueError, RuntimeError) as e:

@@ -15,7 +15,8 @@ from psa_baseline.training import autocast, epoch_loader, unwrap
 from .builders import require_weights, split_ids, voc_root, weights_identity
 from .distributed import launched_world_size, resolve_device
 from .stage import Stage, resumable_training, seed_everything, upstream_fp
-from .deeplab import SegTrainDataset, build_deeplab, init_encoder, input_stats, seg_loss, seg_optimizer
+from .deeplab import (NARROW_ENCODERS, SegTrainDataset, build_deeplab, init_encoder, input_stats, seg_loss,
+                      seg_optimizer)
 
 NAME = "train_seg"
 
@@ -42,6 +43,11 @@ def check_config(cfg):
         raise InputError(f"config key 'seg_train.scale_range': [low, high] with 0 < low <= high, got {lo_hi!r}")
     if len(t["atrous_rates"]) != 3 or not all(isinstance(r, int) and r > 0 for r in t["atrous_rates"]):
         raise InputError(f"config key 'seg_train.atrous_rates': three positive integers, got {t['atrous_rates']!r}")
+    if not 0 < t["encoder_width"] <= 1:
+        raise InputError(f"config key 'seg_train.encoder_width': in (0, 1], got {t['encoder_width']!r}")
+    if t["encoder_width"] != 1 and t["encoder"] not in NARROW_ENCODERS:
+        raise InputError(f"config key 'seg_train.encoder_width': {t['encoder_width']:g} needs a ResNet encoder "
+                         f"({', '.join(NARROW_ENCODERS)}), not {t['encoder']!r}; set it to 1.0")
     i = cfg["seg_infer"]
     if not i["scales"] or not all(s > 0 for s in i["scales"]):
         raise InputError(f"config key 'seg_infer.scales': a non-empty list of positive scales, got {i['scales']!r}")

@@ -424,3 +424,33 @@ def test_weights_list_knows_the_xception65_file():
     e = KNOWN["xception65"]
     assert e.key == "seg_train.encoder_weights" and e.sha256_prefix == "c9ae96e8" and e.sha256_prefix in e.filename
     assert e.url.endswith(e.filename)
+
+
+def test_narrow_resnet_encoder_takes_the_demo_pre_trained_resnet18(demo_root, tmp_path):
+    """seg_train.encoder_width below 1 builds a ResNet encoder at that width (segmentation-models-pytorch has
+    none), dilated for output stride 16, into which the demo's width-0.5 ResNet-18 loads whole; the paper's
+    value is 1.0 and other encoders refuse a width."""
+    from stages.config import load_config
+    from stages.deeplab import build_deeplab, init_encoder
+    assert load_config("voc")["seg_train"]["encoder_width"] == 1.0
+    demo_file = "demo/weights/resnet18_demo.pth"
+    cfg = tiny_cfg(demo_root, tmp_path / "w", **{**SEG, "seg_train.encoder_width": 0.5,
+                                                  "seg_train.encoder_weights": demo_file})
+    train_seg.check_config(cfg)
+    net = build_deeplab(cfg)
+    assert net.encoder.out_channels == [3, 32, 32, 64, 128, 256]
+    assert net.encoder.layer4[0].conv1.stride == (1, 1) and net.encoder.layer4[0].conv1.dilation == (2, 2)
+    init_encoder(cfg, net)
+    sd = torch.load(Path(__file__).parents[1] / demo_file, weights_only=True)
+    own = net.encoder.state_dict()
+    assert set(own) == {k for k in sd if not k.startswith("fc.")}
+    assert all(torch.equal(own[k], sd[k]) for k in own)
+    out = net.eval()(torch.zeros(2, 3, 64, 96))
+    assert out.shape == (2, 21, 64, 96)
+    for key, value, words in (("seg_train.encoder_width", 0, r"in \(0, 1\]"),
+                              ("seg_train.encoder_width", 1.5, r"in \(0, 1\]")):
+        with pytest.raises(InputError, match=words):
+            train_seg.check_config(tiny_cfg(demo_root, tmp_path, **{**SEG, key: value}))
+    with pytest.raises(InputError, match="needs a ResNet encoder"):
+        train_seg.check_config(tiny_cfg(demo_root, tmp_path, **{**SEG, "seg_train.encoder": "xception65",
+                                                                "seg_train.encoder_width": 0.5}))
