@@ -112,3 +112,15 @@ def test_aff_probe_takes_la_or_ha_from_another_run():
     finally:
         train_aff.load_crf_dict = old
     assert seen == ["other/make_crf/crf_la/x.npy", "run/make_crf/crf_ha/x.npy"]
+
+
+def test_label_errors_splits_object_pixels_by_hand():
+    """scripts.label_errors on a hand-made confusion: 10 object pixels of class 1 (family 0): 5 right, 2 as
+    background, 2 as class 2 (same family), 1 as class 3 (another family)."""
+    from scripts.label_errors import error_shares
+    conf = np.zeros((21, 21), np.int64)
+    conf[0, 0] = 50
+    conf[1, 1], conf[1, 0], conf[1, 2], conf[1, 3] = 5, 2, 2, 1
+    s = error_shares(conf, {1: 0, 2: 0, 3: 1})
+    assert (s["right"], s["background"], s["other_class"]) == pytest.approx((50.0, 20.0, 30.0))
+    assert s["within_family"] == pytest.approx(200 / 3)

@@ -1,0 +1,49 @@
+"""Where the object pixels of scored label maps go on demo data: right, background, or another class, and how
+much of the wrong-class share stays within the object's class family (the demo's groups of 2-3 classes that
+share a body style or hue). Reads eval-seg's per_image.npz (pseudo labels: <variant>/eval_seg, DeepLabV3+:
+<variant>/eval_deeplab) and the dataset's demo_meta.json.
+
+    .venv/bin/python -m scripts.label_errors --data DATA RUN/baseline/eval_seg/per_image.npz \\
+        RUN/baseline/eval_deeplab/per_image.npz
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from psa_baseline.constants import SEG_CLASS_NAMES
+from psa_baseline.evaluation import load_per_image
+
+
+def error_shares(confusion, family):
+    """Percent of ground-truth object pixels predicted right, as background, as another class; and the percent
+    of the wrong-class pixels whose prediction is in the same family. confusion: (21, 21), ground truth rows.
+    family: {class index: family index}."""
+    conf = confusion.astype(float)
+    obj = [c for c in range(1, len(conf)) if conf[c].sum() > 0]
+    n = conf[obj].sum()
+    right, bg = sum(conf[c, c] for c in obj), conf[obj, 0].sum()
+    other = sum(conf[a, b] for a in obj for b in range(1, len(conf)) if a != b)
+    within = sum(conf[a, b] for a in obj for b in range(1, len(conf))
+                 if a != b and a in family and family[a] == family.get(b))
+    return {"right": 100 * right / n, "background": 100 * bg / n, "other_class": 100 * (n - right - bg) / n,
+            "within_family": 100 * within / other if other else None}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="the demo dataset (its demo_meta.json names the families)")
+    p.add_argument("per_image", nargs="+", help="per_image.npz files of eval-seg")
+    args = p.parse_args(argv)
+    groups = json.loads((Path(args.data) / "demo_meta.json").read_text())["groups"]
+    family = {SEG_CLASS_NAMES.index(c): g for g, grp in enumerate(groups) for c in grp}
+    for f in args.per_image:
+        s = error_shares(load_per_image(f)["confusion"].sum(0), family)
+        fam = "-" if s["within_family"] is None else f"{s['within_family']:.0f}%"
+        print(f"{f}: object pixels right {s['right']:.1f}%, background {s['background']:.1f}%, another class "
+              f"{s['other_class']:.1f}% (of which within the family {fam})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
