@@ -1,16 +1,12 @@
 #!/usr/bin/env bash
-# One prepared GPU session (issue 12): the CUDA-only tests and the paper-scale figures, on the 200 real VOC
-# images of VOCmini, each part under its own time limit so one failure does not lose the rest.
+# One prepared GPU session: the CUDA-only tests and the paper-scale figures, on the 200 real VOC images of
+# VOCmini, each part under its own time limit so one failure does not lose the rest. Run from the checkout's root.
 #   .gpu/ (gitignored) holds: VOCmini/ (a copy of ../shared/data/VOCmini), pydensecrf2-1.1.tar.gz and
-#   segmentation_models_pytorch-0.6.0-py3-none-any.whl (`pip download --no-deps`), cam_infer_a7b10a1.py
-#   (`git show a7b10a1:psa_baseline/cam_infer.py`: make-cam's float32 path before the speed work).
+#   segmentation_models_pytorch-0.6.0-py3-none-any.whl (`pip download --no-deps`).
 # Usage: OUT=dir scripts/gpu_check.sh   (DEV=cpu and EXTRA="key=value ..." for a dry run on a CPU; PARTS picks
 # parts by name: tests dist cam pipeline makecam pseudo eader eader_autocast seg nccl; UNTIL=cam stops the
-# pipeline at the CAMs).
-# Part times on one H100 (2026-11-26, code 8c5b58e): tests 10 s, dist 160 s (with 3 failures, since fixed),
-# cam 60 s, pipeline 100 s, makecam 115 s, pseudo 20 s, eader 40 s, plus the dependency install and the
-# copy of VOCmini: all of "tests dist cam pipeline makecam pseudo eader" took about 9 min. On a machine with
-# two GPUs or more, part dist runs NCCL with one GPU per rank (else both ranks share one GPU over gloo).
+# pipeline at the CAMs). docs/notes/gpu.md has each part's time on the lent machines; on a machine with two GPUs
+# or more, part dist runs NCCL with one GPU per rank (else both ranks share one GPU over gloo).
 set -u
 OUT=${OUT:-work/gpu_check}; DEV=${DEV:-cuda}; EXTRA=${EXTRA:-}; PY=${PY:-python3}
 PARTS=${PARTS:-"tests dist cam pipeline makecam pseudo eader eader_autocast seg nccl"}
@@ -50,8 +46,8 @@ part tests 120 $PY -m pytest -q -p no:cacheprovider tests/test_random_walk.py te
     -k "gpu or sync_batchnorm_replaces"
 # the multi-process tests with two ranks on this device (on one GPU over gloo: NCCL refuses to share it)
 part dist 240 env PSA_TEST_DEVICE="$DEV" $PY -m pytest -q -p no:cacheprovider tests/test_distributed.py
-part cam 150 $PY scripts/bench_cam.py --config voc --voc-root "$V" --model random --device "$DEV" \
-    --reference-file "$G/cam_infer_a7b10a1.py" --images "$N_CAM" --rounds 2 --threads 8 --set $EXTRA
+part cam 150 $PY -m scripts.bench_make_cam layouts --config voc --voc-root "$V" --model random --device "$DEV" \
+    --images "$N_CAM" --rounds 2 --threads 8 --set $EXTRA
 # the paper's config, shortened (random init: the figures are times and a working CUDA path, not mIoU)
 part pipeline 300 $PY -m stages.cli pipeline --config voc --voc-root "$V" --work-dir "$W" --device "$DEV" \
     --eader on --until "$UNTIL" "${LISTS[@]}" "${RANDOM_INIT[@]}" "${SHORT[@]}" $EXTRA
@@ -72,13 +68,13 @@ makecam() {
     done
 }
 part makecam 200 makecam  # a shell function: no time limit of its own
-part pseudo 120 $PY scripts/bench_pseudo.py --config voc --voc-root "$V" --cam-dir "$W/eader/make_cam/cams" \
+part pseudo 120 $PY -m scripts.bench_pseudo --config voc --voc-root "$V" --cam-dir "$W/eader/make_cam/cams" \
     --model "$W/eader/train_aff/aff_net.pth" --device "$DEV" --images "$N_PSEUDO" --cpu-images 10 --set $EXTRA
-part eader 200 $PY scripts/bench_eader.py --settings full --dtypes fp32 bf16 --batch 16 --rounds 3 \
+part eader 200 $PY -m scripts.bench_eader --settings full --dtypes fp32 bf16 --batch 16 --rounds 3 \
     --device "$DEV" --no-memory --out "$L/bench_eader"
-part eader_autocast 120 $PY scripts/bench_eader.py --settings full --dtypes bf16 --batch 16 --rounds 3 \
+part eader_autocast 120 $PY -m scripts.bench_eader --settings full --dtypes bf16 --batch 16 --rounds 3 \
     --device "$DEV" --no-memory --out "$L/bench_eader_autocast" --set eader.autocast=true
-part seg 120 $PY scripts/bench_seg.py --config voc --device "$DEV" --steps 10 --images 10 --image-size 500 375 \
+part seg 120 $PY -m scripts.bench_seg --config voc --device "$DEV" --steps 10 --images 10 --image-size 500 375 \
     seg_train.encoder_weights=random
 # NCCL with two ranks needs two GPUs; on one, this records what NCCL says when both ranks share it
 cat > "$T/nccl_probe.py" <<'EOF'
