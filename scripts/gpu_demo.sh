@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Many seeds of the demo on a lent GPU (issue 9): `psa-eader compare` of baseline vs EADER, paired by seed, up
+# Many seeds of the demo on a lent GPU: `psa-eader compare` of baseline vs EADER, paired by seed, up
 # to DeepLabV3+, on the demo data the generator writes by default. Every run goes on at once (one GPU, one CPU
 # thread each); what comes back is the comparison and each run's metrics, logs and per-image counts, not the
 # maps or weights.
