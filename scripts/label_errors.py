@@ -5,6 +5,10 @@ share a body style or hue). Reads eval-seg's per_image.npz (pseudo labels: <vari
 
     .venv/bin/python -m scripts.label_errors --data DATA RUN/baseline/eval_seg/per_image.npz \\
         RUN/baseline/eval_deeplab/per_image.npz
+
+--bodies DIR (a folder of <id>.png label maps: make_pseudo/pseudo, make_seg/pred) splits the val objects' body
+pixels by whether the object has a head: another class / background on bodies with and without one, to see
+whether a network reads the body's class from the head or from the body itself.
 """
 import argparse
 import json
@@ -30,10 +34,37 @@ def error_shares(confusion, family):
             "within_family": 100 * within / other if other else None}
 
 
+def body_errors(data, pred_dir, ids):
+    """{has_head: (body pixels, % another class, % background)} over the objects (connected regions of one
+    ground-truth class) of `ids`; the head is PartMasks 1, the body 2."""
+    import cv2
+    import numpy as np
+    from demo.data import load_png
+    acc = {True: [0, 0, 0], False: [0, 0, 0]}
+    for i in ids:
+        gt = load_png(data / "SegmentationClass" / f"{i}.png")
+        part = load_png(data / "PartMasks" / f"{i}.png")
+        pred = load_png(Path(pred_dir) / f"{i}.png")
+        for c in np.unique(gt):
+            if c in (0, 255):
+                continue
+            n, comp = cv2.connectedComponents((gt == c).astype(np.uint8))
+            for k in range(1, n):
+                obj = comp == k
+                body = obj & (part == 2)
+                a = acc[bool((obj & (part == 1)).any())]
+                a[0] += int(body.sum())
+                a[1] += int((body & (pred != c) & (pred != 0)).sum())
+                a[2] += int((body & (pred == 0)).sum())
+    return {h: (n, 100 * o / max(n, 1), 100 * b / max(n, 1)) for h, (n, o, b) in acc.items()}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="the demo dataset (its demo_meta.json names the families)")
-    p.add_argument("per_image", nargs="+", help="per_image.npz files of eval-seg")
+    p.add_argument("per_image", nargs="*", help="per_image.npz files of eval-seg")
+    p.add_argument("--bodies", nargs="+", default=[], metavar="DIR", help="label folders whose body pixels to split "
+                   "by objects with and without a head (val ids)")
     args = p.parse_args(argv)
     groups = json.loads((Path(args.data) / "demo_meta.json").read_text())["groups"]
     family = {SEG_CLASS_NAMES.index(c): g for g, grp in enumerate(groups) for c in grp}
@@ -42,6 +73,11 @@ def main(argv=None):
         fam = "-" if s["within_family"] is None else f"{s['within_family']:.0f}%"
         print(f"{f}: object pixels right {s['right']:.1f}%, background {s['background']:.1f}%, another class "
               f"{s['other_class']:.1f}% (of which within the family {fam})")
+    ids = (Path(args.data) / "ImageSets/Segmentation/val.txt").read_text().split() if args.bodies else []
+    for d in args.bodies:
+        for has_head, (n, other, bg) in sorted(body_errors(Path(args.data), d, ids).items(), reverse=True):
+            print(f"{d}: bodies of objects {'with' if has_head else 'without'} a head ({n} px): another class "
+                  f"{other:.1f}%, background {bg:.1f}%")
     return 0
 
 

@@ -124,3 +124,20 @@ def test_label_errors_splits_object_pixels_by_hand():
     s = error_shares(conf, {1: 0, 2: 0, 3: 1})
     assert (s["right"], s["background"], s["other_class"]) == pytest.approx((50.0, 20.0, 30.0))
     assert s["within_family"] == pytest.approx(200 / 3)
+
+
+def test_label_errors_splits_bodies_by_objects_with_and_without_a_head(tmp_path):
+    """Two objects: class 3 with a head (2 px) and a 4 px body, 1 of it predicted class 5 and 1 background;
+    class 5 headless, 4 px body, all right."""
+    from psa_baseline import voc
+    from scripts.label_errors import body_errors
+    gt, part, pred = (np.zeros((4, 8), np.uint8) for _ in range(3))
+    gt[0:2, 0:3] = 3
+    part[0:2, 0:1], part[0:2, 1:3] = 1, 2
+    gt[0:2, 5:7], part[0:2, 5:7] = 5, 2
+    pred[:] = gt
+    pred[0, 1], pred[0, 2] = 5, 0
+    for folder, arr in (("SegmentationClass", gt), ("PartMasks", part), ("pred", pred)):
+        voc.save_label_png(tmp_path / folder / "x.png", arr)
+    got = body_errors(tmp_path, tmp_path / "pred", ["x"])
+    assert got[True] == (4, 25.0, 25.0) and got[False] == (4, 0.0, 0.0)
