@@ -83,6 +83,7 @@ PIPELINE = (
     Step("train-seg", "seg"), Step("make-seg", "seg"), Step("eval-seg", "seg", (("target", "seg"),)),
 )
 GROUPS = ("cam", "pseudo", "seg")
+DEFAULT_UNTIL = "seg"  # the whole pipeline; `check` plans the same by default
 # old names still accepted on the command line, with a notice, so that existing commands keep working
 RENAMED = {"aff": "pseudo"}
 
@@ -93,7 +94,6 @@ def group_name(text):
         print(f"psa-eader: '{text}' is deprecated, use '{RENAMED[text]}' (the same stages)", file=sys.stderr)
         return RENAMED[text]
     return text
-DEFAULT_UNTIL = "seg"  # the whole pipeline; `check` plans the same by default
 
 
 def steps(until=DEFAULT_UNTIL):
