@@ -23,6 +23,11 @@ ARCHS = {  # block type and blocks per stage, as torchvision defines them
 }
 
 
+def stage_widths(width):
+    """Channels of a ResNet's four stages (before the block expansion) at `width` times torchvision's."""
+    return [max(4, int(round(c * width))) for c in (64, 128, 256, 512)]
+
+
 class ScaledResNet(nn.Module):
     """torchvision's ResNet topology with every stage width multiplied by `width` (min 4 channels).
 
@@ -32,7 +37,7 @@ class ScaledResNet(nn.Module):
 
     def __init__(self, block, layers, width=1.0, num_classes=20):
         super().__init__()
-        planes = [max(4, int(round(c * width))) for c in (64, 128, 256, 512)]
+        planes = stage_widths(width)
         self.inplanes = planes[0]
         self.conv1 = nn.Conv2d(3, planes[0], 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(planes[0])

@@ -27,10 +27,10 @@ def error_shares(confusion, family):
     obj = [c for c in range(1, len(conf)) if conf[c].sum() > 0]
     n = conf[obj].sum()
     right, bg = sum(conf[c, c] for c in obj), conf[obj, 0].sum()
-    other = sum(conf[a, b] for a in obj for b in range(1, len(conf)) if a != b)
+    other = n - right - bg  # object pixels given another object class
     within = sum(conf[a, b] for a in obj for b in range(1, len(conf))
                  if a != b and a in family and family[a] == family.get(b))
-    return {"right": 100 * right / n, "background": 100 * bg / n, "other_class": 100 * (n - right - bg) / n,
+    return {"right": 100 * right / n, "background": 100 * bg / n, "other_class": 100 * other / n,
             "within_family": 100 * within / other if other else None}
 
 

@@ -15,6 +15,7 @@ import yaml
 
 from psa_baseline.errors import InputError
 from psa_baseline.hardware import AUTO, resolve_bf16
+from psa_eader.adversary import ARCHS
 from psa_eader.losses import AM_FORMS, REG_RESOLUTIONS
 from psa_eader.masks import NORMS
 
@@ -240,7 +241,7 @@ def validate(cfg):
     need(cfg["eader"]["reg_resolution"] in REG_RESOLUTIONS, "eader.reg_resolution", " or ".join(REG_RESOLUTIONS))
     need(cfg["eader"]["localizer_poly"] in POLY_READINGS, "eader.localizer_poly", " or ".join(POLY_READINGS))
     s = cfg["standalone"]
-    need(s["arch"] in ("resnet18", "resnet50", "resnet101"), "standalone.arch", "resnet18, resnet50 or resnet101")
+    need(s["arch"] in ARCHS, "standalone.arch", " or ".join(ARCHS))
     need(0 < s["width"] <= 1.0, "standalone.width", "must be in (0, 1]")
     for k in ("batch_size", "epochs", "crop", "checkpoint_every", "log_every"):
         need(s[k] > 0, f"standalone.{k}", "must be positive")

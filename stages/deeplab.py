@@ -23,6 +23,7 @@ from psa_baseline import voc
 from psa_baseline.constants import IGNORE, IMAGENET_MEAN, IMAGENET_STD, NUM_CLASSES
 from psa_baseline.errors import InputError
 from psa_baseline.training import PolySGD
+from psa_eader.adversary import ARCHS
 from .builders import weights_file
 
 N_OUT = NUM_CLASSES + 1  # background + 20 classes
@@ -32,10 +33,8 @@ ENCODERS = {"xception65": "tu-xception65"}
 # input scaling the encoder's ImageNet weights were trained with: DeepLab's TF Xception takes pixels in [-1, 1]
 # (its preprocessing, and timm's pretrained config), torchvision's ResNets the ImageNet mean/std
 INPUT_STATS = {"xception65": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))}
-
-
-# encoders that seg_train.encoder_width may narrow: torchvision's ResNets (psa_eader.adversary.ARCHS)
-NARROW_ENCODERS = ("resnet18", "resnet50", "resnet101")
+# encoders that seg_train.encoder_width may narrow: torchvision's ResNets, as psa_eader.adversary builds them
+NARROW_ENCODERS = tuple(ARCHS)
 
 
 def smp_encoder_name(encoder):
@@ -51,7 +50,7 @@ def narrow_resnet_encoder(arch, width):
     """The name of segmentation-models-pytorch's encoder for torchvision's ResNet `arch` with every stage width
     times `width` (psa_eader.adversary.ScaledResNet: the demo's pre-trained ResNet-18 is one), registered in
     its encoder table on first use; that library builds ResNets at full width only."""
-    from psa_eader.adversary import ARCHS, ScaledResNet
+    from psa_eader.adversary import ScaledResNet, stage_widths
     from segmentation_models_pytorch.encoders import encoders
     from segmentation_models_pytorch.encoders._base import EncoderMixin
 
@@ -76,7 +75,7 @@ def narrow_resnet_encoder(arch, width):
             return feats
 
     block, layers = ARCHS[arch]
-    planes = [max(4, int(round(c * width))) for c in (64, 128, 256, 512)]
+    planes = stage_widths(width)
     name = f"psa-{arch}-w{width:g}"
     encoders.setdefault(name, {"encoder": ScaledResNetEncoder, "pretrained_settings": {}, "params": {
         "block": block, "layers": layers, "width": width,

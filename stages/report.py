@@ -7,7 +7,7 @@ from pathlib import Path
 from psa_baseline.constants import SEG_CLASS_NAMES
 from psa_baseline.evaluation import classes_note, markdown_table
 from psa_baseline.fileio import write_json, write_text
-from .registry import RENAMED
+from .registry import GROUPS, RENAMED
 
 # Published numbers (Pascal VOC 2012 val), from docs/reference.md.
 PAPER_TABLE2 = {
@@ -164,9 +164,11 @@ def write_report(work_dir, res):
     if pseudo:
         parts.append(pseudo_details(pseudo))
     parts.append(table3(variants))
-    if (Path(work_dir) / "figures" / "qualitative.png").is_file():  # psa-eader figure (pipeline draws it)
+    from .figure import figure_path
+    fig = figure_path(work_dir)
+    if fig.is_file():  # psa-eader figure (pipeline draws it)
         parts.append("\n## Qualitative: image, CAMs, pseudo labels, DeepLabV3+, ground truth\n\n"
-                     "![the first images of data.eval_list](figures/qualitative.png)\n")
+                     f"![the first images of data.eval_list]({fig.relative_to(work_dir).as_posix()})\n")
     parts.append(sweep_tables(work_dir))
     write_text(Path(work_dir) / "report.md", "".join(parts))
 
@@ -174,7 +176,7 @@ def write_report(work_dir, res):
 def classes_scored(variants):
     """One line per variant and stage: which classes its means cover (a subset when classes are absent)."""
     lines = [f"- {v} {stage}: {classes_note(r[stage])}\n" for v, r in variants.items()
-             for stage in ("cam", "pseudo", "seg") if isinstance(r.get(stage), dict) and "miou" in r[stage]]
+             for stage in GROUPS if isinstance(r.get(stage), dict) and "miou" in r[stage]]
     return "\nClasses in the means:\n\n" + "".join(lines) if lines else ""
 
 
