@@ -4,7 +4,7 @@ Every object is a "body" with a smaller "head" at its front end (head ~22% of th
 objects seen from behind without one). Classes come in families of 2-3. The head (strong part) tells the
 class; the body (weak part) tells the family and, more faintly, the class, like fur: a plain CAM classifier
 fires on heads and misses much of the bodies, while the bodies still carry the class for a classifier that
-never sees heads, which is what adversarial erasing exploits. Three styles (STYLES):
+never sees heads, which is what adversarial erasing exploits. Four styles (STYLES):
 - "v6" (default): the head in its own saturated colour, striped in one of four patterns, the body in a group
   colour and texture, with body-coloured distractor blobs in the background (docs/notes/demo_v6.md).
 - "hue": head and body share the family's hue and fur; the head's fine stripes, at one of three
@@ -12,6 +12,8 @@ never sees heads, which is what adversarial erasing exploits. Three styles (STYL
 - "spots": as "hue", but the class is told by the head's spot lattice (square, hex, dashes) and the body's
   saturation; objects stand on legs; the background is dull coloured noise. A second family of data for
   robustness, designed before the demo was tuned.
+- "tone": as "hue", but the whole object (head and body alike) takes its class's tone within the family hue
+  (a hue offset and a lightness step), so a body tells its class about as strongly as a v6 body does.
 scripts/demo_data_check.py measures the part shares.
 
 Layout under root (as VOC, plus PartMasks and the metadata):
@@ -45,9 +47,12 @@ V6_VERSION = 6  # "v6" renders as generator v6 did: its datasets keep that versi
 #     inside an object and changes at its border, as PSA's CRF and AffinityNet assume.
 # "spots": a second family for robustness checks, designed before any tuning: legged objects whose parts share
 #     a hue, the class within the family told by the head's spot lattice, on a background of coloured noise.
+# "tone": "hue" with a body that tells its class within the family about as clearly as v6's body: the object's
+#     hue is offset per class, head and body alike, so the seam stays invisible in colour; on "hue"
+#     DeepLabV3+ could not read a body's class from its faint lightness step.
 # "v6": generator v6 as it was, head and body of different colours and textures (kept byte-identical: its
 #     results in docs/notes/demo_v6.md, and the pre-training's auxiliary images, which use it).
-STYLES = ("v6", "hue", "spots")
+STYLES = ("v6", "hue", "spots", "tone")
 # The demo's data stays v6: "hue" did not make PSA's random walk gain over the CAMs (docs/notes/demo_v7.md), and every
 # demo figure in docs/results.md was made on v6.
 DEFAULT_STYLE = "v6"
@@ -151,18 +156,21 @@ STRIPE_ORIENTATIONS = (0.0, np.pi / 3, 2 * np.pi / 3)   # "hue": head stripes vs
 SPOT_LATTICES = ("square", "hex", "dashes")              # "spots": the head's spot arrangement, one per class
 VALUE_CUE = 0.07        # the body's class cue within a family: a lightness step ...
 SAT_CUE = 0.10          # ... ("spots": a saturation step instead)
+TONE_HUE_CUE = 0.025    # "tone": plus a hue step (turns): about three per-object hue jitters, while a family's
+                        # span (two steps) stays a fifth of the closest families' distance, so hue tells the family first
+STRIPED = ("hue", "tone")   # styles whose head pattern is fine stripes on a grey background
 
 
 def family_designs(names, style):
-    """Per class for the "hue" and "spots" styles: family (group), hue shared by the family, the body's weak
-    class cue (lightness or saturation step, texture scale) and the head's strong one (stripe orientation or
-    spot lattice)."""
+    """Per class for the "hue", "spots" and "tone" styles: family (group), hue (the family's; "tone": offset per
+    class), the body's class cue (lightness or saturation step, texture scale) and the head's strong one
+    (stripe orientation or spot lattice)."""
     designs = []
     for name, (g, j, step) in zip(names, group_positions(len(names))):
         designs.append({"name": name, "index": CLASS_NAMES.index(name), "group": g,
-                        "hue": (FAMILY_HUE0 + GOLDEN * g) % 1.0,
+                        "hue": (FAMILY_HUE0 + GOLDEN * g + (TONE_HUE_CUE * step if style == "tone" else 0.0)) % 1.0,
                         "sat": 0.55 + (SAT_CUE * step if style == "spots" else 0.0),
-                        "value": 0.6 + (VALUE_CUE * step if style == "hue" else 0.0),
+                        "value": 0.6 + (VALUE_CUE * step if style in STRIPED else 0.0),
                         "texture_scale": 1.0 + TEXTURE_STEP * step,
                         "orientation": STRIPE_ORIENTATIONS[j % len(STRIPE_ORIENTATIONS)],
                         "lattice": SPOT_LATTICES[j % len(SPOT_LATTICES)]})
@@ -256,9 +264,9 @@ def _hsv_image(hue, sat, val):
 
 
 def _family_object(design, style, h, w, rng, g):
-    """(body, head) RGB images of one "hue" or "spots" object: both parts share the object's hue, saturation
-    and fur; only the head's fine pattern (stripes or spots) sets it apart, so colour stays continuous
-    across the head/body seam and changes at the object's border."""
+    """(body, head) RGB images of one "hue", "spots" or "tone" object: both parts share the object's hue,
+    saturation and fur; only the head's fine pattern (stripes or spots) sets it apart, so colour stays
+    continuous across the head/body seam and changes at the object's border."""
     hue = design["hue"] + rng.normal(0, 0.008)
     sat = float(np.clip(design["sat"] + rng.normal(0, 0.03), 0.2, 0.9))
     value = design["value"] + rng.normal(0, 0.025)   # per-object jitter, below the class cue's step
@@ -266,7 +274,7 @@ def _family_object(design, style, h, w, rng, g):
     val = value + 0.08 * _smooth_noise(rng, h, w, max(3, round(w / 10 / sc)))[..., 0]   # fur
     body = _hsv_image(hue, sat, val)
     u, v = _frame(h, w, g["hx"], g["hy"], g["theta"])
-    if style == "hue":
+    if style in STRIPED:
         # Fine stripes (period 4 px, two CAM cells hold four of them) across the class's orientation.
         o = design["orientation"]
         wave = np.sin(2 * np.pi * (u * np.sin(o) + v * np.cos(o)) / 4.0 + rng.uniform(0, 2 * np.pi))
@@ -431,7 +439,7 @@ def render_image(seed, index, designs, size=DEFAULT_SIZE, objects=V5_OBJECTS, st
     rng_headless = np.random.default_rng([seed, index, 1])
     lo, hi = size
     h, w = int(rng.integers(lo, hi + 1)), int(rng.integers(lo, hi + 1))
-    if style == "hue":
+    if style in STRIPED:
         img = _grey_background(h, w, rng)
     elif style == "spots":
         img = _noise_background(h, w, rng)
@@ -489,7 +497,7 @@ def render_image(seed, index, designs, size=DEFAULT_SIZE, objects=V5_OBJECTS, st
         keep = all(((inst == i) & ~m & heads).sum() >= 0.6 * ha and ((inst == i) & ~m).sum() >= 0.6 * fa
                    for i, ha, fa in placed)
         if keep:
-            img[m] = rng.uniform(0.2, 0.95) * 255 if style == "hue" else _random_dull_colour(rng)
+            img[m] = rng.uniform(0.2, 0.95) * 255 if style in STRIPED else _random_dull_colour(rng)
             inst[m] = 0
     part[inst == 0] = 0
 

@@ -21,7 +21,8 @@ def add_arguments(p):
     p.add_argument("--data-seed", type=int, default=0, help="seed of the dataset (default %(default)s)")
     p.add_argument("--style", choices=STYLES, default=DEFAULT_STYLE,
                    help="rendering style (default %(default)s; docs/notes/demo_v7.md): v6 = the demo's data, hue = parts "
-                        "share a hue, spots = a second family for robustness checks")
+                        "share a hue, spots = a second family for robustness checks, tone = hue with the class's tone on the "
+                        "whole object")
     p.add_argument("--body-scale", type=float, default=DEFAULT_OBJECTS["body_scale"],
                    help="object body radius vs generator v5's thin objects (default %(default)s)")
     p.add_argument("--aspect-scale", type=float, default=DEFAULT_OBJECTS["aspect_scale"],

@@ -234,7 +234,8 @@ def test_object_shape_is_recorded_and_thick_objects_cover_more_pixels(tmp_path):
     assert read_meta(root)["params"]["objects"] == {k: float(v) for k, v in dd.DEFAULT_OBJECTS.items()}
 
 
-@pytest.mark.parametrize("style, step, share", [("v6", 40, 0.3), ("hue", 20, 0.3), ("spots", 20, 0.15)])
+@pytest.mark.parametrize("style, step, share", [("v6", 40, 0.3), ("hue", 20, 0.3), ("spots", 20, 0.15),
+                                                  ("tone", 20, 0.3)])
 def test_headless_objects_keep_the_scene_and_lose_only_their_heads(tmp_path, style, step, share):
     """headless_share draws objects without a head from a stream of its own: the ground truth and labels stay
     those of the same scenes with heads, the headless objects' head pixels become weak part (body), and the
@@ -322,11 +323,12 @@ def _circular_mean(turns):
     return np.arctan2(np.sin(a).mean(), np.cos(a).mean()) / (2 * np.pi) % 1.0
 
 
-@pytest.mark.parametrize("style", ["hue", "spots"])
+@pytest.mark.parametrize("style", ["hue", "spots", "tone"])
 def test_family_styles_share_the_hue_across_parts_and_differ_in_fine_structure(style):
-    """"hue" / "spots": in every single-object image the head's mean hue is the body's (the parts differ by
-    fine pattern only, so colour is continuous across the seam), the body's hue is its family's, and the head
-    holds far more fine structure (Laplacian energy) than the body. In "hue" the background is grey."""
+    """"hue" / "spots" / "tone": in every single-object image the head's mean hue is the body's (the parts
+    differ by fine pattern only, so colour is continuous across the seam), the body's hue is its class's design
+    hue (its family's, offset per class in "tone"), and the head holds far more fine structure (Laplacian
+    energy) than the body. In "hue" and "tone" the background is grey."""
     import demo.data as dd
     names = list(dd.DEFAULT_CLASSES)
     designs = dd.designs_for(names, style)
@@ -344,22 +346,57 @@ def test_family_styles_share_the_hue_across_parts_and_differ_in_fine_structure(s
         assert dh < 0.03 and df < 0.03, (i, dh, df)
         lap = np.abs(cv2.Laplacian(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32), cv2.CV_32F))
         assert lap[head].mean() > 3 * lap[body].mean(), (i, lap[head].mean(), lap[body].mean())
-        if style == "hue":
+        if style in dd.STRIPED:
             assert np.median(sat[(part == 0)]) < 0.1 and np.median(sat[body]) > 0.35
         checked += 1
     assert checked >= 5
 
 
+def _hue_gap(a, b):
+    return abs((a - b + 0.5) % 1.0 - 0.5)
+
+
 def test_family_designs_tell_the_class_by_the_head_within_a_family():
-    """Classes of a family share the hue; within a family each has its own head pattern and body step."""
+    """Classes of a family share the hue ("tone": within a band far narrower than the gap to the nearest other
+    family); within a family each has its own head pattern and body step."""
     import demo.data as dd
-    for style, key in (("hue", "orientation"), ("spots", "lattice")):
+    for style, key in (("hue", "orientation"), ("spots", "lattice"), ("tone", "orientation")):
         designs = dd.designs_for(list(dd.DEFAULT_CLASSES), style)
         for g in {d["group"] for d in designs}:
             fam = [d for d in designs if d["group"] == g]
-            assert len({d["hue"] for d in fam}) == 1 and len({d[key] for d in fam}) == len(fam)
+            assert len({d[key] for d in fam}) == len(fam)
             assert len({(d["value"], d["sat"], d["texture_scale"]) for d in fam}) == len(fam)
-        assert len({d["hue"] for d in designs}) == len({d["group"] for d in designs})
+            if style == "tone":
+                assert len({d["hue"] for d in fam}) == len(fam)
+                span = max(_hue_gap(a["hue"], b["hue"]) for a in fam for b in fam)
+                apart = min(_hue_gap(a["hue"], b["hue"]) for a in fam for b in designs if b["group"] != g)
+                assert span < apart / 3, (span, apart)
+            else:
+                assert len({d["hue"] for d in fam}) == 1
+        if style != "tone":
+            assert len({d["hue"] for d in designs}) == len({d["group"] for d in designs})
+
+
+def test_tone_bodies_tell_their_class_within_the_family():
+    """"tone": an object's body alone tells its class within the family: its mean hue, measured on the rendered
+    image, is nearest its own class's design hue among its family's for nine bodies in ten or more."""
+    import demo.data as dd
+    designs = dd.designs_for(list(dd.DEFAULT_CLASSES), "tone")
+    right = total = 0
+    for i in range(30):
+        rgb, seg, part, n = dd.render_image(7, i, designs, dd.DEFAULT_SIZE, dd.DEFAULT_OBJECTS, "tone")
+        hue, _ = _hue_sat(rgb)
+        body = cv2.erode((part == dd.WEAK).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+        for c in np.unique(seg[(seg > 0) & (seg != IGNORE)]):
+            m = body & (seg == c)
+            if m.sum() < 40:
+                continue
+            d = next(x for x in designs if x["index"] + 1 == int(c))
+            fam = [x for x in designs if x["group"] == d["group"]]
+            h = _circular_mean(hue[m])
+            right += min(fam, key=lambda x: _hue_gap(h, x["hue"]))["index"] == d["index"]
+            total += 1
+    assert total >= 20 and right >= 0.9 * total, (right, total)
 
 
 def test_style_is_recorded_changes_the_fingerprint_and_is_checked(tmp_path):
