@@ -5,14 +5,14 @@ objects seen from behind without one). Classes come in families of 2-3. The head
 class; the body (weak part) tells the family and, more faintly, the class, like fur: a plain CAM classifier
 fires on heads and misses much of the bodies, while the bodies still carry the class for a classifier that
 never sees heads, which is what adversarial erasing exploits. Four styles (STYLES):
-- "v6" (default): the head in its own saturated colour, striped in one of four patterns, the body in a group
+- "v6": the head in its own saturated colour, striped in one of four patterns, the body in a group
   colour and texture, with body-coloured distractor blobs in the background (docs/notes/demo_v6.md).
 - "hue": head and body share the family's hue and fur; the head's fine stripes, at one of three
   orientations to the body axis, tell the class; the body's lightness steps by class. Grey background.
 - "spots": as "hue", but the class is told by the head's spot lattice (square, hex, dashes) and the body's
   saturation; objects stand on legs; the background is dull coloured noise. A second family of data for
   robustness, designed before the demo was tuned.
-- "tone": as "hue", but the whole object (head and body alike) takes its class's tone within the family hue
+- "tone" (default): as "hue", but the whole object (head and body alike) takes its class's tone within the family hue
   (a hue offset and a lightness step), so a body tells its class about as strongly as a v6 body does.
 scripts/demo_data_check.py measures the part shares.
 
@@ -53,9 +53,9 @@ V6_VERSION = 6  # "v6" renders as generator v6 did: its datasets keep that versi
 # "v6": generator v6 as it was, head and body of different colours and textures (kept byte-identical: its
 #     results in docs/notes/demo_v6.md, and the pre-training's auxiliary images, which use it).
 STYLES = ("v6", "hue", "spots", "tone")
-# The demo's data stays v6: "hue" did not make PSA's random walk gain over the CAMs (docs/notes/demo_v7.md), and every
-# demo figure in docs/results.md was made on v6.
-DEFAULT_STYLE = "v6"
+# The demo's data: on "tone" PSA's random walk gains over the CAMs and DeepLabV3+ follows its labels, as on VOC;
+# on v6 the walk could only hold the CAMs, on "hue" DeepLabV3+ could not read a body's class (docs/notes/demo_v7.md).
+DEFAULT_STYLE = "tone"
 # Three groups of three; consecutive classes (in this order) share a body style.
 DEFAULT_CLASSES = ("cat", "dog", "bird", "horse", "cow", "sheep", "car", "bus", "motorbike")
 DEFAULT_SIZE = (128, 160)

@@ -50,8 +50,13 @@ def ensure(cfg, log=print):
     meta = read_meta(cfg["voc_root"]) if cfg["voc_root"] else None
     if meta and is_current(meta):
         p = meta["params"]
+        style = p.get("style", "v6")
         log(f"demo dataset at {cfg['voc_root']}: using it as it is (data seed {meta['seed']}, {p['n_train']} train / "
-            f"{p['n_val']} val images, style {p.get('style', 'v6')}, sizes {p['size'][0]}-{p['size'][1]} px, objects {p['objects']})")
+            f"{p['n_val']} val images, style {style}, sizes {p['size'][0]}-{p['size'][1]} px, objects {p['objects']})")
+        if style != DEFAULT_STYLE:
+            # a dataset made before the default changed, or on purpose: kept, but the figures will not be the demo's
+            log(f"note: style {style} is not the demo's default ({DEFAULT_STYLE}), so results will differ from the "
+                f"README's; `psa-eader demo-data --force --voc-root {cfg['voc_root']}` replaces it with the default")
         return meta.get("summary", {})
     return run(cfg, log=log)
 

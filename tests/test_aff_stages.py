@@ -408,15 +408,17 @@ def test_random_walk_with_a_briefly_trained_affinitynet_on_voc(tmp_path):
 
 
 def test_pair_radius_is_a_config_key_with_psas_value(tmp_path, monkeypatch):
-    """aff_train.radius is PSA's 5 in voc.yaml (and so in the demo); another value reaches AffinityNet's pairs,
-    the walk's network and train-aff's fingerprint, and a radius under 2 or one that leaves the crop no pairs
-    is refused by name."""
+    """aff_train.radius and rw.t are PSA's 5 and 256 in voc.yaml; the demo scales them to its smaller grid (3 and
+    21). Another radius reaches AffinityNet's pairs, the walk's network and train-aff's fingerprint, and a radius
+    under 2 or one that leaves the crop no pairs is refused by name."""
     from psa_baseline.errors import InputError
     from stages.config import load_config
     from stages.make_pseudo import load_aff_net
-    assert load_config("voc")["aff_train"]["radius"] == 5 and load_config("demo")["aff_train"]["radius"] == 5
-    cfg = load_config("demo", [("work_dir", str(tmp_path)), "net.weights=random"])
-    cfg3 = load_config("demo", [("work_dir", str(tmp_path)), "net.weights=random", "aff_train.radius=3"])
+    voc, demo = load_config("voc"), load_config("demo")
+    assert (voc["aff_train"]["radius"], voc["rw"]["t"]) == (5, 256)
+    assert (demo["aff_train"]["radius"], demo["rw"]["t"]) == (3, 21)
+    cfg = load_config("demo", [("work_dir", str(tmp_path)), "net.weights=random", "aff_train.radius=5"])
+    cfg3 = load_config("demo", [("work_dir", str(tmp_path)), "net.weights=random"])
     net = train_aff.build_aff_net(cfg3)
     assert net.radius == 3
     torch.save(net.state_dict(), tmp_path / "aff_net.pth")

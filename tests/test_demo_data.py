@@ -198,7 +198,8 @@ def test_older_generator_version_is_replaced_and_changes_the_fingerprint(tmp_pat
 
 def test_pipeline_uses_a_demo_dataset_of_other_sizes_as_it_is(tmp_path, monkeypatch):
     """`pipeline --config demo` on a folder holding a demo dataset of this generator version made with other
-    sizes (`demo-data --n-train ...`) uses it instead of refusing it; an older version's is still refused."""
+    sizes (`demo-data --n-train ...`) uses it instead of refusing it, with a note when its style is not the
+    default; an older version's is still refused."""
     import demo.data as dd
     from stages import demo_data
     from stages.config import load_config
@@ -210,6 +211,13 @@ def test_pipeline_uses_a_demo_dataset_of_other_sizes_as_it_is(tmp_path, monkeypa
     demo_data.ensure(cfg, log=said.append)
     assert (root / "demo_meta.json").stat().st_mtime_ns == before
     assert "using it as it is" in said[0] and "4 train / 2 val" in said[0] and "64-72 px" in said[0]
+    # a style other than the default (here "hue") is kept, with a note saying how to get the default
+    assert "style hue is not the demo's default (tone)" in said[1] and "demo-data --force" in said[1]
+    tone = tmp_path / "tone"
+    generate(tone, seed=1, n_train=4, n_val=2, size=(64, 72))
+    told = []
+    demo_data.ensure(load_config("demo", [("voc_root", str(tone))]), log=told.append)
+    assert len(told) == 1 and "style tone" in told[0]
     monkeypatch.setattr(dd, "VERSION", dd.VERSION + 1)
     with pytest.raises(InputError, match="--force"):
         demo_data.ensure(cfg, log=said.append)
@@ -278,7 +286,7 @@ def test_a_v5_dataset_is_replaced_and_bad_object_shapes_are_refused(tmp_path, mo
     del meta["params"]["objects"]
     (root / "demo_meta.json").write_text(json.dumps(meta))
     assert generate(root, seed=1, n_train=3, n_val=1, size=(64, 72))["generated"]
-    assert read_meta(root)["params"]["version"] == dd.V6_VERSION
+    assert read_meta(root)["params"]["version"] == dd.style_version(dd.DEFAULT_STYLE)
     for bad in (dict(dd.DEFAULT_OBJECTS, headless_share=1.5), dict(dd.DEFAULT_OBJECTS, body_scale=0),
                 {"body_scale": 1.0}):
         with pytest.raises(InputError, match="demo object shape"):
@@ -402,7 +410,7 @@ def test_tone_bodies_tell_their_class_within_the_family():
 def test_style_is_recorded_changes_the_fingerprint_and_is_checked(tmp_path):
     """The style is part of the dataset's identity: data of another style at the same seed and sizes is a
     different dataset for every stage's fingerprint (results made on v6 data are not reused on the "hue"
-    data), the default style is "v6", and an unknown style is refused by name."""
+    data), the default style is "tone", and an unknown style is refused by name."""
     import demo.data as dd
     from stages import train_cam
     from stages.stage import Stage
@@ -420,7 +428,7 @@ def test_style_is_recorded_changes_the_fingerprint_and_is_checked(tmp_path):
     v6 = read_meta(tmp_path / "v6")["params"]
     assert v6["version"] == dd.V6_VERSION and "style" not in v6 and dd.is_current(read_meta(tmp_path / "v6"))
     generate(tmp_path / "default", seed=1, n_train=3, n_val=1, size=(64, 72))
-    assert "style" not in read_meta(tmp_path / "default")["params"] and dd.DEFAULT_STYLE == "v6"
+    assert read_meta(tmp_path / "default")["params"]["style"] == dd.DEFAULT_STYLE == "tone"
     with pytest.raises(InputError, match="style 'stripes'"):
         generate(tmp_path / "bad", seed=1, n_train=3, n_val=1, style="stripes")
     assert not (tmp_path / "bad").exists()
