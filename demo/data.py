@@ -544,10 +544,14 @@ def style_version(style):
     return V6_VERSION if style == "v6" else VERSION
 
 
+def style_of(meta):
+    """The style of the dataset demo_meta `meta` describes (v6's params carry none, see V6_VERSION)."""
+    return meta["params"].get("style", "v6")
+
+
 def is_current(meta):
     """Whether demo_meta `meta` was written by this generator for its style (not by an older version)."""
-    p = meta["params"]
-    return p.get("version") == style_version(p.get("style", "v6"))
+    return meta["params"].get("version") == style_version(style_of(meta))
 
 
 def _check_objects(objects):

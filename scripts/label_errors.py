@@ -15,7 +15,11 @@ import json
 import sys
 from pathlib import Path
 
-from psa_baseline.constants import SEG_CLASS_NAMES
+import cv2
+import numpy as np
+
+from demo.data import STRONG, WEAK, load_png, read_ids
+from psa_baseline.constants import IGNORE, SEG_CLASS_NAMES
 from psa_baseline.evaluation import load_per_image
 
 
@@ -36,23 +40,20 @@ def error_shares(confusion, family):
 
 def body_errors(data, pred_dir, ids):
     """{has_head: (body pixels, % another class, % background)} over the objects (connected regions of one
-    ground-truth class) of `ids`; the head is PartMasks 1, the body 2."""
-    import cv2
-    import numpy as np
-    from demo.data import load_png
+    ground-truth class) of `ids`; head and body as PartMasks marks them (STRONG, WEAK)."""
     acc = {True: [0, 0, 0], False: [0, 0, 0]}
     for i in ids:
         gt = load_png(data / "SegmentationClass" / f"{i}.png")
         part = load_png(data / "PartMasks" / f"{i}.png")
         pred = load_png(Path(pred_dir) / f"{i}.png")
         for c in np.unique(gt):
-            if c in (0, 255):
+            if c in (0, IGNORE):
                 continue
             n, comp = cv2.connectedComponents((gt == c).astype(np.uint8))
             for k in range(1, n):
                 obj = comp == k
-                body = obj & (part == 2)
-                a = acc[bool((obj & (part == 1)).any())]
+                body = obj & (part == WEAK)
+                a = acc[bool((obj & (part == STRONG)).any())]
                 a[0] += int(body.sum())
                 a[1] += int((body & (pred != c) & (pred != 0)).sum())
                 a[2] += int((body & (pred == 0)).sum())
@@ -73,7 +74,7 @@ def main(argv=None):
         fam = "-" if s["within_family"] is None else f"{s['within_family']:.0f}%"
         print(f"{f}: object pixels right {s['right']:.1f}%, background {s['background']:.1f}%, another class "
               f"{s['other_class']:.1f}% (of which within the family {fam})")
-    ids = (Path(args.data) / "ImageSets/Segmentation/val.txt").read_text().split() if args.bodies else []
+    ids = read_ids(args.data, "val") if args.bodies else []
     for d in args.bodies:
         for has_head, (n, other, bg) in sorted(body_errors(Path(args.data), d, ids).items(), reverse=True):
             print(f"{d}: bodies of objects {'with' if has_head else 'without'} a head ({n} px): another class "

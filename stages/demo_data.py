@@ -10,7 +10,7 @@ from . import demo_module
 
 _data = demo_module("data")
 DEFAULT_OBJECTS, DEFAULT_STYLE, STYLES = _data.DEFAULT_OBJECTS, _data.DEFAULT_STYLE, _data.STYLES
-generate, is_current, read_meta = _data.generate, _data.is_current, _data.read_meta
+generate, is_current, read_meta, style_of = _data.generate, _data.is_current, _data.read_meta, _data.style_of
 
 DEFAULTS = {"n_train": 500, "n_val": 150}
 
@@ -50,7 +50,7 @@ def ensure(cfg, log=print):
     meta = read_meta(cfg["voc_root"]) if cfg["voc_root"] else None
     if meta and is_current(meta):
         p = meta["params"]
-        style = p.get("style", "v6")
+        style = style_of(meta)
         log(f"demo dataset at {cfg['voc_root']}: using it as it is (data seed {meta['seed']}, {p['n_train']} train / "
             f"{p['n_val']} val images, style {style}, sizes {p['size'][0]}-{p['size'][1]} px, objects {p['objects']})")
         if style != DEFAULT_STYLE:

@@ -326,6 +326,11 @@ def _hue_sat(rgb):
     return hsv[..., 0] / 360.0, hsv[..., 1]
 
 
+def _hue_gap(a, b):
+    """Distance between two hues in turns, around the circle."""
+    return abs((a - b + 0.5) % 1.0 - 0.5)
+
+
 def _circular_mean(turns):
     a = 2 * np.pi * turns
     return np.arctan2(np.sin(a).mean(), np.cos(a).mean()) / (2 * np.pi) % 1.0
@@ -349,8 +354,8 @@ def test_family_styles_share_the_hue_across_parts_and_differ_in_fine_structure(s
         inner = cv2.erode(((part == dd.STRONG) | (part == dd.WEAK)).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
         head, body = inner & (part == dd.STRONG), inner & (part == dd.WEAK)
         d = next(x for x in designs if x["index"] + 1 == int(np.unique(seg[(seg > 0) & (seg != IGNORE)])[0]))
-        dh = abs((_circular_mean(hue[head]) - _circular_mean(hue[body]) + 0.5) % 1.0 - 0.5)
-        df = abs((_circular_mean(hue[body]) - d["hue"] + 0.5) % 1.0 - 0.5)
+        dh = _hue_gap(_circular_mean(hue[head]), _circular_mean(hue[body]))
+        df = _hue_gap(_circular_mean(hue[body]), d["hue"])
         assert dh < 0.03 and df < 0.03, (i, dh, df)
         lap = np.abs(cv2.Laplacian(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32), cv2.CV_32F))
         assert lap[head].mean() > 3 * lap[body].mean(), (i, lap[head].mean(), lap[body].mean())
@@ -358,10 +363,6 @@ def test_family_styles_share_the_hue_across_parts_and_differ_in_fine_structure(s
             assert np.median(sat[(part == 0)]) < 0.1 and np.median(sat[body]) > 0.35
         checked += 1
     assert checked >= 5
-
-
-def _hue_gap(a, b):
-    return abs((a - b + 0.5) % 1.0 - 0.5)
 
 
 def test_family_designs_tell_the_class_by_the_head_within_a_family():
@@ -419,7 +420,7 @@ def test_style_is_recorded_changes_the_fingerprint_and_is_checked(tmp_path):
     for style in ("v6", "hue"):
         root = tmp_path / style
         generate(root, seed=1, n_train=3, n_val=1, size=(64, 72), style=style)
-        assert read_meta(root)["params"].get("style", "v6") == style
+        assert dd.style_of(read_meta(root)) == style
         cfg = load_config("demo", [("voc_root", str(root)), ("work_dir", str(tmp_path / "w"))])
         fps[style] = Stage(cfg, "train_cam", train_cam.depends(cfg)).fp
     assert fps["v6"] != fps["hue"]
