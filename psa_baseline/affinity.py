@@ -14,6 +14,7 @@ Facts from PSA's public code (network/resnet38_aff.py, voc12/data.py, train_aff.
   every in-image pair.
 - Affinity: exp(-mean_channels |f_i - f_j|).
 """
+import math
 from functools import lru_cache
 
 import numpy as np
@@ -177,6 +178,21 @@ def make_seg_label(la_dict, ha_dict, shape=None, stride=8):
     label[ha_arg == 0] = 0
     label[no_score] = IGNORE
     return label
+
+
+# a positive pair's loss when its affinity is 0: PSA's -log(aff + 1e-5)
+POS_LOSS_FLOOR = -math.log(1e-5)
+
+
+def collapse_warning(bg, fg, tol=0.01):
+    """A warning when both positive-pair losses sit at their floor, else None. Then every same-label pair's
+    affinity is ~0: the network calls every pair different and the random walk leaves the CAMs almost as they
+    are. The loss stays finite, so the divergence check of the training loop does not see it."""
+    if min(bg, fg) < POS_LOSS_FLOOR * (1 - tol):
+        return None
+    return (f"AffinityNet collapsed: its positive-pair losses (bg {bg:.4g}, fg {fg:.4g}) sit at the floor "
+            f"-ln(1e-5) = {POS_LOSS_FLOOR:.4g}, so every affinity is ~0 and the random walk will leave the CAMs "
+            f"almost as they are. Rerun train-aff with --force and a lower aff_train.lr, or with another --seed")
 
 
 def affinity_loss(aff, bg_pos, fg_pos, neg):

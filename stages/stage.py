@@ -182,11 +182,13 @@ class Stage:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def train(self, loader, sampler, dataset, step_fn, step, total, steps_per_epoch, section, checkpoint, lr,
-              output, weights, stop_after=None, show=("loss",), batch_size=None):
+              output, weights, stop_after=None, show=("loss",), batch_size=None, health=None):
         """The training loop (psa_baseline.training.run_steps) with this stage's settings: batch size, log and
         checkpoint periods from the config `section` dict (batch_size may differ: train-adv's own), progress
         and metrics.csv on rank 0. Then, once every step has run, `weights()` (the trained state dict) saved
-        as `output` and DONE.json; returns its path, or None when stopped early (stop_after, for tests)."""
+        as `output` and DONE.json; returns its path, or None when stopped early (stop_after, for tests).
+        health(last metrics row) -> a warning or None: a failure the loss cannot show as non-finite (an
+        AffinityNet that collapsed); the warning is logged and kept in DONE.json's "warnings"."""
         from psa_baseline.training import run_steps
         t0 = time.time()
         lead = rank() == 0
@@ -197,15 +199,25 @@ class Stage:
                          progress=lead, metrics=self.dir / "metrics.csv" if lead else None)
         if step < total:
             return None
-        return self.finish_training(output, weights(), total, t0)
+        warnings = []
+        if health is not None and lead:
+            from .curves import read_curves
+            path = self.dir / "metrics.csv"
+            curves = read_curves(path) if path.is_file() else None
+            msg = health({k: float(v[-1]) for k, v in curves.items()}) if curves else None
+            if msg:
+                self.log.warning(msg)
+                warnings.append(msg)
+        return self.finish_training(output, weights(), total, t0, **({"warnings": warnings} if warnings else {}))
 
-    def finish_training(self, filename, state_dict, steps, t0):
-        """Save the trained weights (rank 0), log the time and write DONE.json; returns the weights' path."""
+    def finish_training(self, filename, state_dict, steps, t0, **extra):
+        """Save the trained weights (rank 0), log the time and write DONE.json (with `extra`); returns the
+        weights' path."""
         if rank() == 0:
             from psa_baseline.fileio import save_torch
             save_torch(self.dir / filename, state_dict)
         self.log.info("trained in %.1f s", time.time() - t0)
-        self.finish(model=filename, steps=steps, seconds=round(time.time() - t0, 1))
+        self.finish(model=filename, steps=steps, seconds=round(time.time() - t0, 1), **extra)
         return self.dir / filename
 
     def finish(self, **outputs):

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from psa_baseline import voc
-from psa_baseline.affinity import AffinityLabels, AffinityNet, affinity_loss, make_seg_label
+from psa_baseline.affinity import AffinityLabels, AffinityNet, affinity_loss, collapse_warning, make_seg_label
 from psa_baseline.constants import NUM_CLASSES
 from psa_baseline.errors import InputError
 from psa_baseline.safe_npy import load_dict
@@ -202,7 +202,8 @@ def run(cfg, force=False, sampler_factory=None, stop_after=None):
 
     return st.train(loader, sampler, dataset, step_fn, step, total, steps_per_epoch, t, checkpoint,
                     lambda: opt.param_groups[0]["lr"], "aff_net.pth", lambda: unwrap(model).state_dict(),
-                    stop_after=stop_after, show=("loss", "fg", "neg"))
+                    stop_after=stop_after, show=("loss", "fg", "neg"),
+                    health=lambda row: collapse_warning(row["bg"], row["fg"]))
 
 
 def train_step(model, opt, x, label, labeler, amp):

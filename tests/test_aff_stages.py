@@ -305,6 +305,34 @@ def test_train_aff_resumes_after_a_stop_with_the_same_weights(demo_root, foreign
         assert torch.allclose(nets[0][k].float(), nets[1][k].float(), atol=1e-6), k
 
 
+def test_collapse_warning_only_when_both_positive_losses_sit_at_the_floor():
+    from psa_baseline.affinity import POS_LOSS_FLOOR, collapse_warning
+    assert POS_LOSS_FLOOR == pytest.approx(11.5129, abs=1e-4)
+    msg = collapse_warning(11.51, 11.50)
+    assert "collapsed" in msg and "aff_train.lr" in msg and "--force" in msg
+    assert collapse_warning(11.51, 3.0) is None and collapse_warning(2.0, 11.51) is None
+    assert collapse_warning(0.6, 0.7) is None
+
+
+def test_train_aff_warns_and_records_a_collapsed_affinitynet(demo_root, foreign_cams, tmp_path, monkeypatch):
+    """A run whose positive-pair losses end at the floor (as a real demo run's did: bg 11.51, fg 11.51) logs
+    a warning and keeps it in DONE.json; a healthy run of the same config records none."""
+    over = dict(AFF, **{"aff_train.init": "imagenet"})
+    healthy = tiny_cfg(demo_root, tmp_path / "ok", **over)
+    make_crf.run(healthy, cam_dir=foreign_cams)
+    train_aff.run(healthy)
+    assert "warnings" not in json.loads((tmp_path / "ok" / "baseline" / "train_aff" / "DONE.json").read_text())
+    real = train_aff.train_step
+    monkeypatch.setattr(train_aff, "train_step", lambda *a: {**real(*a), "bg": 11.5129, "fg": 11.5129})
+    cfg = tiny_cfg(demo_root, tmp_path / "bad", **over)
+    make_crf.run(cfg, cam_dir=foreign_cams)
+    train_aff.run(cfg)
+    done = json.loads((tmp_path / "bad" / "baseline" / "train_aff" / "DONE.json").read_text())
+    assert len(done["warnings"]) == 1 and "AffinityNet collapsed" in done["warnings"][0]
+    log = (tmp_path / "bad" / "logs" / "baseline.train_aff.log").read_text()
+    assert "WARNING" in log and "AffinityNet collapsed" in log
+
+
 # ---------------------------------------------------------------------------- real VOC images
 
 # one or two large objects each (aeroplane, cat, horse, cow, boat, dog)
