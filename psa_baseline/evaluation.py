@@ -80,6 +80,16 @@ def scores(conf, names=SEG_CLASS_NAMES, background=0) -> dict:
             "per_class_recall": per_class(rec)}
 
 
+def average_precision(score, positive):
+    """A classifier's non-interpolated AP for one class: the mean precision at the rank of each positive
+    (ties in input order); None when no image is positive."""
+    positive = np.asarray(positive, bool)[np.argsort(-np.asarray(score, float), kind="stable")]
+    if not positive.any():
+        return None
+    hits = np.cumsum(positive)
+    return float(np.mean(hits[positive] / (np.nonzero(positive)[0] + 1)))
+
+
 def classes_note(res, n_all=N_SEG) -> str:
     """Which classes the means of a scores() result cover, in words (for reports on subsets)."""
     n, n_obj = res.get("n_classes"), res.get("n_object_classes")

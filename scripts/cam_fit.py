@@ -23,7 +23,7 @@ import torch
 
 from psa_baseline.cam_infer import normalise_batch
 from psa_baseline.constants import SEG_CLASS_NAMES
-from psa_baseline.evaluation import load_cam_dict
+from psa_baseline.evaluation import average_precision, load_cam_dict
 from stages.builders import labels_for, split_ids, voc_root
 from stages.config import load_config
 from stages.make_cam import load_cam_net
@@ -38,15 +38,6 @@ def ha_cut(alpha):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if (1 - mid) ** alpha > mid else (lo, mid)
     return (lo + hi) / 2
-
-
-def average_precision(score, positive):
-    """Non-interpolated AP: the mean precision at the rank of each positive (ties in input order)."""
-    positive = np.asarray(positive, bool)[np.argsort(-np.asarray(score, float), kind="stable")]
-    if not positive.any():
-        return None
-    hits = np.cumsum(positive)
-    return float(np.mean(hits[positive] / (np.nonzero(positive)[0] + 1)))
 
 
 def classifier_fit(logits, labels):

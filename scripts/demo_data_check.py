@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from psa_baseline import evaluation
 from psa_baseline.cam_net import CAMNet
 from psa_baseline.constants import CLASS_NAMES, IGNORE, IMAGENET_MEAN, IMAGENET_STD, NUM_CLASSES
 from demo.data import (DEFAULT_SIZE, STRONG, cams_to_labels, generate, load_cls_labels,
@@ -126,12 +127,9 @@ def predict(net, img, scales=(1.0,)):
 
 
 def average_precision(scores, targets):
-    order = np.argsort(-scores)
-    t = targets[order]
-    if t.sum() == 0:
-        return float("nan")
-    prec = np.cumsum(t) / np.arange(1, len(t) + 1)
-    return float((prec * t).sum() / t.sum())
+    """psa_baseline.evaluation's AP, NaN (not None) without positives, so that a mean over classes shows it."""
+    ap = evaluation.average_precision(scores, targets)
+    return float("nan") if ap is None else ap
 
 
 def auc(pos, neg):

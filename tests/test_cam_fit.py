@@ -1,4 +1,5 @@
-"""scripts/cam_fit.py: the classifier's fit per class, ha's cut, and the objects a class's CAM misses."""
+"""scripts/cam_fit.py: the classifier's fit per class (AP: psa_baseline.evaluation), ha's cut, and the objects
+a class's CAM misses."""
 import json
 
 import numpy as np
@@ -21,7 +22,7 @@ def test_a_larger_alpha_trusts_background_only_under_a_lower_cam():
 
 
 def test_average_precision_by_hand():
-    ap = cam_fit.average_precision
+    from psa_baseline.evaluation import average_precision as ap
     assert ap([0.9, 0.1, 0.5], [1, 0, 1]) == 1.0
     # ranks 1 and 3 hold the positives: (1/1 + 2/3) / 2
     assert ap([0.9, 0.8, 0.7], [1, 0, 1]) == pytest.approx(5 / 6)
