@@ -37,7 +37,7 @@ from psa_baseline.stats import (BOOT_SEED, N_BOOT, bootstrap_paired, fmt_pm, mea
                                 t_interval, verdict)
 from .alpha_sweep import metric
 from .registry import GROUPS, group_name
-from .report import renamed_entries
+from .report import renamed_entries, stage_warnings
 
 METRICS = [("cam", "miou", "CAM mIoU"), ("cam", "precision", "CAM precision"), ("cam", "recall", "CAM recall"),
            ("cam", "strong_recall", "CAM recall strong part"), ("cam", "weak_recall", "CAM recall weak part"),
@@ -247,6 +247,10 @@ def compare_runs(a, b, n_boot=N_BOOT):
             (None, "no per-image files for this stage")
         notes.append(f"{STAGE_NAMES[stage]}: bootstrap over images " +
                      (f"on {why}" if boots[stage] else f"not done ({why})") + "; " + stage_classes(stage, a_runs + b_runs))
+    for side, runs in ((a, a_runs), (b, b_runs)):
+        for r in runs:
+            notes += [f"{side.name} " + (f"seed {r.seed}" if r.seed is not None else str(r.work_dir)) +
+                      f", {stage}: {w}" for stage, w in stage_warnings(r.work_dir, r.variant)]
     rows = []
     for stage, key, label in METRICS:
         row = metric_row(stage, key, label, a_runs, b_runs, boots.get(stage))

@@ -141,6 +141,28 @@ def sweep_tables(work_dir):
     return "".join(out)
 
 
+def stage_warnings(work_dir, variant):
+    """[(stage, warning)] kept in the DONE.json of a variant's finished stages: failures a finite loss cannot
+    show (an AffinityNet that collapsed), which a reader of the tables must see beside them."""
+    out = []
+    for done in sorted((Path(work_dir) / variant).glob("*/DONE.json")):
+        try:
+            rec = json.loads(done.read_text())
+        except ValueError:  # a damaged record is the stage's own error to report, not the report's
+            continue
+        if isinstance(rec, dict):
+            out += [(done.parent.name, str(w)) for w in rec.get("warnings") or []]
+    return out
+
+
+def warnings_section(work_dir, variants):
+    found = [(v, s, w) for v in variants for s, w in stage_warnings(work_dir, v)]
+    if not found:
+        return ""
+    return ("\n## Warnings from the stages\n\nRead the rows above with these (each stage's DONE.json and log "
+            "say more):\n\n" + "".join(f"- **{v}**, {s}: {w}\n" for v, s, w in found))
+
+
 def write_report(work_dir, res):
     variants = {v: r for v, r in res.items() if isinstance(r, dict)}
     parts = ["# Results\n", f"Work dir: `{Path(work_dir)}`. Percentages. Our rows come from `results.json`; "
@@ -150,6 +172,7 @@ def write_report(work_dir, res):
     parts.append(markdown_table(variants, "table2", reference=paper_table2_rows()))
     parts.append(backbone_note(variants))
     parts.append(classes_scored(variants))
+    parts.append(warnings_section(work_dir, variants))
     cam = {v: r["cam"] for v, r in variants.items() if "cam" in r}
     if cam:
         parts.append("\n## CAM details\n\n| model | threshold | best threshold (sweep) | best mIoU | images |\n"

@@ -145,6 +145,36 @@ def test_compare_collect_only_over_fake_finished_runs(tmp_path, capsys):
     assert [r["diff"] for r in c2["metrics"]] == [r["diff"] for r in c["metrics"]]
 
 
+def test_a_stage_warning_reaches_the_comparison_and_the_report(tmp_path, capsys):
+    from stages.report import refresh_report
+    work = tmp_path / "work"
+    for s in (0, 1):
+        _fake_run(work / "runs" / "baseline" / f"seed{s}", "baseline", s, 0.5)
+        _fake_run(work / "runs" / "eader" / f"seed{s}", "eader", s, 0.8)
+    msg = "AffinityNet collapsed: every affinity at the floor"
+    done = work / "runs" / "eader" / "seed1" / "eader" / "train_aff" / "DONE.json"
+    done.parent.mkdir(parents=True)
+    done.write_text(json.dumps({"stage": "train_aff", "warnings": [msg]}))
+    healthy = work / "runs" / "baseline" / "seed1" / "baseline" / "train_aff" / "DONE.json"
+    healthy.parent.mkdir(parents=True)
+    healthy.write_text(json.dumps({"stage": "train_aff"}))
+    damaged = work / "runs" / "baseline" / "seed0" / "baseline" / "make_crf" / "DONE.json"
+    damaged.parent.mkdir(parents=True)
+    damaged.write_text("{half a rec")  # the stage's own check reports it; the tables must still be written
+    rc = cli_main(["compare", "--config", "demo", "--work-dir", str(work), "--seeds", "0", "1", "--collect-only",
+                   "--resamples", "200"])
+    assert rc == 0
+    notes = json.loads((work / "compare" / "baseline_vs_eader.json").read_text())["notes"]
+    assert [n for n in notes if "train_aff" in n or "make_crf" in n] == [f"eader seed 1, train_aff: {msg}"]
+    assert f"- eader seed 1, train_aff: {msg}" in (work / "compare" / "baseline_vs_eader.md").read_text()
+    refresh_report(work / "runs" / "eader" / "seed1")
+    md = (work / "runs" / "eader" / "seed1" / "report.md").read_text()
+    assert "## Warnings from the stages" in md and f"- **eader**, train_aff: {msg}" in md
+    for clean in (work / "runs" / "eader" / "seed0", work / "runs" / "baseline" / "seed0"):
+        refresh_report(clean)
+        assert "Warnings from the stages" not in (clean / "report.md").read_text()
+
+
 def test_a_comparison_of_other_runs_is_kept_not_overwritten(tmp_path, capsys):
     """compare over seeds 3-4 in a work dir that holds the table of seeds 0-2 (the same side names) keeps that
     table as baseline_vs_eader.earlier-1; comparing the same runs again just rewrites their own files."""
