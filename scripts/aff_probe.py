@@ -23,7 +23,6 @@ The walk's no-walk reference (CAMs alone) is in rw_diagnose.py's report. The sam
 thread count a probe with the stage's settings gave the stage's network (walk scores equal to the digit on
 the demo, docs/notes/demo_v6.md 4.1); at another thread count float sums differ, and a short training drifts.
 """
-import argparse
 import json
 import sys
 import time
@@ -42,7 +41,7 @@ from psa_baseline.affinity_quality import separation, split_pairs
 from scripts.rw_diagnose import Scorer
 from stages import train_aff
 from stages.builders import labels_for, split_ids, voc_root
-from stages.config import load_config
+from scripts.run_args import run_config, run_parser
 from stages.make_crf import HA, LA
 from stages.make_pseudo import padded_input
 
@@ -157,11 +156,7 @@ def score(cfg, net, run, ts, n, beta):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="demo")
-    p.add_argument("--work-dir", required=True)
-    p.add_argument("--voc-root", required=True)
-    p.add_argument("--variant", default="baseline")
+    p = run_parser(__doc__, "a config override, e.g. aff_train.epochs=8 (repeatable)")
     p.add_argument("--seed", type=int, default=None, help="the run's seed (default: the config's)")
     p.add_argument("--labels", choices=["crf", "gt", "crf-bg-fixed", "crf-fg-fixed"], default="crf")
     p.add_argument("--optimizer", choices=["psa", "adam"], default="psa")
@@ -171,14 +166,8 @@ def main(argv=None):
     p.add_argument("--beta", type=float, default=8)
     p.add_argument("--n", type=int, default=150, help="val images scored")
     p.add_argument("--out", required=True)
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="a config override, e.g. aff_train.epochs=8 (repeatable)")
     args = p.parse_args(argv)
-    torch.set_num_threads(1)
-    over = [("voc_root", args.voc_root), ("work_dir", args.work_dir), ("device", "cpu")]
-    if args.seed is not None:
-        over.append(("seed", args.seed))
-    cfg = load_config(args.config, over + list(args.overrides))
+    cfg = run_config(args, [("seed", args.seed)] if args.seed is not None else [])
     train_aff.check_config(cfg)
     run = Path(args.work_dir) / args.variant
     if (args.la_from or args.ha_from) and args.labels != "crf":

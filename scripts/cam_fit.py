@@ -13,7 +13,6 @@ only their bodies; PSA's ha CRF labels then trust those objects as background. F
     .venv/bin/python -m scripts.cam_fit --config demo --work-dir RUN --voc-root DATA [--variant eader] \\
         [--set cam_train.lr=0.03] [--out fit.json]
 """
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -25,7 +24,7 @@ from psa_baseline.cam_infer import normalise_batch
 from psa_baseline.constants import SEG_CLASS_NAMES
 from psa_baseline.evaluation import average_precision, load_cam_dict
 from stages.builders import labels_for, split_ids, voc_root
-from stages.config import load_config
+from scripts.run_args import run_config, run_parser
 from stages.make_cam import load_cam_net
 
 MISSED = 0.5  # an object counts as missed when more than this share of its pixels is under the cut
@@ -77,21 +76,13 @@ def logits_of(net, root, ids):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="demo")
-    p.add_argument("--work-dir", required=True, help="the run's work dir (holding <variant>/train_cam)")
-    p.add_argument("--voc-root", required=True)
-    p.add_argument("--variant", default="baseline")
+    p = run_parser(__doc__, "config overrides the run was made with that matter here (network, crf.alpha_ha)")
     p.add_argument("--train-list", default="ImageSets/Segmentation/train.txt")
     p.add_argument("--val-list", default="ImageSets/Segmentation/val.txt")
     p.add_argument("--n", type=int, default=200, help="first N images of each list")
     p.add_argument("--out", help="also write the figures as JSON here")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config overrides the run was made with that matter here (network, crf.alpha_ha)")
     args = p.parse_args(argv)
-    torch.set_num_threads(1)
-    cfg = load_config(args.config, [("voc_root", args.voc_root), ("work_dir", args.work_dir), ("device", "cpu")]
-                      + list(args.overrides))
+    cfg = run_config(args)
     root, run = voc_root(cfg), Path(args.work_dir) / args.variant
     net = load_cam_net(cfg, run / "train_cam" / "cam_net.pth", "cpu")
     cut = ha_cut(cfg["crf"]["alpha_ha"])

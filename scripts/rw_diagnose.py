@@ -17,7 +17,6 @@ scores above a different pair; 0.5 = no separation, 1 = perfect).
     .venv/bin/python -m scripts.rw_diagnose --config demo --work-dir work/d4/sweep/psa/alpha0.05/seed0 \\
         --voc-root work/d4/data --variant eader --out work/d4/rw_diagnose.json
 """
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -33,7 +32,7 @@ from psa_baseline.evaluation import confusion, load_cam_dict, scores
 from psa_baseline.fileio import write_json
 from psa_baseline.random_walk import propagate_cams
 from stages.builders import labels_for, split_ids, voc_root
-from stages.config import load_config
+from scripts.run_args import run_config, run_parser
 from stages.make_crf import HA, LA
 from stages.make_pseudo import load_aff_net, padded_input
 from stages.train_aff import load_crf_dict
@@ -59,11 +58,7 @@ class Scorer:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="demo")
-    p.add_argument("--work-dir", required=True)
-    p.add_argument("--voc-root", required=True)
-    p.add_argument("--variant", default="baseline")
+    p = run_parser(__doc__, "config overrides the run was made with that matter here, e.g. aff_train.radius=3")
     p.add_argument("--split", default="ImageSets/Segmentation/val.txt")
     p.add_argument("--n", type=int, default=150)
     p.add_argument("--ts", type=int, nargs="+", default=[8, 32, 64, 256])
@@ -72,12 +67,8 @@ def main(argv=None):
     p.add_argument("--cam-dir", help="walk these CAMs (<id>.npy) instead of the variant's own make_cam/cams, e.g. "
                    "another variant's, to tell the CAMs' share of a difference from the AffinityNet's")
     p.add_argument("--out", required=True)
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config overrides the run was made with that matter here, e.g. aff_train.radius=3")
     args = p.parse_args(argv)
-    torch.set_num_threads(1)
-    cfg = load_config(args.config, [("voc_root", args.voc_root), ("work_dir", args.work_dir), ("device", "cpu")]
-                      + list(args.overrides))
+    cfg = run_config(args)
     root = voc_root(cfg)
     ids = split_ids(cfg, args.split)[:args.n]
     labels = labels_for(cfg, root, ids)
