@@ -57,6 +57,12 @@ class Scorer:
         return out
 
 
+def walked_ts(name, ts, rw_t):
+    """The t values walked for an affinity source: every t for the AffinityNet; the oracle and the no-crop walks
+    cost as much again, so only PSA's 32 and 256 and the config's own rw.t among those asked for."""
+    return list(ts) if name == "affinitynet" else [t for t in ts if t in (32, 256, rw_t)]
+
+
 def main(argv=None):
     p = run_parser(__doc__, "config overrides the run was made with that matter here, e.g. aff_train.radius=3")
     p.add_argument("--split", default="ImageSets/Segmentation/val.txt")
@@ -102,9 +108,7 @@ def main(argv=None):
         diff_aff.append(diff)
         for name, aff in affs.items():
             crop = "no border crop" not in name
-            for t in args.ts:
-                if name != "affinitynet" and t not in (32, 256):
-                    continue
+            for t in walked_ts(name, args.ts, cfg["rw"]["t"]):
                 pred = propagate_cams(cams, aff, img.shape[:2], alpha_bg=rw_alpha, beta=args.beta, t=t,
                                       radius=r, psa_crop=crop, name=i)
                 score(f"{name}, t {t}", pred, i, gt)

@@ -141,3 +141,12 @@ def test_label_errors_splits_bodies_by_objects_with_and_without_a_head(tmp_path)
         voc.save_label_png(tmp_path / folder / "x.png", arr)
     got = body_errors(tmp_path, tmp_path / "pred", ["x"])
     assert got[True] == (4, 25.0, 25.0) and got[False] == (4, 0.0, 0.0)
+
+
+def test_the_oracle_is_walked_at_the_configs_own_t():
+    """--ts 8 21 64 on the demo (rw.t 21): the oracle and no-crop rows at t 21, which PSA's fixed 32 / 256 missed."""
+    from scripts.rw_diagnose import walked_ts
+    assert walked_ts("affinitynet", [8, 21, 64], 21) == [8, 21, 64]
+    assert walked_ts("oracle (ground truth)", [8, 21, 64], 21) == [21]
+    assert walked_ts("affinitynet, no border crop", [8, 32, 64, 256], 256) == [32, 256]
+
