@@ -146,9 +146,11 @@ def stage_warnings(work_dir, variant):
     show (an AffinityNet that collapsed), which a reader of the tables must see beside them."""
     out = []
     for done in sorted((Path(work_dir) / variant).glob("*/DONE.json")):
+        if done.parent.name.endswith(".replaced"):  # an earlier config's results set aside by a rerun (Stage)
+            continue
         try:
             rec = json.loads(done.read_text())
-        except ValueError:  # a damaged record is the stage's own error to report, not the report's
+        except (OSError, ValueError):  # a damaged record is the stage's own error to report, not the report's
             continue
         if isinstance(rec, dict):
             out += [(done.parent.name, str(w)) for w in rec.get("warnings") or []]

@@ -161,11 +161,15 @@ def test_a_stage_warning_reaches_the_comparison_and_the_report(tmp_path, capsys)
     damaged = work / "runs" / "baseline" / "seed0" / "baseline" / "make_crf" / "DONE.json"
     damaged.parent.mkdir(parents=True)
     damaged.write_text("{half a rec")  # the stage's own check reports it; the tables must still be written
+    set_aside = work / "runs" / "baseline" / "seed1" / "baseline" / "train_aff.replaced" / "DONE.json"
+    set_aside.parent.mkdir(parents=True)  # an earlier config's collapsed run, set aside while a rerun replaces it
+    set_aside.write_text(json.dumps({"stage": "train_aff", "warnings": ["an earlier run's collapse"]}))
     rc = cli_main(["compare", "--config", "demo", "--work-dir", str(work), "--seeds", "0", "1", "--collect-only",
                    "--resamples", "200"])
     assert rc == 0
     notes = json.loads((work / "compare" / "baseline_vs_eader.json").read_text())["notes"]
-    assert [n for n in notes if "train_aff" in n or "make_crf" in n] == [f"eader seed 1, train_aff: {msg}"]
+    assert [n for n in notes if "train_aff" in n or "make_crf" in n or "earlier" in n] == [
+        f"eader seed 1, train_aff: {msg}"]
     assert f"- eader seed 1, train_aff: {msg}" in (work / "compare" / "baseline_vs_eader.md").read_text()
     refresh_report(work / "runs" / "eader" / "seed1")
     md = (work / "runs" / "eader" / "seed1" / "report.md").read_text()

@@ -149,4 +149,3 @@ def test_the_oracle_is_walked_at_the_configs_own_t():
     assert walked_ts("affinitynet", [8, 21, 64], 21) == [8, 21, 64]
     assert walked_ts("oracle (ground truth)", [8, 21, 64], 21) == [21]
     assert walked_ts("affinitynet, no border crop", [8, 32, 64, 256], 256) == [32, 256]
-
