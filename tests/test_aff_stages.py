@@ -186,13 +186,13 @@ def test_make_crf_reads_cam_dicts_of_another_program(demo_root, foreign_cams, tm
     img = voc.VOCRoot(demo_root).read_image(ids[1])
     cams = _load(foreign_cams / f"{ids[1]}.npy")
     assert all(isinstance(k, np.integer) for k in cams) and next(iter(cams.values())).dtype == np.float64
-    scale = load_config("demo")["crf"]["scale_factor"]
-    ref = cam_dict_to_crf(np.array(img), {int(k): v.astype(np.float32) for k, v in cams.items()}, 4,
-                          scale_factor=scale)
+    crf = load_config("demo")["crf"]
+    ref = cam_dict_to_crf(np.array(img), {int(k): v.astype(np.float32) for k, v in cams.items()}, crf["alpha_la"],
+                          scale_factor=crf["scale_factor"])
     la = _load(out / "crf_la" / f"{ids[1]}.npy")
     assert sorted(la) == sorted(ref) and all(np.allclose(la[k], ref[k], atol=1e-6) for k in ref)
     fg = [sum((_label_of(_load(out / d / f"{i}.npy")) > 0).sum() for i in ids) for d in ("crf_la", "crf_ha")]
-    assert fg[0] < fg[1]  # alpha 4: the stronger background, so the smaller (confident) foreground
+    assert fg[0] < fg[1]  # la's low alpha: the stronger background, so the smaller (confident) foreground
     # resumable: a crash left one image without its ha file, PARTIAL.json and no DONE.json -> only that
     # image is redone
     fp = json.loads((out / "DONE.json").read_text())["fingerprint"]

@@ -31,6 +31,16 @@ def test_demo_learning_rates_are_its_documented_deviations():
         assert line in text
 
 
+def test_demo_la_alpha_is_its_documented_deviation():
+    """The demo's la background exponent (1: a cut at CAM 0.5 for its broad CAMs) is commented in demo.yaml with
+    PSA's 4, which voc.yaml keeps; ha's 32 is PSA's in both."""
+    from stages.config import CONFIG_DIR
+    voc, demo = load_config("voc")["crf"], load_config("demo")["crf"]
+    assert (voc["alpha_la"], voc["alpha_ha"]) == (4, 32)
+    assert (demo["alpha_la"], demo["alpha_ha"]) == (1, 32)
+    assert "  alpha_la: 1               # paper 4" in (CONFIG_DIR / "demo.yaml").read_text()
+
+
 def test_demo_overrides_and_dotted_overrides():
     cfg = load_config("demo", ["cam_train.epochs=3", "eader.enabled=true", "net.blocks=[1,1,1,1]",
                                "eader.alpha=1"])
