@@ -8,6 +8,7 @@ from psa_baseline.constants import SEG_CLASS_NAMES
 from psa_baseline.evaluation import classes_note, markdown_table
 from psa_baseline.fileio import write_json, write_text
 from .registry import GROUPS, RENAMED
+from .workdir import REPLACED_SUFFIX
 
 # Published numbers (Pascal VOC 2012 val), from docs/reference.md.
 PAPER_TABLE2 = {
@@ -146,7 +147,7 @@ def stage_warnings(work_dir, variant):
     show (an AffinityNet that collapsed), which a reader of the tables must see beside them."""
     out = []
     for done in sorted((Path(work_dir) / variant).glob("*/DONE.json")):
-        if done.parent.name.endswith(".replaced"):  # an earlier config's results set aside by a rerun (Stage)
+        if done.parent.name.endswith(REPLACED_SUFFIX):  # an earlier config's results, set aside by a rerun
             continue
         try:
             rec = json.loads(done.read_text())

@@ -28,7 +28,7 @@ from psa_baseline.fileio import write_json
 from .config import BF16_KEYS, fingerprint, variant_name
 from .distributed import agree, barrier, rank, resolve_device, world_size
 from .registry import dataset_identity
-from .workdir import lock_name, lock_work_dir, prepare_work_dir
+from .workdir import REPLACED_SUFFIX, lock_name, lock_work_dir, prepare_work_dir
 
 
 def seed_everything(seed):
@@ -118,7 +118,7 @@ class Stage:
         """Where finished results made under another config wait while this run redoes the stage: deleted
         when it finishes, restored when a later run asks for them again (so a run that fails on its inputs
         never costs the results it would have replaced)."""
-        return self.dir.with_name(self.dir.name + ".replaced")
+        return self.dir.with_name(self.dir.name + REPLACED_SUFFIX)
 
     def is_done(self):
         """True when finished with the same fingerprint. A stale or forced run sets the finished results

@@ -15,6 +15,10 @@ from pathlib import Path
 
 from psa_baseline.errors import InputError
 
+# a stage folder's sibling <stage>.replaced holds an earlier config's finished results while a rerun redoes the
+# stage (Stage.replaced_dir); readers of a variant's stage folders skip it
+REPLACED_SUFFIX = ".replaced"
+
 
 def prepare_work_dir(work_dir):
     """Create the work dir and check that it takes files; otherwise an InputError with the path and the fix."""
