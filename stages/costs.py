@@ -1,11 +1,13 @@
 """Measured costs per training step and per image, and the wall time they give a planned run.
 
 Only settings that were measured have costs; a stage without one is named as such, not guessed.
-  demo on the CPU: docs/performance.md, `time ./run_pipeline.sh --eader both` on the idle 2-core CPU (bf16 as
-    configs/demo.yaml): train-cam 100.7 s / 930 steps (EADER 273.1 s: 2.71x, its localizer
-    trains in both turns), make-cam 29.3 s / 650 images, make-crf 16.1 s / 500 images (2 workers),
-    train-aff 86.6 s / 496 steps, make-pseudo 26.6 s / 650 images, train-seg 129.9 s / 500 steps, make-seg
-    4.9 s / 150 images; side by side (`--jobs 2`) in SIDE_BY_SIDE_COSTS below
+  demo on the CPU: docs/performance.md, `time ./run_pipeline.sh --eader both` on idle 2-core CPUs, the demo as
+    shipped. bf16 (Intel with AMX): train-cam 121 s / 930 steps (EADER 330 s: 2.73x, its localizer trains in
+    both turns), make-cam 36 s / 650 images, make-crf 21 s / 500 images (2 workers), train-aff 72 s / 496
+    steps, make-pseudo 24 s / 650 images, train-seg 149 s / 500 steps, make-seg 6 s / 150 images. float32 (an
+    AMD EPYC with oneDNN and ATen capped to AVX2, as an AVX2-only CPU runs the demo under bf16: auto): train-cam
+    351 s (EADER 526 s: 1.50x), make-cam 60 s, make-crf 18 s, train-aff 72 s, make-pseudo 22 s, train-seg
+    243 s, make-seg 6 s. Side by side (`--jobs 2`) in SIDE_BY_SIDE_COSTS below
   voc on one H200 (docs/notes/gpu.md, scripts/gpu_check.sh: the paper's networks at random init on VOCmini's 200
     real VOC images, 16 CPU cores): a train-cam step (batch 16, crop 448) 0.175 s float32 / 0.088 s bf16, an
     EADER 200/200 cycle 0.83x / 1.00x of that; make-cam 0.088 s per image float32 / 0.071 s bf16 with 4 loader
@@ -24,30 +26,31 @@ from .registry import SPECS
 # (config name, device type) -> {stage: (seconds, per, bf16 or None)}; per is "step" or "image";
 # bf16 None: the cost does not depend on it; cycle: EADER's train-cam factor by bf16
 COSTS = {
-    # bf16 (True): the AMX run above; float32 (False): an AMD EPYC with oneDNN and ATen capped to AVX2, as an
-    # AVX2-only CPU runs the demo under bf16: auto (docs/performance.md, the baseline of that timed run)
-    ("demo", "cpu"): {"train-cam": {True: 100.7 / 930, False: 354.6 / 930}, "make-cam": {True: 29.3 / 650, False: 58.5 / 650},
-                      "make-crf": {None: 16.1 / 500}, "train-aff": {True: 86.6 / 496, False: 104.9 / 496},
-                      "make-pseudo": {None: 26.6 / 650},
-                      "train-seg": {True: 129.9 / 500, False: 269.9 / 500},
-                      "make-seg": {True: 4.9 / 150, False: 5.8 / 150}},
+    # the baseline's stages of the two timed runs above: bf16 (True) on AMX, float32 (False) as AVX2-only
+    ("demo", "cpu"): {"train-cam": {True: 121 / 930, False: 351 / 930}, "make-cam": {True: 36 / 650, False: 60 / 650},
+                      "make-crf": {None: 21 / 500}, "train-aff": {True: 72 / 496, False: 72 / 496},
+                      "make-pseudo": {None: 24 / 650},
+                      "train-seg": {True: 149 / 500, False: 243 / 500},
+                      "make-seg": {True: 6 / 150, False: 6 / 150}},
     ("voc", "cuda"): {"train-cam": {False: 0.175, True: 0.088}, "make-cam": {False: 0.088, True: 0.071},
                       "make-crf": {None: 1 / 12.1}, "train-aff": {False: 0.121}, "make-pseudo": {None: 0.033},
                       "train-seg": {False: 0.088}, "make-seg": {False: 0.040}},
 }
 # The demo on the CPU with the two variants side by side, one thread each (pipeline --jobs 2; docs/performance.md,
-# `time ./run_pipeline.sh --eader both --jobs 2`, the config's 8 aff epochs):
-# the baseline's stages; EADER's train-cam took 427.9 s (2.84x), its other stages within 9% of these
+# `time ./run_pipeline.sh --eader both --jobs 2`): the baseline's stages. bf16: AMX, on the earlier demo data (v6,
+# radius 5, t 256; EADER's train-cam 427.9 s, 2.84x); float32: as AVX2-only, the demo as shipped (EADER's
+# train-cam 841 s, 1.51x; its other stages within 5% of these, make-seg within a second)
 SIDE_BY_SIDE_COSTS = {
-    ("demo", "cpu"): {"train-cam": {True: 150.7 / 930}, "make-cam": {True: 39.1 / 650},
-                      "make-crf": {None: 26.2 / 500}, "train-aff": {True: 140.7 / 496},
+    ("demo", "cpu"): {"train-cam": {True: 150.7 / 930, False: 558 / 930},
+                      "make-cam": {True: 39.1 / 650, False: 93 / 650},
+                      "make-crf": {None: 26.2 / 500}, "train-aff": {True: 140.7 / 496, False: 116 / 496},
                       "make-pseudo": {None: 37.2 / 650},
-                      "train-seg": {True: 229.8 / 500}, "make-seg": {True: 7.5 / 150}},
+                      "train-seg": {True: 229.8 / 500, False: 378 / 500},
+                      "make-seg": {True: 7.5 / 150, False: 8 / 150}},
 }
-SIDE_BY_SIDE_EADER_CYCLE = {("demo", "cpu"): {True: 427.9 / 150.7}}
-# voc: docs/notes/gpu.md (200/200 cycle / baseline step); demo bf16: docs/performance.md's pipeline run (EADER / baseline
-# train-cam seconds); demo float32: the AVX2 timed run of docs/performance.md (EADER / baseline train-cam seconds)
-EADER_CYCLE = {("voc", "cuda"): {False: 0.83, True: 1.00}, ("demo", "cpu"): {True: 273.1 / 100.7, False: 622.5 / 354.6}}
+SIDE_BY_SIDE_EADER_CYCLE = {("demo", "cpu"): {True: 427.9 / 150.7, False: 841 / 558}}
+# voc: docs/notes/gpu.md (200/200 cycle / baseline step); demo: the timed runs above (EADER / baseline train-cam seconds)
+EADER_CYCLE = {("voc", "cuda"): {False: 0.83, True: 1.00}, ("demo", "cpu"): {True: 330 / 121, False: 526 / 351}}
 MEASURED_CRF_WORKERS = {("demo", "cpu"): 2, ("voc", "cuda"): 8}
 # the DeepLabV3+ encoder the train-seg / make-seg costs were measured with; another one is not guessed from them
 MEASURED_ENCODER = {("demo", "cpu"): "resnet18", ("voc", "cuda"): "resnet101"}

@@ -7,14 +7,25 @@ from stages.costs import stage_seconds, wall_time_lines
 
 def test_the_demo_estimate_gives_back_the_measured_run(native_bf16):  # measured with bf16 on AMX
     cfg = load_config("demo", [("device", "cpu")])
-    # docs/performance.md's run (work/timing11): 930 steps (500 images / 16 x 30 epochs) in 100.7 s, 650 CAMs in 29.3 s
-    assert stage_seconds(cfg, cfg, "train-cam", 500) == pytest.approx(100.7)
-    assert stage_seconds(cfg, cfg, "make-cam", 650) == pytest.approx(29.3)
-    assert stage_seconds(cfg, cfg, "train-aff", 500) == pytest.approx(86.6)  # 8 epochs of 62 steps
+    # docs/performance.md's AMX run: 930 steps (500 images / 16 x 30 epochs) in 121 s, 650 CAMs in 36 s
+    assert stage_seconds(cfg, cfg, "train-cam", 500) == pytest.approx(121)
+    assert stage_seconds(cfg, cfg, "make-cam", 650) == pytest.approx(36)
+    assert stage_seconds(cfg, cfg, "train-aff", 500) == pytest.approx(72)  # 8 epochs of 62 steps
     eader = merge(cfg, {"eader": {"enabled": True}})
-    assert stage_seconds(cfg, eader, "train-cam", 500) == pytest.approx(273.1)  # EADER's own run
+    assert stage_seconds(cfg, eader, "train-cam", 500) == pytest.approx(330)  # EADER's own run
     fewer = merge(cfg, {"crf": {"workers": 1}})
-    assert stage_seconds(cfg, fewer, "make-crf", 500) == pytest.approx(32.2)  # measured with 2 workers
+    assert stage_seconds(cfg, fewer, "make-crf", 500) == pytest.approx(42)  # measured with 2 workers
+
+
+def test_the_float32_estimate_gives_back_the_avx2_runs():
+    # docs/performance.md's runs as an AVX2-only CPU (float32): one process, then --jobs 2 (a thread each)
+    cfg = load_config("demo", [("device", "cpu"), "cam_train.bf16=false", "seg_train.bf16=false"])
+    eader = merge(cfg, {"eader": {"enabled": True}})
+    assert stage_seconds(cfg, cfg, "train-cam", 500) == pytest.approx(351)
+    assert stage_seconds(cfg, eader, "train-cam", 500) == pytest.approx(526)
+    assert stage_seconds(cfg, cfg, "train-seg", 500) == pytest.approx(243)
+    assert stage_seconds(cfg, eader, "train-cam", 500, side_by_side=True) == pytest.approx(841)
+    assert stage_seconds(cfg, cfg, "train-seg", 500, side_by_side=True) == pytest.approx(378)
 
 
 def test_side_by_side_the_longest_variant_sets_the_wall_time(native_bf16):
@@ -24,7 +35,7 @@ def test_side_by_side_the_longest_variant_sets_the_wall_time(native_bf16):
     rows = [("baseline", "train-cam", 500, 0), ("baseline", "train-seg", 500, 0),
             ("eader", "train-cam", 500, 0), ("eader", "train-seg", 500, 0)]
     one = wall_time_lines(cfg, plan, rows)
-    assert "one process" in one[0] and one[-1].strip() == "total 11 min"  # 100.7 + 129.9 + 273.1 + 129.9 s
+    assert "one process" in one[0] and one[-1].strip() == "total 12 min"  # 121 + 149 + 330 + 149 s
     # docs/performance.md, --jobs 2: EADER's train-cam 427.9 s, train-seg 229.8 s (the baseline's per-step cost)
     two = wall_time_lines(cfg, plan, rows, jobs=2)
     assert "side by side" in two[0] and "total 11 min (the longest variant, eader; baseline 6 min, eader 11 min)" in two[-1]
