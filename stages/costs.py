@@ -1,8 +1,8 @@
 """Measured costs per training step and per image, and the wall time they give a planned run.
 
 Only settings that were measured have costs; a stage without one is named as such, not guessed.
-  demo on the CPU: docs/performance.md, `time ./run_pipeline.sh --eader both` on idle 2-core CPUs, the demo as
-    shipped. bf16 (Intel with AMX): train-cam 121 s / 930 steps (EADER 330 s: 2.73x, its localizer trains in
+  demo on the CPU: docs/performance.md, `time ./run_pipeline.sh --eader both` on idle 2-core CPUs, the demo at
+    its shipped sizes. bf16 (Intel with AMX): train-cam 121 s / 930 steps (EADER 330 s: 2.73x, its localizer trains in
     both turns), make-cam 36 s / 650 images, make-crf 21 s / 500 images (2 workers), train-aff 72 s / 496
     steps, make-pseudo 24 s / 650 images, train-seg 149 s / 500 steps, make-seg 6 s / 150 images. float32 (an
     AMD EPYC with oneDNN and ATen capped to AVX2, as an AVX2-only CPU runs the demo under bf16: auto): train-cam
@@ -38,7 +38,7 @@ COSTS = {
 }
 # The demo on the CPU with the two variants side by side, one thread each (pipeline --jobs 2; docs/performance.md,
 # `time ./run_pipeline.sh --eader both --jobs 2`): the baseline's stages. bf16: AMX, on the earlier demo data (v6,
-# radius 5, t 256; EADER's train-cam 427.9 s, 2.84x); float32: as AVX2-only, the demo as shipped (EADER's
+# radius 5, t 256; EADER's train-cam 427.9 s, 2.84x); float32: as AVX2-only, the shipped sizes (EADER's
 # train-cam 841 s, 1.51x; its other stages within 5% of these, make-seg within a second)
 SIDE_BY_SIDE_COSTS = {
     ("demo", "cpu"): {"train-cam": {True: 150.7 / 930, False: 558 / 930},
