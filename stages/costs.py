@@ -5,9 +5,10 @@ Only settings that were measured have costs; a stage without one is named as suc
     its shipped sizes. bf16 (Intel with AMX): train-cam 121 s / 930 steps (EADER 330 s: 2.73x, its localizer trains in
     both turns), make-cam 36 s / 650 images, make-crf 21 s / 500 images (2 workers), train-aff 72 s / 496
     steps, make-pseudo 24 s / 650 images, train-seg 149 s / 500 steps, make-seg 6 s / 150 images. float32 (an
-    AMD EPYC with oneDNN and ATen capped to AVX2, as an AVX2-only CPU runs the demo under bf16: auto): train-cam
-    351 s (EADER 526 s: 1.50x), make-cam 60 s, make-crf 18 s, train-aff 72 s, make-pseudo 22 s, train-seg
-    243 s, make-seg 6 s. Side by side (`--jobs 2`) in SIDE_BY_SIDE_COSTS below
+    AVX2-only AMD EPYC, Zen 3, where bf16: auto resolves to float32): train-cam 497 s (EADER 650 s: 1.31x), make-cam
+    79.5 s, make-crf 27.3 s, train-aff 122 s, make-pseudo 31.1 s, train-seg 307 s, make-seg 7 s. An AVX-512 CPU capped
+    to AVX2 kernels ran 1.35x faster (28 min 49 s against 38 min 59 s) and is not what AVX2 users have. Side by side
+    (`--jobs 2`) in SIDE_BY_SIDE_COSTS below
   voc on one H200 (docs/notes/gpu.md, scripts/gpu_check.sh: the paper's networks at random init on VOCmini's 200
     real VOC images, 16 CPU cores): a train-cam step (batch 16, crop 448) 0.175 s float32 / 0.088 s bf16, an
     EADER 200/200 cycle 0.83x / 1.00x of that; make-cam 0.088 s per image float32 / 0.071 s bf16 with 4 loader
@@ -26,12 +27,13 @@ from .registry import SPECS
 # (config name, device type) -> {stage: (seconds, per, bf16 or None)}; per is "step" or "image";
 # bf16 None: the cost does not depend on it; cycle: EADER's train-cam factor by bf16
 COSTS = {
-    # the baseline's stages of the two timed runs above: bf16 (True) on AMX, float32 (False) as AVX2-only
-    ("demo", "cpu"): {"train-cam": {True: 121 / 930, False: 351 / 930}, "make-cam": {True: 36 / 650, False: 60 / 650},
-                      "make-crf": {None: 21 / 500}, "train-aff": {True: 72 / 496, False: 72 / 496},
-                      "make-pseudo": {None: 24 / 650},
-                      "train-seg": {True: 149 / 500, False: 243 / 500},
-                      "make-seg": {True: 6 / 150, False: 6 / 150}},
+    # the baseline's stages of the two timed runs above: bf16 (True) on AMX, float32 (False) on the AVX2-only CPU;
+    # make-crf and make-pseudo run no network, so True / False there name the CPU kind (native bf16 or not)
+    ("demo", "cpu"): {"train-cam": {True: 121 / 930, False: 497 / 930}, "make-cam": {True: 36 / 650, False: 79.5 / 650},
+                      "make-crf": {True: 21 / 500, False: 27.3 / 500}, "train-aff": {True: 72 / 496, False: 122 / 496},
+                      "make-pseudo": {True: 24 / 650, False: 31.1 / 650},
+                      "train-seg": {True: 149 / 500, False: 307 / 500},
+                      "make-seg": {True: 6 / 150, False: 7 / 150}},
     ("voc", "cuda"): {"train-cam": {False: 0.175, True: 0.088}, "make-cam": {False: 0.088, True: 0.071},
                       "make-crf": {None: 1 / 12.1}, "train-aff": {False: 0.121}, "make-pseudo": {None: 0.033},
                       "train-seg": {False: 0.088}, "make-seg": {False: 0.040}},
@@ -50,12 +52,12 @@ SIDE_BY_SIDE_COSTS = {
 }
 SIDE_BY_SIDE_EADER_CYCLE = {("demo", "cpu"): {True: 427.9 / 150.7, False: 841 / 558}}
 # voc: docs/notes/gpu.md (200/200 cycle / baseline step); demo: the timed runs above (EADER / baseline train-cam seconds)
-EADER_CYCLE = {("voc", "cuda"): {False: 0.83, True: 1.00}, ("demo", "cpu"): {True: 330 / 121, False: 526 / 351}}
+EADER_CYCLE = {("voc", "cuda"): {False: 0.83, True: 1.00}, ("demo", "cpu"): {True: 330 / 121, False: 650 / 497}}
 MEASURED_CRF_WORKERS = {("demo", "cpu"): 2, ("voc", "cuda"): 8}
 # the DeepLabV3+ encoder the train-seg / make-seg costs were measured with; another one is not guessed from them
 MEASURED_ENCODER = {("demo", "cpu"): "resnet18", ("voc", "cuda"): "resnet101"}
 # where the costs were measured: the check says so, as another machine's times differ
-MEASURED_ON = {("demo", "cpu"): "2-core x86 CPUs (bf16: Intel with AMX; float32: AMD EPYC as AVX2-only)",
+MEASURED_ON = {("demo", "cpu"): "2-core x86 CPUs (bf16: Intel with AMX; float32: an AVX2-only AMD EPYC, Zen 3)",
                ("voc", "cuda"): "one H200; an H100 took 10-50% longer (docs/notes/gpu.md)"}
 # bf16 autocast emulated on a CPU without bf16 instructions, against float32, the demo's train-cam step
 # (docs/performance.md): the factor applied to float32 costs when bf16 is forced on such a CPU
@@ -81,6 +83,8 @@ def stage_seconds(cfg, vcfg, stage, images, side_by_side=False):
     if stage in ("train-seg", "make-seg") and (t["encoder"] != MEASURED_ENCODER.get(key) or t["encoder_width"] != 1.0):
         return None  # costs were measured with one encoder at full width
     bf16 = bool(vcfg[BF16_KEY[stage][0]][BF16_KEY[stage][1]]) if stage in BF16_KEY else None
+    if bf16 is None and key[1] == "cpu":  # a stage without a network: its cost follows the CPU kind it ran on
+        bf16 = hardware.native_bf16_cpu()
     slowdown = 1.0
     if bf16 and key[1] == "cpu" and not hardware.native_bf16_cpu():  # measured bf16 costs are native ones
         bf16, slowdown = False, EMULATED_BF16_SLOWDOWN
