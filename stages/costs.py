@@ -40,17 +40,18 @@ COSTS = {
 }
 # The demo on the CPU with the two variants side by side, one thread each (pipeline --jobs 2; docs/performance.md,
 # `time ./run_pipeline.sh --eader both --jobs 2`): the baseline's stages. bf16: AMX, on the earlier demo data (v6,
-# radius 5, t 256; EADER's train-cam 427.9 s, 2.84x); float32: as AVX2-only, the shipped sizes (EADER's
-# train-cam 841 s, 1.51x; its other stages within 5% of these, make-seg within a second)
+# radius 5, t 256; EADER's train-cam 427.9 s, 2.84x); float32: the AVX2-only Zen 3, the shipped sizes (EADER's
+# train-cam 1247.9 s, 1.52x; its other stages within 17% of these)
 SIDE_BY_SIDE_COSTS = {
-    ("demo", "cpu"): {"train-cam": {True: 150.7 / 930, False: 558 / 930},
-                      "make-cam": {True: 39.1 / 650, False: 93 / 650},
-                      "make-crf": {None: 26.2 / 500}, "train-aff": {True: 140.7 / 496, False: 116 / 496},
-                      "make-pseudo": {None: 37.2 / 650},
-                      "train-seg": {True: 229.8 / 500, False: 378 / 500},
-                      "make-seg": {True: 7.5 / 150, False: 8 / 150}},
+    ("demo", "cpu"): {"train-cam": {True: 150.7 / 930, False: 821.2 / 930},
+                      "make-cam": {True: 39.1 / 650, False: 137.4 / 650},
+                      "make-crf": {True: 26.2 / 500, False: 39.8 / 500},
+                      "train-aff": {True: 140.7 / 496, False: 158.4 / 496},
+                      "make-pseudo": {True: 37.2 / 650, False: 33.8 / 650},
+                      "train-seg": {True: 229.8 / 500, False: 561.1 / 500},
+                      "make-seg": {True: 7.5 / 150, False: 12.6 / 150}},
 }
-SIDE_BY_SIDE_EADER_CYCLE = {("demo", "cpu"): {True: 427.9 / 150.7, False: 841 / 558}}
+SIDE_BY_SIDE_EADER_CYCLE = {("demo", "cpu"): {True: 427.9 / 150.7, False: 1247.9 / 821.2}}
 # voc: docs/notes/gpu.md (200/200 cycle / baseline step); demo: the timed runs above (EADER / baseline train-cam seconds)
 EADER_CYCLE = {("voc", "cuda"): {False: 0.83, True: 1.00}, ("demo", "cpu"): {True: 330 / 121, False: 650 / 497}}
 MEASURED_CRF_WORKERS = {("demo", "cpu"): 2, ("voc", "cuda"): 8}
