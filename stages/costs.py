@@ -55,6 +55,10 @@ SIDE_BY_SIDE_EADER_CYCLE = {("demo", "cpu"): {True: 427.9 / 150.7, False: 1247.9
 # voc: docs/notes/gpu.md (200/200 cycle / baseline step); demo: the timed runs above (EADER / baseline train-cam seconds)
 EADER_CYCLE = {("voc", "cuda"): {False: 0.83, True: 1.00}, ("demo", "cpu"): {True: 330 / 121, False: 650 / 497}}
 MEASURED_CRF_WORKERS = {("demo", "cpu"): 2, ("voc", "cuda"): 8}
+# the batch each training stage's per-step cost was measured at: a step's work is its images (compute-bound on
+# both devices), so another batch size scales the cost per step rather than keeping it
+MEASURED_BATCH = {("demo", "cpu"): {"train-cam": 16, "train-aff": 8, "train-seg": 8},
+                  ("voc", "cuda"): {"train-cam": 16, "train-aff": 8, "train-seg": 16}}
 # the DeepLabV3+ encoder the train-seg / make-seg costs were measured with; another one is not guessed from them
 MEASURED_ENCODER = {("demo", "cpu"): "resnet18", ("voc", "cuda"): "resnet101"}
 # where the costs were measured: the check says so, as another machine's times differ
@@ -64,6 +68,7 @@ MEASURED_ON = {("demo", "cpu"): "2-core x86 CPUs (bf16: Intel with AMX; float32:
 # (docs/performance.md): the factor applied to float32 costs when bf16 is forced on such a CPU
 EMULATED_BF16_SLOWDOWN = 14.0
 TRAINING = {name: s.training for name, s in SPECS.items() if s.training}  # stage -> its config section
+BATCH_SECTION = {**TRAINING, "train-seg": "seg_train"}  # train-seg counts iterations, not epochs
 BF16_KEY = {"train-cam": ("cam_train", "bf16"), "make-cam": ("cam_infer", "bf16"), "train-aff": ("aff_train", "bf16"),
             "train-seg": ("seg_train", "bf16"), "make-seg": ("seg_train", "bf16")}
 
@@ -93,6 +98,8 @@ def stage_seconds(cfg, vcfg, stage, images, side_by_side=False):
     if cost is None:
         return None
     cost *= slowdown
+    if stage in MEASURED_BATCH[key]:
+        cost *= vcfg[BATCH_SECTION[stage]]["batch_size"] / MEASURED_BATCH[key][stage]
     if stage == "train-seg":  # a number of iterations, not epochs
         return vcfg["seg_train"]["iterations"] * cost
     if stage in TRAINING:

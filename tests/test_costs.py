@@ -79,3 +79,15 @@ def test_deeplab_costs_hold_for_the_encoder_they_were_measured_with():
     plan = [(x, "train-cam", None), (x, "train-seg", None)]
     rows = [("baseline", n, 10582, 0) for _, n, _ in plan]
     assert "not measured: baseline train-seg" in wall_time_lines(x, plan, rows)[-1]
+
+
+def test_a_training_stage_at_another_batch_size_costs_the_same_per_image(native_bf16):
+    # a step is compute on its images: the demo's train-cam at batch 8 took the shipped run's time for twice the
+    # steps (docs/notes/demo_v7.md section 32), so halving the batch must not double the estimate
+    cfg = load_config("demo", [("device", "cpu")])
+    half = merge(cfg, {"cam_train": {"batch_size": 8}, "aff_train": {"batch_size": 4}, "seg_train": {"batch_size": 4}})
+    assert stage_seconds(cfg, half, "train-cam", 500) == pytest.approx(62 * 30 * 121 / 930 / 2)  # 1,860 steps
+    assert stage_seconds(cfg, half, "train-aff", 500) == pytest.approx(125 * 8 * 72 / 496 / 2)  # 125 steps an epoch
+    assert stage_seconds(cfg, half, "train-seg", 500) == pytest.approx(149 / 2)  # 500 iterations of 4 images
+    gpu = load_config("voc", [("device", "cuda"), "seg_train.batch_size=8"])
+    assert stage_seconds(gpu, gpu, "train-seg", 10582) == pytest.approx(30000 * 0.088 / 2)

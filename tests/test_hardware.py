@@ -152,6 +152,6 @@ def test_check_shows_the_machine_and_the_resolved_precision(demo_root, tmp_path,
     assert "note: cam_train.bf16 true on a CPU without native bf16: autocast emulates it" in text
     # the estimate of a forced-bf16 stage on such a CPU: float32's cost times the emulation factor
     fp32 = tiny_cfg(demo_root, tmp_path / "w", **{"cam_train.bf16": False})
-    assert stage_seconds(fp32, fp32, "train-cam", 500) == pytest.approx(500 // 4 * 2 * 497 / 930)  # float32 cost
+    assert stage_seconds(fp32, fp32, "train-cam", 500) == pytest.approx(500 // 4 * 2 * 497 / 930 * 4 / 16)  # float32, per image
     assert stage_seconds(forced, forced, "train-cam", 500) == pytest.approx(
         EMULATED_BF16_SLOWDOWN * stage_seconds(fp32, fp32, "train-cam", 500))

@@ -258,10 +258,11 @@ def test_check_plans_the_deeplab_stages(demo_root, tmp_path, native_bf16):  # co
     run_check(tiny_cfg(demo_root, tmp_path / "w", **SEG), "off", "seg", out=lines.append)
     plan = "\n".join(lines)
     assert "train-seg" in plan and "make-seg" in plan and "ready" in plan
-    wall = plan[plan.index("estimated wall time"):]  # from the measured demo costs: 4 iterations, 8 images
-    from stages.costs import COSTS
+    wall = plan[plan.index("estimated wall time"):]  # from the measured demo costs: 4 iterations of 2, 8 images
+    from stages.costs import COSTS, MEASURED_BATCH
     demo = COSTS[("demo", "cpu")]
-    train_s, make_s = round(demo["train-seg"][True] * 4), round(demo["make-seg"][True] * 8)
+    train_s = round(demo["train-seg"][True] * 4 * 2 / MEASURED_BATCH[("demo", "cpu")]["train-seg"])
+    make_s = round(demo["make-seg"][True] * 8)
     assert re.search(rf"train-seg +{train_s} s\n", wall) and re.search(rf"make-seg +{make_s} s\n", wall), wall
     with pytest.raises(InputError, match="seg_train.encoder_weights' is null, so train-seg"):
         run_check(tiny_cfg(demo_root, tmp_path / "w", **{**SEG, "seg_train.encoder_weights": None}), "off", "seg",
