@@ -67,8 +67,11 @@ def test_voc_on_cuda_follows_bf16_and_unmeasured_settings_say_so():
 
 
 def test_every_measured_setting_names_its_machine():
-    from stages.costs import COSTS, MEASURED_ON, SIDE_BY_SIDE_COSTS
+    from stages.costs import COSTS, MEASURED_BATCH, MEASURED_ON, SIDE_BY_SIDE_COSTS
     assert set(COSTS) | set(SIDE_BY_SIDE_COSTS) <= set(MEASURED_ON)
+    # and every measured training cost its batch size, which stage_seconds scales by
+    for key, stages in list(COSTS.items()) + list(SIDE_BY_SIDE_COSTS.items()):
+        assert {"train-cam", "train-aff", "train-seg"} & set(stages) <= set(MEASURED_BATCH[key]), key
 
 
 def test_deeplab_costs_hold_for_the_encoder_they_were_measured_with():
